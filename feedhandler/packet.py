@@ -1,0 +1,95 @@
+"""Feed frames: a small header plus a MoldUDP64 downstream packet, optionally LZ4-compressed.
+
+The byte layout is in docs/protocol.md. Decoding runs in ext/decode.pyx without the GIL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import lz4.block
+import numpy as np
+
+from feedhandler import _decode
+from feedhandler.itch import Quarantined, check_policy, frame_messages
+
+FRAME_HEADER_SIZE = _decode.FRAME_HEADER_SIZE
+PACKET_HEADER_SIZE = _decode.PACKET_HEADER_SIZE
+MAX_FRAME_LENGTH = _decode.MAX_FRAME_LENGTH
+MAX_PACKET_LENGTH = _decode.MAX_PACKET_LENGTH
+HEARTBEAT_COUNT = 0
+END_OF_SESSION_COUNT = _decode.END_OF_SESSION_COUNT
+CODECS = {"none": _decode.CODEC_NONE, "lz4": _decode.CODEC_LZ4}
+SESSION_LENGTH = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One decoded frame.
+
+    `messages[t]` holds the records of type t in stream order and `sequences[t]` the MoldUDP64
+    sequence number of each of those records. A frame quarantined as a whole has session,
+    sequence and count None and a single entry in `quarantined`.
+    """
+
+    session: bytes | None
+    sequence: int | None
+    count: int | None
+    messages: dict[str, np.ndarray]
+    sequences: dict[str, np.ndarray]
+    quarantined: list[Quarantined] = field(default_factory=list)
+
+    @property
+    def is_heartbeat(self) -> bool:
+        return self.count == HEARTBEAT_COUNT
+
+    @property
+    def is_end_of_session(self) -> bool:
+        return self.count == END_OF_SESSION_COUNT
+
+    @property
+    def next_sequence(self) -> int | None:
+        """Sequence number the message after this packet will carry."""
+        if self.sequence is None:
+            return None
+        return self.sequence + (0 if self.count == END_OF_SESSION_COUNT else self.count)
+
+
+def decode(frame, *, policy: str = "strict") -> Packet:
+    """Decode one whole frame as it came off the wire (length prefix included)."""
+    session, sequence, count, messages, sequences, quarantined = _decode.decode_frame(
+        frame, quarantine=check_policy(policy))
+    return Packet(session, sequence, count, messages, sequences,
+                  [Quarantined(*q) for q in quarantined])
+
+
+def encode_block(block, count: int, *, session: bytes, sequence: int, codec: str = "lz4") -> bytes:
+    """One frame around a message block that is already length-prefixed (NASDAQ file framing).
+
+    The simulator uses this to frame slices of a pre-encoded stream without touching each
+    message; `encode` is the convenience form for a list of messages."""
+    if len(session) != SESSION_LENGTH:
+        raise ValueError(f"session must be {SESSION_LENGTH} bytes, got {len(session)}")
+    if not 0 <= count <= END_OF_SESSION_COUNT:
+        raise ValueError(f"message count {count} does not fit MoldUDP64's u16")
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {sorted(CODECS)}, not {codec!r}")
+    packet = b"".join((bytes(session), sequence.to_bytes(8, "big"), count.to_bytes(2, "big"),
+                       bytes(block)))
+    if len(packet) > MAX_PACKET_LENGTH:
+        raise ValueError(f"packet of {len(packet)} bytes exceeds {MAX_PACKET_LENGTH}")
+    payload = lz4.block.compress(packet, store_size=False) if codec == "lz4" else packet
+    header = b"".join((
+        (FRAME_HEADER_SIZE - 4 + len(payload)).to_bytes(4, "big"),
+        bytes((_decode.FRAME_TYPE_SEQUENCED, _decode.FRAME_VERSION, CODECS[codec], 0)),
+        len(packet).to_bytes(4, "big"),
+        _decode.frame_checksum(packet).to_bytes(4, "big"),
+    ))
+    return header + payload
+
+
+def encode(messages, *, session: bytes, sequence: int, codec: str = "lz4") -> bytes:
+    """ITCH messages (bytes-like, no length prefixes) -> one whole frame as it goes on the wire."""
+    messages = list(messages)
+    return encode_block(frame_messages(messages), len(messages), session=session,
+                        sequence=sequence, codec=codec)

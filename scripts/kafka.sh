@@ -1,0 +1,579 @@
+#!/usr/bin/env bash
+# Real Apache Kafka (KRaft mode, no ZooKeeper) for development, tests and benchmarks.
+#
+#   scripts/kafka.sh fetch                     download broker jars (once) into the cache dir
+#   scripts/kafka.sh start  [--cluster]        fresh broker(s): wipe, format, start, wait until ready;
+#                                              prints the bootstrap string on stdout (restarts if running)
+#   scripts/kafka.sh stop   [--cluster]        SIGTERM, up to 30 s, then SIGKILL (exit 0 if nothing runs)
+#   scripts/kafka.sh status [--cluster]        exit 0 if ready, 1 otherwise
+#   scripts/kafka.sh bootstrap [--cluster]     print the bootstrap string only
+#   scripts/kafka.sh kill-node N               3-node cluster only: SIGKILL node N (1..3)
+#   scripts/kafka.sh start-node N              3-node cluster only: restart node N, keeping its data
+#   scripts/kafka.sh create-topic [--cluster] NAME [PARTITIONS [REPLICATION]]
+#                                              (needs python3 + confluent_kafka; default RF = broker default)
+#
+# Environment:
+#   FEEDHANDLER_KAFKA_VERSION          Kafka version to fetch/run (default below)
+#   FEEDHANDLER_KAFKA_HOME             jar cache (default ~/.cache/feedhandler/kafka-<version>); jars in ./libs
+#   FEEDHANDLER_KAFKA_STATE            state dir (default /tmp/feedhandler-kafka); ./single and ./cluster/node-N
+#   FEEDHANDLER_KAFKA_PORT             single-node broker port (default 19092)
+#   FEEDHANDLER_KAFKA_CONTROLLER_PORT  single-node controller port (default broker port + 1)
+#   FEEDHANDLER_KAFKA_CLUSTER_PORT     cluster node 1 broker port (default 29092); node N uses
+#                                      base + 100*(N-1) for the broker and that + 1 for its controller
+#   FEEDHANDLER_KAFKA_HEAP_OPTS        JVM heap flags (default -Xms512m -Xmx1g single, -Xms256m -Xmx512m cluster)
+#   FEEDHANDLER_KAFKA_TIMEOUT          seconds to wait for readiness (default 90)
+#   FEEDHANDLER_KAFKA_PROBE            readiness probe: auto (default) | kcat | python | log
+#
+# Informational messages go to stderr; stdout carries only what a caller may capture
+# (the bootstrap string from start/bootstrap, the status line from status).
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+POM="$SCRIPT_DIR/kafka-pom.xml"
+
+KAFKA_VERSION="${FEEDHANDLER_KAFKA_VERSION:-4.4.0}"
+KAFKA_HOME="${FEEDHANDLER_KAFKA_HOME:-${HOME:-/tmp}/.cache/feedhandler/kafka-$KAFKA_VERSION}"
+LIBS="$KAFKA_HOME/libs"
+STATE="${FEEDHANDLER_KAFKA_STATE:-/tmp/feedhandler-kafka}"
+HOST=127.0.0.1
+PORT="${FEEDHANDLER_KAFKA_PORT:-19092}"
+CONTROLLER_PORT="${FEEDHANDLER_KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
+CLUSTER_PORT="${FEEDHANDLER_KAFKA_CLUSTER_PORT:-29092}"
+CLUSTER_NODES=3
+READY_TIMEOUT="${FEEDHANDLER_KAFKA_TIMEOUT:-90}"
+PROBE="${FEEDHANDLER_KAFKA_PROBE:-auto}"
+STOP_TIMEOUT=30
+
+SINGLE_DIR="$STATE/single"
+CLUSTER_DIR="$STATE/cluster"
+
+log() { printf 'kafka.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+usage() {
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
+    exit "${1:-2}"
+}
+
+# ---------------------------------------------------------------- helpers
+
+node_dir() { echo "$CLUSTER_DIR/node-$1"; }
+cluster_broker_port() { echo $((CLUSTER_PORT + 100 * ($1 - 1))); }
+cluster_controller_port() { echo $((CLUSTER_PORT + 100 * ($1 - 1) + 1)); }
+
+single_bootstrap() { echo "$HOST:$PORT"; }
+cluster_bootstrap() {
+    local n out=""
+    for ((n = 1; n <= CLUSTER_NODES; n++)); do
+        out+="${out:+,}$HOST:$(cluster_broker_port "$n")"
+    done
+    echo "$out"
+}
+
+# Refuse to rm -rf something silly if the env var is misconfigured.
+check_state_dir() {
+    case "$STATE" in
+        "" | / | /tmp | /tmp/ | /root | /home | "${HOME:-/nonexistent}") die "refusing to use FEEDHANDLER_KAFKA_STATE='$STATE'" ;;
+    esac
+    mkdir -p "$STATE"
+}
+
+# Serialize start/stop/kill/restart on the same state dir (fd 8 is closed for the JVMs).
+lock_state() {
+    check_state_dir
+    if command -v flock >/dev/null 2>&1; then
+        exec 8>"$STATE/.lock"
+        flock -w 300 8 || die "timed out waiting for the lock on $STATE"
+    fi
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# pid of the JVM serving node dir $1, or nothing. Checks the command line too, so a
+# stale pid file whose pid was reused by another process is not mistaken for Kafka.
+node_pid() {
+    local dir=$1 pid
+    [[ -f "$dir/kafka.pid" ]] || return 0
+    pid=$(<"$dir/kafka.pid")
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+    if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$dir/server.properties"; then
+        echo "$pid"
+    fi
+}
+
+tail_logs() {
+    local dir=$1 f
+    for f in "$dir/server.log" "$dir/stdout.log"; do
+        if [[ -s "$f" ]]; then
+            echo "----- last lines of $f -----" >&2
+            tail -n 40 "$f" >&2
+        fi
+    done
+}
+
+gen_uuid() { # Kafka Uuid: 16 random bytes, URL-safe base64 without padding, not starting with '-'
+    local u
+    while :; do
+        u=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+        [[ "$u" != -* ]] && break
+    done
+    echo "$u"
+}
+
+# ---------------------------------------------------------------- fetch
+
+libs_ok() { [[ -f "$LIBS/.complete" && "$(<"$LIBS/.complete")" == "$KAFKA_VERSION" ]]; }
+
+cmd_fetch() {
+    libs_ok && return 0
+    command -v java >/dev/null 2>&1 || die "java not found (Java 17+ required)"
+    command -v mvn >/dev/null 2>&1 || die "mvn not found (needed once, to download the Kafka jars)"
+    [[ -f "$POM" ]] || die "missing $POM"
+    mkdir -p "$KAFKA_HOME"
+    if command -v flock >/dev/null 2>&1; then
+        exec 9>"$KAFKA_HOME/.fetch.lock"
+        flock -w 900 9 || die "timed out waiting for another fetch"
+        libs_ok && return 0
+    fi
+    local tmp="$KAFKA_HOME/libs.tmp.$$"
+    rm -rf "$tmp"
+    log "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central into $LIBS ..."
+    if ! mvn -q -B -Dstyle.color=never -f "$POM" -Dkafka.version="$KAFKA_VERSION" \
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" >&2; then
+        rm -rf "$tmp"
+        die "mvn could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION"
+    fi
+    [[ -f "$tmp/kafka_2.13-$KAFKA_VERSION.jar" ]] || { rm -rf "$tmp"; die "kafka_2.13-$KAFKA_VERSION.jar missing after fetch"; }
+    rm -rf "$LIBS"
+    mv "$tmp" "$LIBS"
+    echo "$KAFKA_VERSION" >"$LIBS/.complete"
+    log "fetched $(find "$LIBS" -name '*.jar' | wc -l) jars ($(du -sh "$LIBS" | cut -f1))"
+}
+
+# ---------------------------------------------------------------- config
+
+# write_config DIR NODE_ID BROKER_PORT CONTROLLER_PORT VOTERS REPLICATION MIN_ISR
+write_config() {
+    local dir=$1 id=$2 bport=$3 cport=$4 voters=$5 rf=$6 isr=$7
+    mkdir -p "$dir/data"
+    cat >"$dir/server.properties" <<EOF
+# generated by scripts/kafka.sh -- combined broker+controller KRaft node
+process.roles=broker,controller
+node.id=$id
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://$HOST:$bport,CONTROLLER://$HOST:$cport
+advertised.listeners=PLAINTEXT://$HOST:$bport
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+log.dirs=$dir/data
+
+num.partitions=1
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+transaction.state.log.num.partitions=10
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+auto.create.topics.enable=false
+group.initial.rebalance.delay.ms=0
+
+# 16 MiB messages
+message.max.bytes=16777216
+replica.fetch.max.bytes=16777216
+socket.request.max.bytes=104857600
+
+# retention: 7 days, no size limit (the state dir is wiped on every start anyway)
+log.retention.hours=168
+log.retention.bytes=-1
+log.segment.bytes=1073741824
+
+# small machine (2 cores)
+num.network.threads=3
+num.io.threads=4
+num.recovery.threads.per.data.dir=1
+log.cleaner.dedupe.buffer.size=33554432
+EOF
+    cat >"$dir/log4j2.properties" <<EOF
+status = warn
+name = feedhandler-kafka
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = $dir/server.log
+appender.file.append = true
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.state.name = state.change.logger
+logger.state.level = WARN
+EOF
+}
+
+format_storage() { # DIR CLUSTER_ID
+    local dir=$1 cid=$2
+    if ! java -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
+        -Dlog4j2.configurationFile="file:$dir/log4j2.properties" \
+        -cp "$LIBS/*" kafka.tools.StorageTool format -t "$cid" -c "$dir/server.properties" \
+        >"$dir/format.log" 2>&1; then
+        cat "$dir/format.log" >&2
+        return 1
+    fi
+}
+
+# ---------------------------------------------------------------- process control
+
+launch() { # DIR HEAP_OPTS
+    local dir=$1 heap=$2
+    : >"$dir/stdout.log"
+    # setsid: own session, survives the caller's terminal/CI step; the inner bash writes
+    # its own pid (== the JVM's pid after exec) so the pid file is exact.
+    # shellcheck disable=SC2086,SC2016
+    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$dir/kafka.pid" \
+        java $heap -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+        -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
+        -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="file:$dir/log4j2.properties" \
+        -Dkafka.logs.dir="$dir" \
+        -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" \
+        </dev/null >>"$dir/stdout.log" 2>&1 8>&- 9>&- &
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [[ -s "$dir/kafka.pid" ]] && return 0
+        sleep 0.1
+    done
+    die "could not start the JVM for $dir"
+}
+
+# Sends SIGTERM to all given node dirs, waits up to STOP_TIMEOUT s, then SIGKILLs.
+stop_dirs() {
+    local dir pid pids=() deadline
+    for dir in "$@"; do
+        pid=$(node_pid "$dir")
+        if [[ -n "$pid" ]]; then
+            kill -TERM "$pid" 2>/dev/null || true
+            pids+=("$pid")
+        fi
+    done
+    deadline=$((SECONDS + STOP_TIMEOUT))
+    while ((${#pids[@]})); do
+        local alive=()
+        for pid in "${pids[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive+=("$pid")
+        done
+        pids=("${alive[@]+"${alive[@]}"}")
+        ((${#pids[@]})) || break
+        if ((SECONDS >= deadline)); then
+            log "still running after ${STOP_TIMEOUT}s, sending SIGKILL to ${pids[*]}"
+            kill -KILL "${pids[@]}" 2>/dev/null || true
+            sleep 0.5
+            break
+        fi
+        sleep 0.2
+    done
+    for dir in "$@"; do rm -f "$dir/kafka.pid"; done
+    return 0
+}
+
+# ---------------------------------------------------------------- readiness
+
+# Prints the node ids of the live (unfenced) brokers that bootstrap $1 reports, one per line.
+probe_brokers() {
+    local bs=$1 mode=$PROBE
+    if [[ "$mode" == auto ]]; then
+        if command -v kcat >/dev/null 2>&1; then
+            mode=kcat
+        elif python3 -c 'import confluent_kafka' >/dev/null 2>&1; then
+            mode=python
+        else
+            mode=log
+        fi
+    fi
+    case "$mode" in
+        kcat)
+            kcat -b "$bs" -L -m 3 2>/dev/null | sed -n 's/^ *broker \([0-9][0-9]*\) at .*/\1/p' || true
+            ;;
+        python)
+            python3 - "$bs" 2>/dev/null <<'EOF' || true
+import sys
+from confluent_kafka.admin import AdminClient
+md = AdminClient({"bootstrap.servers": sys.argv[1], "log_level": 0}).list_topics(timeout=3)
+for b in sorted(md.brokers):
+    print(b)
+EOF
+            ;;
+        log)
+            # No client available: a node counts as up once it logged its startup and its
+            # broker port accepts connections.
+            local hp dir n
+            IFS=',' read -ra hp <<<"$bs"
+            for n in "${hp[@]}"; do
+                if [[ "${n##*:}" == "$PORT" && -d "$SINGLE_DIR" ]]; then
+                    dir=$SINGLE_DIR
+                else
+                    dir=$(node_dir $(((${n##*:} - CLUSTER_PORT) / 100 + 1)))
+                fi
+                if grep -q "Kafka Server started" "$dir/server.log" 2>/dev/null && port_in_use "${n##*:}"; then
+                    sed -n 's/^node\.id=//p' "$dir/server.properties"
+                fi
+            done
+            ;;
+        *) die "unknown FEEDHANDLER_KAFKA_PROBE=$mode (auto|kcat|python|log)" ;;
+    esac
+}
+
+# wait_ready BOOTSTRAP "IDS" DIR... : waits until every id in IDS is listed as a live broker.
+wait_ready() {
+    local bs=$1 want=$2 dir id got ok
+    shift 2
+    local deadline=$((SECONDS + READY_TIMEOUT))
+    while :; do
+        for dir in "$@"; do
+            if [[ -z "$(node_pid "$dir")" ]]; then
+                log "the Kafka JVM in $dir exited during startup"
+                tail_logs "$dir"
+                return 1
+            fi
+        done
+        got=" $(probe_brokers "$bs" | tr '\n' ' ') "
+        ok=1
+        for id in $want; do
+            [[ "$got" == *" $id "* ]] || ok=0
+        done
+        ((ok)) && return 0
+        if ((SECONDS >= deadline)); then
+            log "timed out after ${READY_TIMEOUT}s waiting for brokers [$want] on $bs (seen: [${got// /}])"
+            for dir in "$@"; do tail_logs "$dir"; done
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+check_ports_free() {
+    local p
+    for p in "$@"; do
+        port_in_use "$p" && die "port $HOST:$p is already in use by another process"
+    done
+    return 0
+}
+
+# ---------------------------------------------------------------- commands
+
+start_single() {
+    cmd_fetch
+    lock_state
+    if [[ -n "$(node_pid "$SINGLE_DIR")" ]]; then
+        log "single-node Kafka already running: restarting it (fresh)"
+        stop_dirs "$SINGLE_DIR"
+    fi
+    check_ports_free "$PORT" "$CONTROLLER_PORT"
+    local t0ns heap="${FEEDHANDLER_KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}"
+    t0ns=$(date +%s%N)
+    rm -rf "$SINGLE_DIR"
+    write_config "$SINGLE_DIR" 1 "$PORT" "$CONTROLLER_PORT" "1@$HOST:$CONTROLLER_PORT" 1 1
+    format_storage "$SINGLE_DIR" "$(gen_uuid)" || die "storage format failed"
+    launch "$SINGLE_DIR" "$heap"
+    if ! wait_ready "$(single_bootstrap)" "1" "$SINGLE_DIR"; then
+        stop_dirs "$SINGLE_DIR"
+        die "single-node Kafka did not become ready"
+    fi
+    log "Kafka $KAFKA_VERSION single node ready in $(elapsed "$t0ns") (pid $(node_pid "$SINGLE_DIR"), state $SINGLE_DIR)"
+    single_bootstrap
+}
+
+start_cluster() {
+    cmd_fetch
+    lock_state
+    local n dirs=() ports=() voters="" running=0
+    for ((n = 1; n <= CLUSTER_NODES; n++)); do
+        dirs+=("$(node_dir "$n")")
+        ports+=("$(cluster_broker_port "$n")" "$(cluster_controller_port "$n")")
+        voters+="${voters:+,}$n@$HOST:$(cluster_controller_port "$n")"
+        [[ -n "$(node_pid "$(node_dir "$n")")" ]] && running=1
+    done
+    if ((running)); then
+        log "Kafka cluster already running: restarting it (fresh)"
+        stop_dirs "${dirs[@]}"
+    fi
+    check_ports_free "${ports[@]}"
+    local t0ns heap="${FEEDHANDLER_KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}" cid pids=() rc=0
+    t0ns=$(date +%s%N)
+    cid=$(gen_uuid)
+    rm -rf "$CLUSTER_DIR"
+    for ((n = 1; n <= CLUSTER_NODES; n++)); do
+        write_config "$(node_dir "$n")" "$n" "$(cluster_broker_port "$n")" "$(cluster_controller_port "$n")" "$voters" 3 2
+        echo "$cid" >"$(node_dir "$n")/cluster.id"
+        format_storage "$(node_dir "$n")" "$cid" &
+        pids+=($!)
+    done
+    for n in "${pids[@]}"; do wait "$n" || rc=1; done
+    ((rc == 0)) || die "storage format failed"
+    for ((n = 1; n <= CLUSTER_NODES; n++)); do
+        launch "$(node_dir "$n")" "$heap"
+    done
+    if ! wait_ready "$(cluster_bootstrap)" "$(seq -s ' ' 1 "$CLUSTER_NODES")" "${dirs[@]}"; then
+        stop_dirs "${dirs[@]}"
+        die "Kafka cluster did not become ready"
+    fi
+    log "Kafka $KAFKA_VERSION $CLUSTER_NODES-node cluster ready in $(elapsed "$t0ns") (state $CLUSTER_DIR)"
+    cluster_bootstrap
+}
+
+elapsed() { # START_NS -> "12.3s"
+    local d=$(($(date +%s%N) - $1))
+    printf '%d.%01ds' $((d / 1000000000)) $((d % 1000000000 / 100000000))
+}
+
+cmd_stop() {
+    local cluster=$1 dirs=() n pid any=""
+    lock_state
+    if ((cluster)); then
+        for ((n = 1; n <= CLUSTER_NODES; n++)); do dirs+=("$(node_dir "$n")"); done
+    else
+        dirs=("$SINGLE_DIR")
+    fi
+    for n in "${dirs[@]}"; do
+        pid=$(node_pid "$n")
+        [[ -n "$pid" ]] && any+="${any:+ }$pid"
+    done
+    stop_dirs "${dirs[@]}"
+    if [[ -n "$any" ]]; then
+        log "stopped $( ((cluster)) && echo "cluster" || echo "single-node") Kafka (pids $any)"
+    else
+        log "$( ((cluster)) && echo "cluster" || echo "single-node") Kafka not running"
+    fi
+}
+
+pid_desc() { if [[ -n "$1" ]]; then echo "pid $1"; else echo "down"; fi; }
+
+cmd_status() {
+    local cluster=$1 n pid ready=1 desc="" bs got want
+    if ((cluster)); then
+        bs=$(cluster_bootstrap)
+        want=$(seq -s ' ' 1 "$CLUSTER_NODES")
+        for ((n = 1; n <= CLUSTER_NODES; n++)); do
+            pid=$(node_pid "$(node_dir "$n")")
+            desc+="${desc:+, }node$n=$(pid_desc "$pid")"
+            [[ -n "$pid" ]] || ready=0
+        done
+    else
+        bs=$(single_bootstrap)
+        want=1
+        pid=$(node_pid "$SINGLE_DIR")
+        desc=$(pid_desc "$pid")
+        [[ -n "$pid" ]] || ready=0
+    fi
+    got=""
+    if [[ "$desc" == *pid* ]]; then
+        got=" $(probe_brokers "$bs" | tr '\n' ' ') "
+        for n in $want; do [[ "$got" == *" $n "* ]] || ready=0; done
+    fi
+    local what="kafka $KAFKA_VERSION single-node"
+    ((cluster)) && what="kafka $KAFKA_VERSION $CLUSTER_NODES-node cluster"
+    if ((ready)); then
+        echo "$what: ready ($desc) bootstrap=$bs"
+        return 0
+    fi
+    echo "$what: NOT ready ($desc; live brokers: [$(echo "$got" | xargs)]) bootstrap=$bs"
+    return 1
+}
+
+cluster_node_arg() {
+    if ! [[ "${1:-}" =~ ^[0-9]+$ ]] || (($1 < 1 || $1 > CLUSTER_NODES)); then
+        die "node number must be 1..$CLUSTER_NODES"
+    fi
+}
+
+cmd_kill_node() {
+    cluster_node_arg "${1:-}"
+    lock_state
+    local dir pid
+    dir=$(node_dir "$1")
+    pid=$(node_pid "$dir")
+    if [[ -z "$pid" ]]; then
+        rm -f "$dir/kafka.pid"
+        log "node $1 not running"
+        return 0
+    fi
+    kill -KILL "$pid" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    rm -f "$dir/kafka.pid"
+    log "killed node $1 (pid $pid, SIGKILL)"
+}
+
+cmd_start_node() {
+    cluster_node_arg "${1:-}"
+    cmd_fetch
+    lock_state
+    local n=$1 dir t0ns
+    dir=$(node_dir "$n")
+    [[ -f "$dir/server.properties" && -f "$dir/data/meta.properties" ]] ||
+        die "node $n was never formatted; run 'scripts/kafka.sh start --cluster' first"
+    if [[ -n "$(node_pid "$dir")" ]]; then
+        log "node $n already running (pid $(node_pid "$dir"))"
+        return 0
+    fi
+    check_ports_free "$(cluster_broker_port "$n")" "$(cluster_controller_port "$n")"
+    t0ns=$(date +%s%N)
+    echo "----- restarted by kafka.sh start-node at $(date -Is) -----" >>"$dir/server.log"
+    launch "$dir" "${FEEDHANDLER_KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
+    wait_ready "$(cluster_bootstrap)" "$n" "$dir" || die "node $n did not rejoin the cluster"
+    log "node $n back in the cluster in $(elapsed "$t0ns") (pid $(node_pid "$dir"))"
+}
+
+cmd_create_topic() {
+    local cluster=$1 name=${2:-} parts=${3:-1} rf=${4:--1} bs
+    [[ -n "$name" ]] || die "usage: kafka.sh create-topic [--cluster] NAME [PARTITIONS [REPLICATION]]"
+    if ((cluster)); then bs=$(cluster_bootstrap); else bs=$(single_bootstrap); fi
+    python3 - "$bs" "$name" "$parts" "$rf" <<'EOF'
+import sys
+from confluent_kafka.admin import AdminClient, NewTopic
+bs, name, parts, rf = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+admin = AdminClient({"bootstrap.servers": bs})  # keep a reference while the future is pending
+fut = admin.create_topics([NewTopic(name, num_partitions=parts, replication_factor=rf)], operation_timeout=30)
+try:
+    fut[name].result(60)
+except Exception as e:  # noqa: BLE001
+    sys.exit(f"kafka.sh: create-topic {name} failed: {e}")
+print(f"kafka.sh: created topic {name} (partitions={parts}, replication={'default' if rf < 0 else rf})", file=sys.stderr)
+EOF
+}
+
+# ---------------------------------------------------------------- main
+
+main() {
+    local cmd=${1:-} cluster=0 args=() a
+    [[ -n "$cmd" ]] || usage 2
+    shift
+    for a in "$@"; do
+        case "$a" in
+            --cluster) cluster=1 ;;
+            -h | --help) usage 0 ;;
+            *) args+=("$a") ;;
+        esac
+    done
+    case "$cmd" in
+        fetch) cmd_fetch ;;
+        start) if ((cluster)); then start_cluster; else start_single; fi ;;
+        stop) cmd_stop "$cluster" ;;
+        status) cmd_status "$cluster" ;;
+        bootstrap) if ((cluster)); then cluster_bootstrap; else single_bootstrap; fi ;;
+        kill-node) cmd_kill_node "${args[0]:-}" ;;
+        start-node) cmd_start_node "${args[0]:-}" ;;
+        create-topic) cmd_create_topic "$cluster" "${args[@]+"${args[@]}"}" ;;
+        -h | --help | help) usage 0 ;;
+        *) log "unknown command '$cmd'"; usage 2 ;;
+    esac
+}
+
+main "$@"
