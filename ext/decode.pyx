@@ -539,13 +539,16 @@ cdef Fault check_frame(const uint8_t* f, size_t n, FrameHeader* h, size_t* where
         return PACKET_TOO_LARGE
     if h.codec == _CODEC_NONE and h.packet_length != n - 16:
         return UNCOMPRESSED_LENGTH_MISMATCH
+    if h.packet_length < 20 or n < 36:
+        return PACKET_TOO_SHORT
     return OK
 
 
 cdef Fault unpack_frame(const uint8_t* f, size_t n, uint8_t** packet, FrameHeader* h,
                         size_t* where) noexcept nogil:
     """Check the header, decompress if needed and verify the checksum. On success *packet
-    points at the MoldUDP64 packet: into the frame for codec none, else a malloc'd copy."""
+    points at the MoldUDP64 packet: into the frame for codec none, else a malloc'd copy.
+    The packet's 20-byte header travels uncompressed, so only the message block is inflated."""
     cdef Fault fault = check_frame(f, n, h, where)
     cdef int got
     packet[0] = NULL
@@ -554,22 +557,20 @@ cdef Fault unpack_frame(const uint8_t* f, size_t n, uint8_t** packet, FrameHeade
     if h.codec == _CODEC_NONE:
         packet[0] = <uint8_t*> (f + 16)
     else:
-        where[0] = 16
-        packet[0] = <uint8_t*> malloc(h.packet_length + 1)
+        where[0] = 36
+        packet[0] = <uint8_t*> malloc(h.packet_length)
         if packet[0] == NULL:
             return OUT_OF_MEMORY
-        got = LZ4_decompress_safe(<const char*> (f + 16), <char*> packet[0],
-                                  <int> (n - 16), <int> h.packet_length)
+        memcpy(packet[0], f + 16, 20)
+        got = LZ4_decompress_safe(<const char*> (f + 36), <char*> (packet[0] + 20),
+                                  <int> (n - 36), <int> (h.packet_length - 20))
         if got < 0:
             return LZ4_CORRUPT
-        if <uint32_t> got != h.packet_length:
+        if <uint32_t> got != h.packet_length - 20:
             return UNCOMPRESSED_LENGTH_MISMATCH
     where[0] = 12
     if xxh32(packet[0], h.packet_length, 0) != h.checksum:
         return CHECKSUM_MISMATCH
-    where[0] = 16
-    if h.packet_length < 20:
-        return PACKET_TOO_SHORT
     return OK
 
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import struct
+
 import lz4.block
 import numpy as np
 
 from feedhandler import _decode
+from feedhandler.errors import DecodeError
 from feedhandler.itch import Quarantined, check_policy, frame_messages
 
 FRAME_HEADER_SIZE = _decode.FRAME_HEADER_SIZE
@@ -21,6 +24,7 @@ HEARTBEAT_COUNT = 0
 END_OF_SESSION_COUNT = _decode.END_OF_SESSION_COUNT
 CODECS = {"none": _decode.CODEC_NONE, "lz4": _decode.CODEC_LZ4}
 SESSION_LENGTH = 10
+_PACKET_HEADER = struct.Struct(">10sQH")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,15 @@ class Packet:
         return self.sequence + (0 if self.count == END_OF_SESSION_COUNT else self.count)
 
 
+def peek(frame) -> tuple[bytes, int, int]:
+    """(session, first sequence number, message count) of a frame, read from its uncompressed
+    MoldUDP64 header without decoding or checking anything else."""
+    if len(frame) < FRAME_HEADER_SIZE + PACKET_HEADER_SIZE:
+        raise DecodeError("frame shorter than its header", 0)
+    session, sequence, count = _PACKET_HEADER.unpack_from(frame, FRAME_HEADER_SIZE)
+    return session, sequence, count
+
+
 def decode(frame, *, policy: str = "strict") -> Packet:
     """Decode one whole frame as it came off the wire (length prefix included)."""
     session, sequence, count, messages, sequences, quarantined = _decode.decode_frame(
@@ -74,11 +87,16 @@ def encode_block(block, count: int, *, session: bytes, sequence: int, codec: str
         raise ValueError(f"message count {count} does not fit MoldUDP64's u16")
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {sorted(CODECS)}, not {codec!r}")
-    packet = b"".join((bytes(session), sequence.to_bytes(8, "big"), count.to_bytes(2, "big"),
-                       bytes(block)))
+    packet_header = b"".join((bytes(session), sequence.to_bytes(8, "big"), count.to_bytes(2, "big")))
+    packet = packet_header + bytes(block)
     if len(packet) > MAX_PACKET_LENGTH:
         raise ValueError(f"packet of {len(packet)} bytes exceeds {MAX_PACKET_LENGTH}")
-    payload = lz4.block.compress(packet, store_size=False) if codec == "lz4" else packet
+    # The MoldUDP64 header stays readable, so session code can follow sequence numbers
+    # without decompressing.
+    if codec == "lz4":
+        payload = packet_header + lz4.block.compress(block, store_size=False)
+    else:
+        payload = packet
     header = b"".join((
         (FRAME_HEADER_SIZE - 4 + len(payload)).to_bytes(4, "big"),
         bytes((_decode.FRAME_TYPE_SEQUENCED, _decode.FRAME_VERSION, CODECS[codec], 0)),
