@@ -408,7 +408,8 @@ cdef tuple decode_block(const uint8_t* block, size_t n, size_t block_offset,
     cdef uint8_t* rows[256]
     cdef uint64_t* sequences[256]
     cdef uint32_t filled[256]
-    cdef int fault, i
+    cdef int fault, framing_fault, i
+    cdef size_t end
     cdef uint8_t t
     cdef cnp.ndarray arena
     cdef dict arrays = {}, seq_arrays = {}
@@ -421,9 +422,11 @@ cdef tuple decode_block(const uint8_t* block, size_t n, size_t block_offset,
             fault = scan_block(block, n, &scan, &log, keep_going)
         if fault == OUT_OF_MEMORY:
             raise MemoryError()
-        if fault and not keep_going:
-            raise_fault(fault, block_offset + log.entries[0].offset)
-        if declared_count >= 0 and scan.messages != (
+        # Strict mode reports the first fault in stream order: after a framing fault, pass two
+        # still runs over the messages before it, which may hold an earlier field fault.
+        framing_fault = fault if not keep_going else OK
+        end = log.entries[0].offset if framing_fault else n
+        if not framing_fault and declared_count >= 0 and scan.messages != (
                 0 if declared_count == _END_OF_SESSION_COUNT else declared_count):
             raise_fault(log.entries[0].code if log.count else COUNT_MISMATCH,
                         block_offset + (log.entries[0].offset if log.count else n))
@@ -431,11 +434,14 @@ cdef tuple decode_block(const uint8_t* block, size_t n, size_t block_offset,
         for i in range(scan.type_count):
             filled[scan.types_seen[i]] = 0
         with nogil:
-            fault = fill_block(block, n, first_sequence, rows, sequences, filled, &log, keep_going)
+            fault = fill_block(block, end, first_sequence, rows, sequences, filled, &log,
+                               keep_going)
         if fault == OUT_OF_MEMORY:
             raise MemoryError()
         if fault and not keep_going:
             raise_fault(fault, block_offset + log.entries[log.count - 1].offset)
+        if framing_fault:
+            raise_fault(framing_fault, block_offset + log.entries[0].offset)
         quarantined = quarantine_entries(&log, block, first_sequence, sequenced) if log.count else []
         for i in range(scan.type_count):
             t = scan.types_seen[i]
@@ -567,6 +573,7 @@ cdef Fault unpack_frame(const uint8_t* f, size_t n, uint8_t** packet, FrameHeade
         if got < 0:
             return LZ4_CORRUPT
         if <uint32_t> got != h.packet_length - 20:
+            where[0] = 8
             return UNCOMPRESSED_LENGTH_MISMATCH
     where[0] = 12
     if xxh32(packet[0], h.packet_length, 0) != h.checksum:
