@@ -1,0 +1,70 @@
+"""Decoding from many threads at once: same results, and the GIL really is released."""
+
+import sys
+import threading
+import time
+from multiprocessing.pool import ThreadPool
+
+import numpy as np
+
+from feedhandler import itch, packet, synthetic
+from streams import frames_of, split_block
+
+BLOCK = synthetic.random_stream(40_000, seed=31)[0]
+FRAMES = frames_of(split_block(BLOCK), 400)
+
+
+def summary(decoded: packet.Packet) -> tuple:
+    return (decoded.sequence, decoded.count,
+            {t: (a.tobytes(), decoded.sequences[t].tobytes()) for t, a in decoded.messages.items()})
+
+
+def test_thread_pool_on_shared_frames_matches_single_thread():
+    expected = [summary(packet.decode(f)) for f in FRAMES]
+    with ThreadPool(8) as pool:
+        for _ in range(3):
+            got = pool.map(lambda f: summary(packet.decode(f)), FRAMES, chunksize=1)
+            assert got == expected
+
+
+def test_thread_pool_on_separate_inputs():
+    """Each task decodes its own copy, including bad frames, while others decode good ones."""
+    broken = bytearray(FRAMES[0])
+    broken[40] ^= 0xFF
+
+    def task(i):
+        frame = bytearray(FRAMES[i % len(FRAMES)]) if i % 5 else bytearray(broken)
+        result = packet.decode(frame, policy="quarantine")
+        return (i % 5 == 0) == bool(result.quarantined)
+
+    with ThreadPool(6) as pool:
+        assert all(pool.map(task, range(600)))
+
+
+def test_parse_threads_agree():
+    with ThreadPool(4) as pool:
+        results = pool.map(lambda _: itch.parse(BLOCK), range(8))
+    for result in results[1:]:
+        assert result.keys() == results[0].keys()
+        assert all(np.array_equal(result[t], results[0][t]) for t in result)
+
+
+def test_decoding_releases_the_gil():
+    """With a switch interval far longer than the test, a thread gives up the GIL only when it
+    blocks or releases it explicitly. So the main thread gets to count while the worker is
+    inside `parse` only if `parse` releases the GIL."""
+    big = BLOCK * 40
+    done = threading.Event()
+    ticks = 0
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1000)
+    try:
+        worker = threading.Thread(target=lambda: (itch.parse(big), done.set()))
+        worker.start()
+        while not done.is_set():
+            ticks += 1
+            time.sleep(0)       # lets the worker take the GIL back between its nogil sections
+        worker.join()
+    finally:
+        sys.setswitchinterval(previous)
+    assert ticks > 100
