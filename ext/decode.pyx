@@ -11,7 +11,7 @@ from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
 import numpy as np
@@ -370,6 +370,68 @@ cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence,
     return OK
 
 
+# ---- one block, start to finish, without the GIL -------------------------------------------------
+
+cdef struct BlockResult:
+    BlockScan scan
+    FaultLog log
+    uint8_t* arena              # malloc'd: all sequence numbers, then each type's rows
+    uint8_t* rows[256]
+    uint64_t* sequences[256]
+    uint32_t filled[256]
+    int fault                   # fatal: raised as DecodeError (or quarantines the packet)
+    size_t fault_offset
+
+
+cdef void decode_messages(const uint8_t* block, size_t n, uint64_t first_sequence,
+                          long declared_count, bint keep_going, BlockResult* r) noexcept nogil:
+    """Split, count, allocate and fill in one go, so a frame needs a single nogil section."""
+    cdef int fault, framing_fault
+    cdef size_t end, size, at
+    cdef int i
+    cdef uint8_t t
+    memset(&r.scan, 0, sizeof(BlockScan))
+    fault = scan_block(block, n, &r.scan, &r.log, keep_going)
+    if fault == OUT_OF_MEMORY:
+        r.fault = OUT_OF_MEMORY
+        return
+    # Strict mode reports the first fault in stream order: after a framing fault, pass two
+    # still runs over the messages before it, which may hold an earlier field fault.
+    framing_fault = fault if not keep_going else OK
+    end = r.log.entries[0].offset if framing_fault else n
+    if not framing_fault and declared_count >= 0 and r.scan.messages != (
+            0 if declared_count == _END_OF_SESSION_COUNT else declared_count):
+        r.fault = r.log.entries[0].code if r.log.count else COUNT_MISMATCH
+        r.fault_offset = r.log.entries[0].offset if r.log.count else n
+        return
+    size = r.scan.messages * sizeof(uint64_t)
+    for i in range(r.scan.type_count):
+        t = r.scan.types_seen[i]
+        size += <size_t>r.scan.counts[t] * SPECS[t].struct_size + _ROW_SLACK
+    r.arena = <uint8_t*> malloc(size)
+    if r.arena == NULL:
+        r.fault = OUT_OF_MEMORY
+        return
+    at = 0
+    for i in range(r.scan.type_count):
+        t = r.scan.types_seen[i]
+        r.sequences[t] = <uint64_t*> (r.arena + at)
+        at += r.scan.counts[t] * sizeof(uint64_t)
+        r.filled[t] = 0
+    for i in range(r.scan.type_count):
+        t = r.scan.types_seen[i]
+        r.rows[t] = r.arena + at
+        at += <size_t>r.scan.counts[t] * SPECS[t].struct_size + _ROW_SLACK
+    fault = fill_block(block, end, first_sequence, r.rows, r.sequences, r.filled, &r.log,
+                       keep_going)
+    if fault == OUT_OF_MEMORY or (fault and not keep_going):
+        r.fault = fault
+        r.fault_offset = r.log.entries[r.log.count - 1].offset if r.log.count else 0
+    elif framing_fault:
+        r.fault = framing_fault
+        r.fault_offset = r.log.entries[0].offset
+
+
 # ---- turning the C results into Python objects -------------------------------------------------
 
 cdef class _Buffer:
@@ -383,107 +445,18 @@ cdef class _Buffer:
         PyBuffer_Release(&self.view)
 
 
-cdef list quarantine_entries(const FaultLog* log, const uint8_t* data, uint64_t first_sequence,
-                             bint sequenced):
-    cdef list out = []
-    cdef size_t i, start
-    cdef FaultEntry* e
-    for i in range(log.count):
-        e = &log.entries[i]
-        start = e.offset if e.code == MESSAGE_TRUNCATED else e.offset + 2
-        out.append((e.offset, REASONS[e.code], data[start:start + e.length],
-                    first_sequence + e.index if sequenced else None))
-    out.sort(key=lambda entry: entry[0])
-    return out
+cdef class _Arena:
+    """Owns a block's malloc'd arena; the arrays viewing it keep it alive."""
+    cdef void* data
 
-
-cdef tuple decode_block(const uint8_t* block, size_t n, size_t block_offset,
-                        uint64_t first_sequence, long declared_count, bint keep_going,
-                        bint sequenced):
-    """Both passes over a message block. Returns (messages, sequences, quarantined), or raises
-    DecodeError; a count mismatch raises even when keep_going, since it means the sequence
-    numbers of the messages cannot be trusted (the caller quarantines the whole packet)."""
-    cdef BlockScan scan
-    cdef FaultLog log = FaultLog(NULL, 0, 0)
-    cdef uint8_t* rows[256]
-    cdef uint64_t* sequences[256]
-    cdef uint32_t filled[256]
-    cdef int fault, framing_fault, i
-    cdef size_t end
-    cdef uint8_t t
-    cdef cnp.ndarray arena
-    cdef dict arrays = {}, seq_arrays = {}
-    cdef list quarantined
-    scan.messages = 0
-    scan.type_count = 0
-    try:
-        with nogil:
-            memset_counts(&scan)
-            fault = scan_block(block, n, &scan, &log, keep_going)
-        if fault == OUT_OF_MEMORY:
-            raise MemoryError()
-        # Strict mode reports the first fault in stream order: after a framing fault, pass two
-        # still runs over the messages before it, which may hold an earlier field fault.
-        framing_fault = fault if not keep_going else OK
-        end = log.entries[0].offset if framing_fault else n
-        if not framing_fault and declared_count >= 0 and scan.messages != (
-                0 if declared_count == _END_OF_SESSION_COUNT else declared_count):
-            raise_fault(log.entries[0].code if log.count else COUNT_MISMATCH,
-                        block_offset + (log.entries[0].offset if log.count else n))
-        arena = allocate_rows(&scan, rows, sequences)
-        for i in range(scan.type_count):
-            filled[scan.types_seen[i]] = 0
-        with nogil:
-            fault = fill_block(block, end, first_sequence, rows, sequences, filled, &log,
-                               keep_going)
-        if fault == OUT_OF_MEMORY:
-            raise MemoryError()
-        if fault and not keep_going:
-            raise_fault(fault, block_offset + log.entries[log.count - 1].offset)
-        if framing_fault:
-            raise_fault(framing_fault, block_offset + log.entries[0].offset)
-        quarantined = quarantine_entries(&log, block, first_sequence, sequenced) if log.count else []
-        for i in range(scan.type_count):
-            t = scan.types_seen[i]
-            if filled[t]:
-                arrays[KEYS[t]] = array_view(arena, DESCRS[t], rows[t], filled[t])
-                seq_arrays[KEYS[t]] = array_view(arena, UINT64, sequences[t], filled[t])
-        if block_offset:
-            quarantined = [(o + block_offset, r, raw, s) for o, r, raw, s in quarantined]
-        return arrays, seq_arrays, quarantined
-    finally:
-        free(log.entries)
+    def __dealloc__(self):
+        free(self.data)
 
 
 cdef UINT64 = np.dtype(np.uint64)
 
 
-cdef cnp.ndarray allocate_rows(const BlockScan* scan, uint8_t** rows, uint64_t** sequences):
-    """One numpy buffer for all of a block's arrays: the sequence numbers first (8-aligned),
-    then each type's rows followed by _ROW_SLACK bytes."""
-    cdef size_t size = scan.messages * sizeof(uint64_t), at
-    cdef int i
-    cdef uint8_t t
-    for i in range(scan.type_count):
-        t = scan.types_seen[i]
-        size += <size_t>scan.counts[t] * SPECS[t].struct_size + _ROW_SLACK
-    cdef cnp.npy_intp dims[1]
-    dims[0] = size
-    arena = cnp.PyArray_SimpleNew(1, dims, cnp.NPY_UINT8)
-    cdef uint8_t* base = <uint8_t*> cnp.PyArray_DATA(arena)
-    at = 0
-    for i in range(scan.type_count):
-        t = scan.types_seen[i]
-        sequences[t] = <uint64_t*> (base + at)
-        at += scan.counts[t] * sizeof(uint64_t)
-    for i in range(scan.type_count):
-        t = scan.types_seen[i]
-        rows[t] = base + at
-        at += <size_t>scan.counts[t] * SPECS[t].struct_size + _ROW_SLACK
-    return arena
-
-
-cdef object array_view(cnp.ndarray arena, object descr, void* data, cnp.npy_intp count):
+cdef object array_view(_Arena arena, object descr, void* data, cnp.npy_intp count):
     """A 1-d array of `count` records of dtype `descr` at `data`, inside and keeping `arena`."""
     Py_INCREF(descr)
     view = PyArray_NewFromDescr(<PyTypeObject*> np.ndarray, <cnp.dtype> descr, 1, &count,
@@ -492,22 +465,60 @@ cdef object array_view(cnp.ndarray arena, object descr, void* data, cnp.npy_intp
     return view
 
 
-cdef inline void memset_counts(BlockScan* scan) noexcept nogil:
-    cdef int i
-    for i in range(256):
-        scan.counts[i] = 0
+cdef void init_result(BlockResult* r) noexcept nogil:
+    r.log = FaultLog(NULL, 0, 0)
+    r.arena = NULL
+    r.fault = OK
+    r.fault_offset = 0
 
 
-cdef void raise_fault(int fault, size_t offset) except *:
-    raise DecodeError(REASONS[fault], offset)
+cdef void release_result(BlockResult* r) noexcept nogil:
+    free(r.log.entries)
+    free(r.arena)
+
+
+cdef tuple block_objects(BlockResult* r, const uint8_t* block, size_t block_offset,
+                         uint64_t first_sequence, bint sequenced):
+    """(messages, sequences, quarantined) of a decoded block; takes over r.arena."""
+    cdef dict messages = {}, sequences = {}
+    cdef list quarantined = []
+    cdef _Arena arena = _Arena()
+    cdef size_t i, start
+    cdef FaultEntry* e
+    cdef uint8_t t
+    if r.fault == OUT_OF_MEMORY:
+        raise MemoryError()
+    if r.fault:
+        raise DecodeError(REASONS[r.fault], block_offset + r.fault_offset)
+    arena.data = r.arena
+    r.arena = NULL
+    for i in range(r.scan.type_count):
+        t = r.scan.types_seen[i]
+        if r.filled[t]:
+            messages[KEYS[t]] = array_view(arena, DESCRS[t], r.rows[t], r.filled[t])
+            sequences[KEYS[t]] = array_view(arena, UINT64, r.sequences[t], r.filled[t])
+    for i in range(r.log.count):
+        e = &r.log.entries[i]
+        start = e.offset if e.code == MESSAGE_TRUNCATED else e.offset + 2
+        quarantined.append((block_offset + e.offset, REASONS[e.code], block[start:start + e.length],
+                            first_sequence + e.index if sequenced else None))
+    quarantined.sort(key=lambda entry: entry[0])
+    return messages, sequences, quarantined
 
 
 def parse_messages(buf, *, bint quarantine=False):
     """ITCH messages in NASDAQ's binary file framing -> (messages, quarantined)."""
     cdef _Buffer held = _Buffer(buf)
-    messages, sequences, quarantined = decode_block(
-        <const uint8_t*> held.view.buf, held.view.len, 0, 0, -1, quarantine, False)
-    return messages, quarantined
+    cdef const uint8_t* block = <const uint8_t*> held.view.buf
+    cdef BlockResult r
+    init_result(&r)
+    try:
+        with nogil:
+            decode_messages(block, held.view.len, 0, -1, quarantine, &r)
+        messages, sequences, quarantined = block_objects(&r, block, 0, 0, False)
+        return messages, quarantined
+    finally:
+        release_result(&r)
 
 
 cdef struct FrameHeader:
@@ -593,31 +604,29 @@ def decode_frame(frame, *, bint quarantine=False):
     cdef uint8_t* packet = NULL
     cdef FrameHeader header
     cdef Fault fault
-    cdef uint64_t first_sequence
-    cdef uint16_t count
+    cdef BlockResult r
     header.codec = _CODEC_NONE
+    init_result(&r)
     try:
         with nogil:
             fault = unpack_frame(f, n, &packet, &header, &where)
+            if not fault:
+                decode_messages(packet + 20, header.packet_length - 20, load_be64(packet + 10),
+                                load_be16(packet + 18), quarantine, &r)
         if fault == OUT_OF_MEMORY:
             raise MemoryError()
-        if fault:
-            error = DecodeError(REASONS[fault], where)
-        else:
-            first_sequence = load_be64(packet + 10)
-            count = load_be16(packet + 18)
-            try:
-                messages, sequences, quarantined = decode_block(
-                    packet + 20, header.packet_length - 20, 20, first_sequence, count,
-                    quarantine, True)
-                return (packet[:10], first_sequence, count, messages, sequences, quarantined)
-            except DecodeError as e:
-                error = e
-        if not quarantine:
-            raise error
-        return (None, None, None, {}, {}, [(0, error.reason, bytes(frame), None)])
+        try:
+            if fault:
+                raise DecodeError(REASONS[fault], where)
+            return (packet[:10], load_be64(packet + 10), load_be16(packet + 18),
+                    *block_objects(&r, packet + 20, 20, load_be64(packet + 10), True))
+        except DecodeError as error:
+            if not quarantine:
+                raise
+            return (None, None, None, {}, {}, [(0, error.reason, bytes(frame), None)])
     finally:
-        if header.codec == _CODEC_LZ4 and packet != NULL:
+        release_result(&r)
+        if header.codec == _CODEC_LZ4:
             free(packet)
 
 
