@@ -138,10 +138,14 @@ cmd_fetch() {
     local tmp="$KAFKA_HOME/libs.tmp.$$"
     rm -rf "$tmp"
     log "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central into $LIBS ..."
-    if ! mvn -q -B -Dstyle.color=never -f "$POM" -Dkafka.version="$KAFKA_VERSION" \
-        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" >&2; then
+    # The Maven output goes to a file (shown on failure): the command line is the one from
+    # the header of kafka-pom.xml, plus batch mode and no progress bars.
+    if ! mvn -B -ntp -f "$POM" -Dkafka.version="$KAFKA_VERSION" \
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" \
+        >"$KAFKA_HOME/fetch.log" 2>&1; then
+        grep -E '\[(ERROR|WARNING)\]' "$KAFKA_HOME/fetch.log" | head -n 30 >&2 || tail -n 30 "$KAFKA_HOME/fetch.log" >&2
         rm -rf "$tmp"
-        die "mvn could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION"
+        die "mvn could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION (full log: $KAFKA_HOME/fetch.log)"
     fi
     [[ -f "$tmp/kafka_2.13-$KAFKA_VERSION.jar" ]] || { rm -rf "$tmp"; die "kafka_2.13-$KAFKA_VERSION.jar missing after fetch"; }
     rm -rf "$LIBS"
@@ -231,6 +235,7 @@ format_storage() { # DIR CLUSTER_ID
 launch() { # DIR HEAP_OPTS
     local dir=$1 heap=$2
     : >"$dir/stdout.log"
+    echo $(($(stat -c %s "$dir/server.log" 2>/dev/null || echo 0) + 1)) >"$dir/.log_offset"
     # setsid: own session, survives the caller's terminal/CI step; the inner bash writes
     # its own pid (== the JVM's pid after exec) so the pid file is exact.
     # shellcheck disable=SC2086,SC2016
@@ -282,9 +287,11 @@ stop_dirs() {
 
 # ---------------------------------------------------------------- readiness
 
-# Prints the node ids of the live (unfenced) brokers that bootstrap $1 reports, one per line.
-probe_brokers() {
-    local bs=$1 mode=$PROBE
+# Resolves FEEDHANDLER_KAFKA_PROBE=auto once per run (call resolve_probe before probing).
+resolve_probe() { PROBE=$(probe_mode); }
+
+probe_mode() {
+    local mode=$PROBE
     if [[ "$mode" == auto ]]; then
         if command -v kcat >/dev/null 2>&1; then
             mode=kcat
@@ -295,6 +302,15 @@ probe_brokers() {
         fi
     fi
     case "$mode" in
+        kcat | python | log) echo "$mode" ;;
+        *) die "unknown FEEDHANDLER_KAFKA_PROBE=$mode (auto|kcat|python|log)" ;;
+    esac
+}
+
+# Prints the ids of the live (unfenced) brokers in the metadata that broker $1 returns.
+probe_brokers() {
+    local bs=$1
+    case "$(probe_mode)" in
         kcat)
             kcat -b "$bs" -L -m 3 2>/dev/null | sed -n 's/^ *broker \([0-9][0-9]*\) at .*/\1/p' || true
             ;;
@@ -307,48 +323,50 @@ for b in sorted(md.brokers):
     print(b)
 EOF
             ;;
-        log)
-            # No client available: a node counts as up once it logged its startup and its
-            # broker port accepts connections.
-            local hp dir n
-            IFS=',' read -ra hp <<<"$bs"
-            for n in "${hp[@]}"; do
-                if [[ "${n##*:}" == "$PORT" && -d "$SINGLE_DIR" ]]; then
-                    dir=$SINGLE_DIR
-                else
-                    dir=$(node_dir $(((${n##*:} - CLUSTER_PORT) / 100 + 1)))
-                fi
-                if grep -q "Kafka Server started" "$dir/server.log" 2>/dev/null && port_in_use "${n##*:}"; then
-                    sed -n 's/^node\.id=//p' "$dir/server.properties"
-                fi
-            done
-            ;;
-        *) die "unknown FEEDHANDLER_KAFKA_PROBE=$mode (auto|kcat|python|log)" ;;
     esac
 }
 
-# wait_ready BOOTSTRAP "IDS" DIR... : waits until every id in IDS is listed as a live broker.
+dir_id() { sed -n 's/^node\.id=//p' "$1/server.properties"; }
+dir_port() { sed -n 's/^advertised\.listeners=.*:\([0-9][0-9]*\)$/\1/p' "$1/server.properties"; }
+
+# True when the node in DIR serves client requests. It is asked on its own listener:
+# a Kafka 4 broker only processes requests once the controller has unfenced it, so this
+# also holds right after kill-node + start-node, while the other nodes may still list the
+# old incarnation. Without kcat or confluent_kafka: its log says started + its port is open.
+node_ready() {
+    local dir=$1 id port
+    [[ -f "$dir/server.properties" ]] || return 1
+    id=$(dir_id "$dir")
+    port=$(dir_port "$dir")
+    port_in_use "$port" || return 1
+    if [[ "$(probe_mode)" == log ]]; then
+        tail -c +"$(cat "$dir/.log_offset" 2>/dev/null || echo 1)" "$dir/server.log" 2>/dev/null |
+            grep -q "Kafka Server started"
+        return
+    fi
+    probe_brokers "$HOST:$port" | grep -qx "$id"
+}
+
+# wait_ready DIR... : waits until every node is ready; fails early if a JVM dies.
 wait_ready() {
-    local bs=$1 want=$2 dir id got ok
-    shift 2
+    local dir pending=("$@")
+    resolve_probe
     local deadline=$((SECONDS + READY_TIMEOUT))
     while :; do
-        for dir in "$@"; do
+        local still=()
+        for dir in "${pending[@]}"; do
             if [[ -z "$(node_pid "$dir")" ]]; then
                 log "the Kafka JVM in $dir exited during startup"
                 tail_logs "$dir"
                 return 1
             fi
+            node_ready "$dir" || still+=("$dir")
         done
-        got=" $(probe_brokers "$bs" | tr '\n' ' ') "
-        ok=1
-        for id in $want; do
-            [[ "$got" == *" $id "* ]] || ok=0
-        done
-        ((ok)) && return 0
+        pending=("${still[@]+"${still[@]}"}")
+        ((${#pending[@]})) || return 0
         if ((SECONDS >= deadline)); then
-            log "timed out after ${READY_TIMEOUT}s waiting for brokers [$want] on $bs (seen: [${got// /}])"
-            for dir in "$@"; do tail_logs "$dir"; done
+            log "timed out after ${READY_TIMEOUT}s waiting for: ${pending[*]}"
+            for dir in "${pending[@]}"; do tail_logs "$dir"; done
             return 1
         fi
         sleep 0.5
@@ -379,7 +397,7 @@ start_single() {
     write_config "$SINGLE_DIR" 1 "$PORT" "$CONTROLLER_PORT" "1@$HOST:$CONTROLLER_PORT" 1 1
     format_storage "$SINGLE_DIR" "$(gen_uuid)" || die "storage format failed"
     launch "$SINGLE_DIR" "$heap"
-    if ! wait_ready "$(single_bootstrap)" "1" "$SINGLE_DIR"; then
+    if ! wait_ready "$SINGLE_DIR"; then
         stop_dirs "$SINGLE_DIR"
         die "single-node Kafka did not become ready"
     fi
@@ -417,7 +435,7 @@ start_cluster() {
     for ((n = 1; n <= CLUSTER_NODES; n++)); do
         launch "$(node_dir "$n")" "$heap"
     done
-    if ! wait_ready "$(cluster_bootstrap)" "$(seq -s ' ' 1 "$CLUSTER_NODES")" "${dirs[@]}"; then
+    if ! wait_ready "${dirs[@]}"; then
         stop_dirs "${dirs[@]}"
         die "Kafka cluster did not become ready"
     fi
@@ -453,34 +471,35 @@ cmd_stop() {
 pid_desc() { if [[ -n "$1" ]]; then echo "pid $1"; else echo "down"; fi; }
 
 cmd_status() {
-    local cluster=$1 n pid ready=1 desc="" bs got want
+    local cluster=$1 n dir pid ready=1 desc="" bs dirs=() what
     if ((cluster)); then
         bs=$(cluster_bootstrap)
-        want=$(seq -s ' ' 1 "$CLUSTER_NODES")
-        for ((n = 1; n <= CLUSTER_NODES; n++)); do
-            pid=$(node_pid "$(node_dir "$n")")
-            desc+="${desc:+, }node$n=$(pid_desc "$pid")"
-            [[ -n "$pid" ]] || ready=0
-        done
+        what="kafka $KAFKA_VERSION $CLUSTER_NODES-node cluster"
+        for ((n = 1; n <= CLUSTER_NODES; n++)); do dirs+=("$(node_dir "$n")"); done
     else
         bs=$(single_bootstrap)
-        want=1
-        pid=$(node_pid "$SINGLE_DIR")
-        desc=$(pid_desc "$pid")
-        [[ -n "$pid" ]] || ready=0
+        what="kafka $KAFKA_VERSION single-node"
+        dirs=("$SINGLE_DIR")
     fi
-    got=""
-    if [[ "$desc" == *pid* ]]; then
-        got=" $(probe_brokers "$bs" | tr '\n' ' ') "
-        for n in $want; do [[ "$got" == *" $n "* ]] || ready=0; done
-    fi
-    local what="kafka $KAFKA_VERSION single-node"
-    ((cluster)) && what="kafka $KAFKA_VERSION $CLUSTER_NODES-node cluster"
+    resolve_probe
+    for dir in "${dirs[@]}"; do
+        pid=$(node_pid "$dir")
+        if [[ -z "$pid" ]]; then
+            n="down"
+            ready=0
+        elif node_ready "$dir"; then
+            n="ready, pid $pid"
+        else
+            n="NOT ready, pid $pid"
+            ready=0
+        fi
+        if ((cluster)); then desc+="${desc:+; }node${dir##*-}: $n"; else desc=${n#ready, }; fi
+    done
     if ((ready)); then
         echo "$what: ready ($desc) bootstrap=$bs"
         return 0
     fi
-    echo "$what: NOT ready ($desc; live brokers: [$(echo "$got" | xargs)]) bootstrap=$bs"
+    echo "$what: NOT ready ($desc) bootstrap=$bs"
     return 1
 }
 
@@ -527,7 +546,7 @@ cmd_start_node() {
     t0ns=$(date +%s%N)
     echo "----- restarted by kafka.sh start-node at $(date -Is) -----" >>"$dir/server.log"
     launch "$dir" "${FEEDHANDLER_KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
-    wait_ready "$(cluster_bootstrap)" "$n" "$dir" || die "node $n did not rejoin the cluster"
+    wait_ready "$dir" || die "node $n did not rejoin the cluster"
     log "node $n back in the cluster in $(elapsed "$t0ns") (pid $(node_pid "$dir"))"
 }
 
