@@ -1,0 +1,131 @@
+"""Where each tick goes in Kafka: topic by message category, key by stock, value by format."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from feedhandler import _records
+from feedhandler.itch import DTYPES, encode
+from feedhandler.packet import Packet
+
+CATEGORIES = {
+    "orders": "AFECXDU",
+    "trades": "PQB",
+    "reference": "SRHYLVWKJhO",
+    "noii": "IN",
+}
+VALUE_FORMATS = ("struct", "json", "raw", "batched")
+LOCATES = 65536
+
+BATCH_DTYPES = {
+    message_type: np.dtype({
+        "names": ["sequence", *dtype.names],
+        "formats": [np.dtype("<u8")] + [dtype.fields[n][0] for n in dtype.names],
+        "offsets": [0] + [8 + dtype.fields[n][1] for n in dtype.names],
+        "itemsize": 8 + dtype.itemsize})
+    for message_type, dtype in DTYPES.items()
+}
+"""Rows of the batched value format: the sequence number, then the message's struct."""
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Message type -> topic, plus the dead-letter topic for quarantined input."""
+
+    topic_of_type: dict[str, str]
+    dead_letter: str
+
+    @classmethod
+    def by_category(cls, prefix: str = "itch.", overrides: dict[str, str] | None = None,
+                    dead_letter: str = "deadletter") -> Routes:
+        """Topics `<prefix><category>`; `overrides` maps a message type or a category name to
+        another category or topic suffix (e.g. {"I": "orders", "noii": "reference"})."""
+        overrides = overrides or {}
+        topic_of_type = {}
+        for category, types in CATEGORIES.items():
+            for message_type in types:
+                target = overrides.get(message_type, overrides.get(category, category))
+                topic_of_type[message_type] = prefix + target
+        unknown = set(overrides) - set(DTYPES) - set(CATEGORIES)
+        if unknown:
+            raise ValueError(f"unknown message types or categories in routes: {sorted(unknown)}")
+        return cls(topic_of_type, prefix + dead_letter)
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted(set(self.topic_of_type.values()))
+
+
+class StockDirectory:
+    """Record key of every stock locate code, from the feed's Stock Directory messages.
+
+    Until a locate's directory message has been seen its key is `#<locate>` (stable, so its
+    ticks still share one partition); system-wide messages use locate 0, key `#0`."""
+
+    def __init__(self):
+        self.keys: list[bytes] = [b"#%d" % locate for locate in range(LOCATES)]
+        self.hashes = np.array([_records.murmur2(k) & 0xFFFFFFFF for k in self.keys], np.uint32)
+
+    def update(self, directory: np.ndarray) -> None:
+        for locate, stock in zip(directory["stock_locate"].tolist(), directory["stock"].tolist()):
+            key = stock.rstrip(b" ")
+            self.keys[locate] = key
+            self.hashes[locate] = _records.murmur2(key) & 0xFFFFFFFF
+
+
+def json_value(row: tuple, names: tuple, session: bytes, sequence: int) -> bytes:
+    fields = {"session": session.decode("ascii").rstrip(), "sequence": sequence}
+    for name, value in zip(names, row):
+        fields[name] = value.decode("latin-1").rstrip(" ") if isinstance(value, bytes) else value
+    return json.dumps(fields, separators=(",", ":")).encode()
+
+
+def json_records(packet: Packet, topic_index: dict[str, int], topics: int,
+                 directory: StockDirectory, timestamp_base_ms: int,
+                 with_metadata: bool = False) -> list[list[dict]]:
+    """The `json` value format: one self-describing object per tick, in feed order per topic."""
+    ticks = []
+    for message_type, records in packet.messages.items():
+        names = DTYPES[message_type].names
+        for row, sequence in zip(records.tolist(), packet.sequences[message_type].tolist()):
+            ticks.append((sequence, message_type, row, names))
+    ticks.sort(key=lambda tick: tick[0])
+    out: list[list[dict]] = [[] for _ in range(topics)]
+    for sequence, message_type, row, names in ticks:
+        record = {"value": json_value(row, names, packet.session, sequence),
+                  "key": directory.keys[row[1]]}
+        if with_metadata:
+            record.update(type=message_type.encode(), sequence=sequence,
+                          timestamp=timestamp_base_ms + row[3] // 1_000_000)
+        out[topic_index[message_type]].append(record)
+    return out
+
+
+def tick_records(packet: Packet, value_format: str, topic_index: dict[str, int], topics: int,
+                 directory: StockDirectory, timestamp_base_ms: int,
+                 with_metadata: bool = False) -> list[list[dict]]:
+    """produce_batch dicts for the per-tick formats, grouped by topic index, feed order.
+    `with_metadata` adds "type", "sequence" and "timestamp", for records sent by produce()."""
+    if value_format == "json":
+        return json_records(packet, topic_index, topics, directory, timestamp_base_ms,
+                            with_metadata)
+    raw = ({t: encode(records) for t, records in packet.messages.items()}
+           if value_format == "raw" else None)
+    return _records.tick_records(packet.messages, packet.sequences, packet.sequence, packet.count,
+                                 topic_index, topics, directory.keys, timestamp_base_ms, raw,
+                                 with_metadata)
+
+
+def batched_records(packet: Packet, topic_of_type: dict[str, str], partitions: dict[str, int],
+                    directory: StockDirectory):
+    """The `batched` format: (topic, partition, message type, rows bytes) per message type and
+    partition of the packet; rows are BATCH_DTYPES[type], in feed order."""
+    for message_type, records in packet.messages.items():
+        topic = topic_of_type[message_type]
+        groups = _records.group_rows(records, packet.sequences[message_type], directory.hashes,
+                                     partitions[topic])
+        for partition, rows in groups.items():
+            yield topic, partition, message_type, rows
