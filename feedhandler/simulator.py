@@ -1,0 +1,831 @@
+"""Exchange simulator: serves one TotalView-ITCH 5.0 session to any number of clients over the
+feed's TCP session protocol (docs/protocol.md, "Session protocol").
+
+The session's messages come from the synthetic order flow (`feedhandler.orderflow`) or from a
+NASDAQ file (`feedhandler.replay`). They are cut into packets and framed once, into the frame
+store, which is both what every client is served from and the retransmission store: each client
+has its own cursor into it, so a slow client only delays itself. Pacing decides when frames are
+*published* (become visible to clients); in "as fast as possible" mode they are published as soon
+as they are framed.
+
+Everything on the network runs on one asyncio event loop; generation, file reading and
+compression run on worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import itertools
+import logging
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from feedhandler import orderflow, packet, replay
+from feedhandler.orderflow import MessageBlock
+from feedhandler.sessionproto import (
+    CLIENT_HEARTBEAT, HEARTBEAT_INTERVAL, LENGTH_PREFIX, LINK_TIMEOUT, LOGIN_REQUEST,
+    LOGOUT_REQUEST, NOT_AUTHORIZED, PASSWORD_LENGTH, SESSION_NOT_AVAILABLE, USERNAME_LENGTH,
+    ProtocolError, check_client_frame, debug, end_of_session, heartbeat, login_accepted,
+    login_rejected, pad, parse_login_request, trim_frame,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9009
+DEFAULT_SESSION = b"SIMULATOR"
+DEFAULT_USERNAME = b"feed"
+DEFAULT_PASSWORD = b"feed"
+DEFAULT_MESSAGES_PER_PACKET = 500
+LOGIN_TIMEOUT = 5.0           # seconds from connect to a complete login request
+PARTIAL_FRAME_TIMEOUT = 5.0   # seconds a started client frame may take to complete
+MAX_CLIENTS = 64
+SEND_CHUNK = 1 << 20          # bytes of frames handed to the kernel at a time
+SOCKET_BUFFER = 4 << 20
+END_LINGER = 2.0              # seconds to wait for a logout after end of session
+# Frames of an endless or replayed session are retained up to this many bytes.
+DEFAULT_RETAIN_BYTES = 256 << 20
+# Endless synthetic data and files are framed a chunk at a time, at most this many chunks ahead
+# of the fastest client (as fast as possible) or of publication (paced).
+LOOKAHEAD_CHUNKS = 2
+SYNTHETIC_CHUNK_MESSAGES = 1 << 18
+PACING_TICK = 0.001           # paced packets hold what falls due within about a millisecond
+MEAN_BURST = 0.02             # seconds; mean length of a burst with --burst > 1
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """What `feedhandler simulate` takes (see its --help).
+
+    count: synthetic mode, the messages of the whole session (opening and closing included);
+        replay mode, the most messages to serve; None: a synthetic session that runs to the
+        market close, or the whole file.
+    rate: messages per second, 0 = as fast as the fastest client reads; burst: the
+        peak-to-average ratio with a rate. speed: replay paced by the ITCH timestamps.
+    retain_bytes: frames kept for retransmission by an endless or replay session (a --count
+        synthetic session keeps all of its frames).
+    status_interval: seconds between status lines on stderr; None for none."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    session: bytes = DEFAULT_SESSION
+    username: bytes = DEFAULT_USERNAME
+    password: bytes = DEFAULT_PASSWORD
+    count: int | None = None
+    seed: int = 0
+    symbols: int = 100
+    rate: float = 0.0
+    burst: float = 1.0
+    messages_per_packet: int = DEFAULT_MESSAGES_PER_PACKET
+    codec: str = "lz4"
+    replay: str | None = None
+    speed: float | None = None
+    exit_after_end: bool = False
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
+    timeout: float = LINK_TIMEOUT
+    login_timeout: float = LOGIN_TIMEOUT
+    partial_frame_timeout: float = PARTIAL_FRAME_TIMEOUT
+    max_clients: int = MAX_CLIENTS
+    retain_bytes: int = DEFAULT_RETAIN_BYTES
+    status_interval: float | None = 1.0
+
+    def __post_init__(self):
+        if not 1 <= self.messages_per_packet < packet.END_OF_SESSION_COUNT:
+            raise ValueError(f"messages per packet must be 1..{packet.END_OF_SESSION_COUNT - 1}")
+        if self.codec not in packet.CODECS:
+            raise ValueError(f"codec must be one of {sorted(packet.CODECS)}")
+        if self.rate < 0 or self.burst < 1:
+            raise ValueError("rate must be >= 0 and burst >= 1")
+        if self.speed is not None and (self.speed <= 0 or self.replay is None):
+            raise ValueError("speed must be positive and needs replay")
+        if self.speed is not None and self.rate:
+            raise ValueError("pace by rate or by timestamps (speed), not both")
+        if self.count is not None and self.count < 0:
+            raise ValueError("count must not be negative")
+        self.padded_session                     # validates the session name
+        pad(self.username, USERNAME_LENGTH, "username")
+        pad(self.password, PASSWORD_LENGTH, "password")
+
+    @property
+    def padded_session(self) -> bytes:
+        return pad(self.session, packet.SESSION_LENGTH, "session")
+
+
+# ---- packets and frames ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FrameChunk:
+    """Consecutive frames in one buffer: frame i is data[offsets[i]:offsets[i + 1]] and carries
+    messages sequences[i] .. sequences[i + 1] - 1. `due` is when each frame may be published, in
+    seconds from the start (None: at once)."""
+
+    data: bytes
+    offsets: np.ndarray
+    sequences: np.ndarray
+    due: np.ndarray | None
+    packet_bytes: int                 # the MoldUDP64 packets before compression
+
+    @property
+    def frames(self) -> int:
+        return len(self.offsets) - 1
+
+
+def frame_block(block: MessageBlock, boundaries: np.ndarray, *, session: bytes, sequence: int,
+                codec: str, due: np.ndarray | None = None) -> FrameChunk:
+    """Frame the block's messages boundaries[i] .. boundaries[i + 1] - 1 as packet i, the
+    first message having sequence number `sequence`."""
+    data = block.data
+    starts = block.offsets[boundaries]
+    counts = np.diff(boundaries)
+    frames = [packet.encode_block(data[a:b], n, session=session, sequence=s, codec=codec)
+              for a, b, n, s in zip(starts[:-1].tolist(), starts[1:].tolist(), counts.tolist(),
+                                    (sequence + boundaries[:-1]).tolist())]
+    offsets = np.zeros(len(frames) + 1, np.int64)
+    np.cumsum([len(f) for f in frames], out=offsets[1:])
+    return FrameChunk(b"".join(frames), offsets, sequence + boundaries.astype(np.int64), due,
+                      int(starts[-1] - starts[0]) + packet.PACKET_HEADER_SIZE * len(frames))
+
+
+class Pacing:
+    """As fast as possible: packets of `messages_per_packet`, published at once."""
+
+    paced = False
+
+    def __init__(self, messages_per_packet: int):
+        self.messages_per_packet = messages_per_packet
+
+    def cut(self, block: MessageBlock) -> tuple[np.ndarray, np.ndarray | None]:
+        """(packet boundaries as message indices, from 0 to block.count; due time per packet)."""
+        return _fixed_size_boundaries(block.count, self.messages_per_packet), None
+
+
+def _fixed_size_boundaries(count: int, size: int) -> np.ndarray:
+    """0, size, 2 * size, ..., count."""
+    return np.unique(np.append(np.arange(0, count, size), count))
+
+
+class RatePacing(Pacing):
+    """`rate` messages a second on average. With burst B > 1 messages come in bursts at B times
+    the rate (random lengths, MEAN_BURST on average), each followed by a silence B - 1 times as
+    long. Packets hold about a tick's worth of messages at the average rate."""
+
+    paced = True
+
+    def __init__(self, messages_per_packet: int, rate: float, burst: float, seed: int):
+        super().__init__(max(1, min(messages_per_packet, round(rate * PACING_TICK))))
+        self.rate, self.burst = rate, burst
+        self._rng = np.random.default_rng(seed)
+        self._messages = 0                      # messages cut so far
+        # Bursts not yet used up: messages sent before each begins, and when it starts (s).
+        # The last one's length is not drawn yet.
+        self._burst_first = np.zeros(1)
+        self._burst_start = np.zeros(1)
+
+    def cut(self, block):
+        boundaries, _ = super().cut(block)
+        # A packet is due once its last message is.
+        sent = self._messages + boundaries[1:].astype(float)
+        self._messages += block.count
+        if self.burst == 1:
+            return boundaries, sent / self.rate
+        return boundaries, self._burst_times(sent)
+
+    def _burst_times(self, sent: np.ndarray) -> np.ndarray:
+        peak = self.rate * self.burst
+        while self._burst_first[-1] < sent[-1]:
+            # A burst of length l carries l * peak messages and is followed by a silence of
+            # l * (B - 1): the next burst starts l * B later.
+            lengths = self._rng.exponential(MEAN_BURST, 1024)
+            self._burst_first = np.append(self._burst_first,
+                                          self._burst_first[-1] + np.cumsum(lengths * peak))
+            self._burst_start = np.append(self._burst_start,
+                                          self._burst_start[-1] + np.cumsum(lengths * self.burst))
+        # The burst in which the sent-th message goes out (at a boundary, the earlier one).
+        which = np.maximum(np.searchsorted(self._burst_first, sent, "left") - 1, 0)
+        times = self._burst_start[which] + (sent - self._burst_first[which]) / peak
+        self._burst_first = self._burst_first[which[-1]:]
+        self._burst_start = self._burst_start[which[-1]:]
+        return times
+
+
+class TimestampPacing(Pacing):
+    """Replay paced by the ITCH timestamps, `speed` times real time. A packet closes at
+    `messages_per_packet` messages or when the timestamps move on to the next tick."""
+
+    paced = True
+
+    def __init__(self, messages_per_packet: int, speed: float):
+        super().__init__(messages_per_packet)
+        self.speed = speed
+        self._origin: int | None = None         # timestamp of the first message
+
+    def cut(self, block):
+        stamps = replay.message_timestamps(block)
+        if self._origin is None:
+            self._origin = int(stamps[0])
+        tick = np.uint64(max(1, round(PACING_TICK * self.speed * 1e9)))
+        # Timestamps are non-decreasing in a valid file; any that go back are due at once.
+        since = np.where(stamps > self._origin, stamps - np.uint64(self._origin), np.uint64(0))
+        ticks = since // tick
+        new_tick = np.flatnonzero(np.diff(ticks)) + 1
+        run_start = np.zeros(block.count, np.int64)
+        run_start[new_tick] = new_tick
+        np.maximum.accumulate(run_start, out=run_start)
+        in_run = np.arange(block.count) - run_start
+        starts = np.flatnonzero(in_run % self.messages_per_packet == 0)
+        boundaries = np.append(starts, block.count)
+        return boundaries, since[boundaries[1:] - 1] / 1e9 / self.speed
+
+
+# ---- the frame store ---------------------------------------------------------------------------
+class FrameStore:
+    """All frames of the session so far, in order, addressed by a global frame index. Frames
+    below `published` are visible to clients; chunks wholly older than the retention bound are
+    dropped (never with a bound of None)."""
+
+    def __init__(self, first_sequence: int = 1, retain_bytes: int | None = None):
+        self.chunks: deque[FrameChunk] = deque()
+        self.chunk_starts: deque[int] = deque()    # global index of each chunk's first frame
+        self.first_frame = 0
+        self.produced = 0
+        self.published = 0
+        self.finished = False                      # nothing more will be appended
+        self.retain_bytes = retain_bytes
+        self.retained_bytes = 0
+        self.packet_bytes = 0
+        self.frame_bytes = 0
+        self._first_sequence = first_sequence
+        self._changed = asyncio.Event()
+
+    @property
+    def ended(self) -> bool:
+        """End of session: every frame is published and no more will come."""
+        return self.finished and self.published == self.produced
+
+    def changed(self) -> asyncio.Event:
+        """An event set at the next publication or end of session."""
+        return self._changed
+
+    def _notify(self):
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def append(self, chunk: FrameChunk):
+        self.chunks.append(chunk)
+        self.chunk_starts.append(self.produced)
+        self.produced += chunk.frames
+        self.retained_bytes += len(chunk.data)
+        self.packet_bytes += chunk.packet_bytes
+        self.frame_bytes += len(chunk.data)
+        while (self.retain_bytes is not None and self.retained_bytes > self.retain_bytes
+               and len(self.chunks) > 1 and self.chunk_starts[1] <= self.published):
+            dropped = self.chunks.popleft()
+            self.chunk_starts.popleft()
+            self.retained_bytes -= len(dropped.data)
+            self.first_frame = self.chunk_starts[0]
+
+    def chunks_after(self, frame: int) -> int:
+        """Chunks that start after global frame `frame`."""
+        return len(self.chunk_starts) - bisect.bisect_right(self.chunk_starts, frame)
+
+    def finish(self):
+        self.finished = True
+        self._notify()
+
+    def _chunk(self, frame: int) -> tuple[FrameChunk, int]:
+        """The chunk holding global frame `frame` and the frame's index in it."""
+        if not self.first_frame <= frame < self.produced:
+            raise IndexError(f"frame {frame} is not in the store "
+                             f"({self.first_frame}..{self.produced - 1})")
+        at = bisect.bisect_right(self.chunk_starts, frame) - 1
+        return self.chunks[at], frame - self.chunk_starts[at]
+
+    def sequence_at(self, frame: int) -> int:
+        """Sequence number of the first message of `frame` (of the next message for
+        frame == produced)."""
+        if not self.chunks:
+            return self._first_sequence
+        if frame >= self.produced:
+            return int(self.chunks[-1].sequences[-1])
+        chunk, index = self._chunk(frame)
+        return int(chunk.sequences[index])
+
+    def frame_bytes_at(self, frame: int) -> bytes:
+        chunk, index = self._chunk(frame)
+        return chunk.data[chunk.offsets[index]:chunk.offsets[index + 1]]
+
+    def position(self, sequence: int) -> int:
+        """The published frame holding `sequence`: the oldest retained frame if it is older, the
+        next to be published if it is newer or 0 (from now on)."""
+        if sequence == 0 or sequence >= self.sequence_at(self.published):
+            return self.published
+        if sequence <= self.sequence_at(self.first_frame):
+            return self.first_frame
+        for chunk, start in zip(self.chunks, self.chunk_starts):
+            if sequence < chunk.sequences[-1]:
+                return start + int(np.searchsorted(chunk.sequences, sequence, "right")) - 1
+        return self.published
+
+    def next_due(self) -> float | None:
+        chunk, index = self._chunk(self.published)
+        return None if chunk.due is None else float(chunk.due[index])
+
+    def publish_due(self, elapsed: float):
+        """Publish the frames due by `elapsed` seconds from the start."""
+        before = self.published
+        while self.published < self.produced:
+            chunk, index = self._chunk(self.published)
+            if chunk.due is None:
+                self.published += chunk.frames - index
+                continue
+            upto = int(np.searchsorted(chunk.due, elapsed, "right"))
+            if upto <= index:
+                break
+            self.published += upto - index
+        if self.published != before:
+            self._notify()
+
+    def slice(self, frame: int, max_bytes: int) -> tuple[memoryview, int]:
+        """Published frames from `frame` on, at most max_bytes unless one frame is larger, all
+        in one chunk: (bytes, global index after the last frame)."""
+        chunk, index = self._chunk(frame)
+        available = min(self.published - frame, chunk.frames - index)
+        begin = int(chunk.offsets[index])
+        upto = int(np.searchsorted(chunk.offsets, begin + max_bytes, "right")) - 1
+        upto = max(index + 1, min(upto, index + available))
+        return memoryview(chunk.data)[begin:int(chunk.offsets[upto])], frame + upto - index
+
+
+# ---- sources -----------------------------------------------------------------------------------
+def synthetic_blocks(config: SimulatorConfig) -> Iterator[MessageBlock]:
+    """An endless synthetic session (it ends at the synthetic market close)."""
+    mean_gap = 1e9 / config.rate if config.rate else orderflow.DEFAULT_MEAN_GAP_NS
+    flow = orderflow.OrderFlow(config.symbols, seed=config.seed, mean_gap_ns=mean_gap)
+    # Paced, a chunk is about a second's worth, so generation stays close to publication.
+    chunk = int(min(max(config.rate, 1024), SYNTHETIC_CHUNK_MESSAGES)) if config.rate \
+        else SYNTHETIC_CHUNK_MESSAGES
+    yield flow.opening()
+    while not flow.market_closed:
+        block = flow.flow(chunk)
+        if block.count:
+            yield block
+    yield flow.closing()
+
+
+def limit_blocks(blocks: Iterator[MessageBlock], count: int) -> Iterator[MessageBlock]:
+    """The first `count` messages of `blocks`."""
+    for block in blocks:
+        if count <= 0:
+            return
+        if block.count > count:
+            block = MessageBlock(block.data[:block.offsets[count]], block.offsets[:count + 1])
+        count -= block.count
+        yield block
+
+
+class _Disconnect(Exception):
+    """Close a client connection for `reason`; `tell` sends the reason to the client first."""
+
+    def __init__(self, reason: str, level: int = logging.WARNING, tell: bool = False):
+        super().__init__(reason)
+        self.reason, self.level, self.tell = reason, level, tell
+
+
+# ---- the server --------------------------------------------------------------------------------
+class Simulator:
+    """Build with a SimulatorConfig; `run()` serves in the calling thread until stopped (or the
+    session ends, with exit_after_end), `start()`/`stop()` serve from a background thread."""
+
+    def __init__(self, config: SimulatorConfig):
+        self.config = config
+        self.session = config.padded_session
+        self.port: int | None = None
+        self.store: FrameStore | None = None
+        self.clients: set[_Client] = set()
+        self.messages_served = 0          # totals over all clients, closed ones included
+        self.frames_served = 0
+        self.ends_delivered = 0
+        self.generation_seconds = 0.0
+        self._blocks: Iterator[MessageBlock] | None = None
+        self._pacing: Pacing | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._next_sequence = 1
+        self._prepare()
+
+    # ---- preparation -----------------------------------------------------------------------------
+    def _prepare(self):
+        config = self.config
+        if config.speed is not None:
+            self._pacing = TimestampPacing(config.messages_per_packet, config.speed)
+        elif config.rate:
+            self._pacing = RatePacing(config.messages_per_packet, config.rate, config.burst,
+                                      config.seed)
+        else:
+            self._pacing = Pacing(config.messages_per_packet)
+        self._prepared: FrameChunk | None = None
+        self._retain = config.retain_bytes
+        if config.replay is not None:
+            replay.open_itch(config.replay).close()     # a missing file fails here, not later
+            blocks = replay.read_blocks(config.replay)
+            self._blocks = blocks if config.count is None else limit_blocks(blocks, config.count)
+        elif config.count is not None:
+            # A whole synthetic run is generated and framed once, before serving; its frames
+            # are all kept, so any client can replay it from any point.
+            started = time.perf_counter()
+            block = orderflow.generate(config.count, symbols=config.symbols, seed=config.seed)
+            self._prepared = self._frame(block)
+            self._blocks = iter(())
+            self._retain = None
+            self.generation_seconds = time.perf_counter() - started
+            log.info("generated and framed %d messages in %.2f s", block.count,
+                     self.generation_seconds)
+        else:
+            self._blocks = synthetic_blocks(config)
+
+    def _next_chunk(self) -> FrameChunk | None:
+        """Frame the next block of the source (runs on a worker thread while serving)."""
+        block = next(self._blocks, None)
+        while block is not None and block.count == 0:
+            block = next(self._blocks, None)
+        return None if block is None else self._frame(block)
+
+    def _frame(self, block: MessageBlock) -> FrameChunk:
+        boundaries, due = self._pacing.cut(block)
+        chunk = frame_block(block, boundaries, session=self.session,
+                            sequence=self._next_sequence, codec=self.config.codec, due=due)
+        self._next_sequence += block.count
+        return chunk
+
+    # ---- running ---------------------------------------------------------------------------------
+    def run(self):
+        """Serve until stop() (or end of session with exit_after_end)."""
+        asyncio.run(self._main())
+
+    def start(self, timeout: float = 30.0) -> Simulator:
+        """Serve from a background thread; returns once listening (self.port is set)."""
+        self._thread = threading.Thread(target=self._run_in_thread, name="simulator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("simulator did not start listening")
+        if self._failure is not None:
+            raise self._failure
+        return self
+
+    def _run_in_thread(self):
+        try:
+            self.run()
+        except BaseException as error:          # surfaced by start() or logged
+            self._failure = error
+            log.exception("simulator failed")
+        finally:
+            self._ready.set()
+
+    def stop(self, timeout: float = 10.0):
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):     # the loop has ended already
+                loop.call_soon_threadsafe(stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    async def _main(self):
+        config = self.config
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.store = FrameStore(retain_bytes=self._retain)
+        self._appended = asyncio.Event()
+        if self._prepared is not None:
+            self.store.append(self._prepared)
+            self.store.finish()
+            self._prepared = None
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((config.host, config.port))
+        listener.listen(128)
+        listener.setblocking(False)
+        self.port = listener.getsockname()[1]
+        log.info("serving session %s on %s:%d", self.session.decode().strip(), config.host,
+                 self.port)
+        self._started = time.monotonic()
+        tasks = [asyncio.create_task(coroutine) for coroutine in (
+            self._accept(listener), self._produce(), self._publish(), self._report())]
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            for task in tasks + [client.task for client in self.clients]:
+                task.cancel()
+            await asyncio.gather(*tasks, *(client.task for client in self.clients),
+                                 return_exceptions=True)
+            listener.close()
+
+    async def _accept(self, listener: socket.socket):
+        loop = asyncio.get_running_loop()
+        for number in itertools.count(1):
+            sock, peer = await loop.sock_accept(listener)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            client = _Client(self, sock, f"client {number} ({peer[0]}:{peer[1]})")
+            if len(self.clients) >= self.config.max_clients:
+                log.warning("%s: refused: %d clients already connected", client.name,
+                            len(self.clients))
+                client.tell("server full")
+                sock.close()
+                continue
+            self.clients.add(client)
+            client.task = asyncio.create_task(client.run())
+
+    def _fastest_client(self) -> int:
+        cursors = [client.cursor for client in self.clients if client.cursor is not None]
+        return max(cursors, default=self.store.first_frame)
+
+    async def _produce(self):
+        """Frame more of the source while the clients (as fast as possible) or publication
+        (paced) have fewer than LOOKAHEAD_CHUNKS chunks ahead of them."""
+        loop = asyncio.get_running_loop()
+        store = self.store
+        while not store.finished:
+            reference = store.published if self._pacing.paced else self._fastest_client()
+            if store.chunks_after(reference) >= LOOKAHEAD_CHUNKS:
+                # Client cursors move without notifying anyone; a short poll is cheap enough.
+                await asyncio.sleep(0.005)
+                continue
+            try:
+                chunk = await loop.run_in_executor(None, self._next_chunk)
+            except (OSError, ValueError) as error:
+                # A bad or truncated file: serve what was read, then end the session.
+                log.error("source failed, ending the session: %s", error)
+                chunk = None
+            except Exception:
+                log.exception("source failed, ending the session")
+                chunk = None
+            if chunk is None:
+                store.finish()
+            else:
+                store.append(chunk)
+                store.publish_due(time.monotonic() - self._started)
+            self._appended.set()
+
+    async def _publish(self):
+        """Publish paced frames when they fall due."""
+        store = self.store
+        while not store.ended:
+            if store.published < store.produced:
+                due = store.next_due()
+                wait = 0 if due is None else self._started + due - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                store.publish_due(time.monotonic() - self._started)
+            else:
+                self._appended.clear()
+                await self._appended.wait()
+
+    async def _report(self):
+        interval = self.config.status_interval
+        if interval is None:
+            return
+        messages, frames, then = self.messages_served, self.frames_served, time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            total_messages, total_frames = self.served()
+            elapsed = now - then
+            store = self.store
+            ratio = store.packet_bytes / store.frame_bytes if store.frame_bytes else 0.0
+            print(f"simulate: {(total_messages - messages) / elapsed:>12,.0f} msg/s "
+                  f"{(total_frames - frames) / elapsed:>9,.0f} pkt/s "
+                  f"{sum(c.cursor is not None for c in self.clients):>3} clients "
+                  f"{self.config.codec} ratio {ratio:.2f}  "
+                  f"published {store.sequence_at(store.published) - 1:,} msgs"
+                  f"{'  (ended)' if store.ended else ''}", file=sys.stderr, flush=True)
+            messages, frames, then = total_messages, total_frames, now
+
+    def served(self) -> tuple[int, int]:
+        """(messages, frames) sent to all clients so far."""
+        clients = list(self.clients)
+        return (self.messages_served + sum(c.messages_sent for c in clients),
+                self.frames_served + sum(c.frames_sent for c in clients))
+
+    def _closed(self, client: _Client):
+        self.clients.discard(client)
+        self.messages_served += client.messages_sent
+        self.frames_served += client.frames_sent
+        self.ends_delivered += client.end_delivered
+        if (self.config.exit_after_end and self.store.ended and self.ends_delivered
+                and not self.clients):
+            log.info("session ended and delivered; exiting")
+            self._stop.set()
+
+
+class _Client:
+    """One connection: login, then frames from its own cursor into the store."""
+
+    def __init__(self, simulator: Simulator, sock: socket.socket, name: str):
+        self.simulator = simulator
+        self.config = simulator.config
+        self.sock = sock
+        self.name = name
+        self.task: asyncio.Task | None = None
+        self.cursor: int | None = None           # next frame to send, once logged in
+        self.next_sequence = 0                   # first message of that frame
+        self.messages_sent = 0
+        self.frames_sent = 0
+        self.end_delivered = False
+        self._received = bytearray()
+        # False while a send is under way (or was cut off): a debug frame now would land in
+        # the middle of another frame.
+        self._between_frames = True
+        self._partial_since = 0.0
+        self._last_received = time.monotonic()
+        self._last_sent = time.monotonic()
+
+    def tell(self, text: str):
+        """Best effort: a debug frame explaining why the server is about to close."""
+        try:
+            self.sock.send(debug(text))
+        except OSError:
+            pass
+
+    async def run(self):
+        level, reason = logging.INFO, "cancelled"
+        try:
+            await self._login()
+            await self._serve()
+        except _Disconnect as disconnect:
+            level, reason = disconnect.level, disconnect.reason
+            if disconnect.tell and self._between_frames:
+                self.tell(reason)
+        except OSError as error:
+            level, reason = logging.WARNING, f"socket error: {error}"
+        except Exception as error:          # a bug: drop this client, keep serving the others
+            log.exception("%s: internal error", self.name)
+            level, reason = logging.ERROR, f"internal error: {error!r}"
+        finally:
+            self.sock.close()
+            log.log(level, "%s: closed: %s", self.name, reason)
+            self.simulator._closed(self)
+
+    # ---- receiving -------------------------------------------------------------------------------
+    async def _next_frame(self, deadline: float, silence: str) -> bytes:
+        """The next complete client frame. Nothing buffered may last until `deadline` (then
+        the connection closes for `silence`); a started frame must complete within
+        partial_frame_timeout."""
+        loop = asyncio.get_running_loop()
+        buffered = self._received
+        while True:
+            if len(buffered) >= 5:
+                length = LENGTH_PREFIX.unpack_from(buffered)[0]
+                try:
+                    check_client_frame(buffered[4], length)
+                except ProtocolError as error:
+                    raise _Disconnect(str(error), tell=True) from None
+                if len(buffered) >= 4 + length:
+                    frame = bytes(buffered[:4 + length])
+                    del buffered[:4 + length]
+                    self._partial_since = time.monotonic()
+                    return frame
+            now = time.monotonic()
+            if buffered and now >= self._partial_since + self.config.partial_frame_timeout:
+                raise _Disconnect(f"incomplete frame for {self.config.partial_frame_timeout:g} s "
+                                  f"({len(buffered)} bytes)", tell=True)
+            if now >= deadline:
+                raise _Disconnect(silence, tell=True)
+            wait = min(deadline, self._partial_since + self.config.partial_frame_timeout) - now \
+                if buffered else deadline - now
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(self.sock, 4096), max(wait, 0))
+            except TimeoutError:
+                continue
+            if not data:
+                where = " in the middle of a frame" if buffered else ""
+                raise _Disconnect(f"client closed the connection{where}",
+                                  logging.WARNING if buffered or self.cursor is None
+                                  else logging.INFO)
+            if not buffered:
+                self._partial_since = time.monotonic()
+            self._last_received = time.monotonic()
+            buffered += data
+
+    async def _login(self):
+        config = self.config
+        frame = await self._next_frame(time.monotonic() + config.login_timeout,
+                                       f"no login request within {config.login_timeout:g} s")
+        if frame[4] != LOGIN_REQUEST:
+            raise _Disconnect(f"{chr(frame[4])!r} frame before login", tell=True)
+        username, password, session, sequence = parse_login_request(frame)
+        if (username, password) != (config.username, config.password):
+            await self._send(login_rejected(NOT_AUTHORIZED))
+            raise _Disconnect(f"login rejected: wrong username or password (user {username!r})")
+        if session and session != config.session.rstrip(b" "):
+            await self._send(login_rejected(SESSION_NOT_AVAILABLE))
+            raise _Disconnect(f"login rejected: asked for session {session!r}")
+        store = self.simulator.store
+        cursor = store.position(sequence)
+        first = store.sequence_at(cursor)
+        first_frame = None
+        if first < sequence < store.sequence_at(cursor + 1) and cursor < store.published:
+            # The resume point is inside a frame: send just the rest of that frame.
+            first_frame = trim_frame(store.frame_bytes_at(cursor), sequence)
+            first, cursor = sequence, cursor + 1
+        self.cursor, self.next_sequence = cursor, store.sequence_at(cursor)
+        await self._send(login_accepted(self.simulator.session, first))
+        log.info("%s: logged in as %r from sequence %d (asked for %d)", self.name,
+                 username.decode(), first, sequence)
+        if first_frame is not None:
+            await self._send(first_frame)
+            self.messages_sent += self.next_sequence - first
+            self.frames_sent += 1
+
+    async def _read_after_login(self):
+        """Returns at logout; raises _Disconnect on silence or a protocol violation."""
+        while True:
+            frame = await self._next_frame(self._last_received + self.config.timeout,
+                                           f"no heartbeat from the client for "
+                                           f"{self.config.timeout:g} s")
+            if frame[4] == LOGOUT_REQUEST:
+                return
+            if frame[4] != CLIENT_HEARTBEAT:
+                raise _Disconnect(f"{chr(frame[4])!r} frame after login", tell=True)
+
+    # ---- sending ---------------------------------------------------------------------------------
+    async def _send(self, data):
+        self._between_frames = False
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(self.sock, data),
+                                   self.config.timeout)
+        except TimeoutError:
+            raise _Disconnect(f"client not reading: could not send for "
+                              f"{self.config.timeout:g} s") from None
+        self._between_frames = True
+        self._last_sent = time.monotonic()
+
+    async def _send_frames(self):
+        """Frames from the cursor on, heartbeats while there are none, end of session last."""
+        store = self.simulator.store
+        session = self.simulator.session
+        while True:
+            if self.cursor < store.first_frame:
+                raise _Disconnect(f"fell behind the retransmission store (needs sequence "
+                                  f"{self.next_sequence}, oldest kept is "
+                                  f"{store.sequence_at(store.first_frame)})", tell=True)
+            if self.cursor < store.published:
+                data, after = store.slice(self.cursor, SEND_CHUNK)
+                # Looked up before sending: the store may drop these frames meanwhile.
+                after_sequence = store.sequence_at(after)
+                await self._send(data)
+                self.messages_sent += after_sequence - self.next_sequence
+                self.frames_sent += after - self.cursor
+                self.cursor, self.next_sequence = after, after_sequence
+                continue
+            if store.ended:
+                await self._send(end_of_session(session, self.next_sequence))
+                self.end_delivered = True
+                return
+            changed = store.changed()
+            idle = self._last_sent + self.config.heartbeat_interval - time.monotonic()
+            if idle <= 0:
+                await self._send(heartbeat(session, self.next_sequence))
+                continue
+            try:
+                await asyncio.wait_for(changed.wait(), idle)
+            except TimeoutError:
+                pass
+
+    async def _serve(self):
+        reader = asyncio.create_task(self._read_after_login())
+        writer = asyncio.create_task(self._send_frames())
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                reader.result()
+                raise _Disconnect("client logged out", logging.INFO)
+            writer.result()
+            # End of session is out; give the client a moment to log out before closing.
+            done, _ = await asyncio.wait({reader}, timeout=END_LINGER)
+            if done:
+                reader.result()
+                raise _Disconnect("end of session delivered, client logged out", logging.INFO)
+            raise _Disconnect("end of session delivered", logging.INFO)
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
