@@ -1,7 +1,7 @@
 """Command line: `feedhandler SUBCOMMAND ...` (also `python -m feedhandler`).
 
 Each subcommand has an `add_<name>_arguments(parser)` and a `<name>(args)` function here; the
-work itself lives in its module (simulate: feedhandler.simulator)."""
+work itself lives in its module (simulate: feedhandler.simulator, run: feedhandler.run)."""
 
 from __future__ import annotations
 
@@ -103,9 +103,25 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_run_arguments(parser: argparse.ArgumentParser):
+    from feedhandler.run import add_run_arguments as add
+
+    add(parser, _host_port)
+
+
+def run(args: argparse.Namespace) -> int:
+    from feedhandler.run import run as run_handler
+
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_handler(args)
+
+
 SUBCOMMANDS = {
     "simulate": (add_simulate_arguments, simulate,
                  "serve a synthetic or replayed ITCH 5.0 session over TCP"),
+    "run": (add_run_arguments, run,
+            "read a feed, decode it in parallel and publish every tick to Kafka"),
 }
 
 

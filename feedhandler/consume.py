@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -86,10 +87,13 @@ def read_topic(bootstrap_servers: str, topic: str, timeout: float = 30.0) -> lis
         consumer.assign(partitions)
         remaining = {tp.partition for tp in partitions}
         messages = []
+        deadline = time.monotonic() + timeout
         while remaining:
-            batch = consumer.consume(10_000, timeout=timeout)
-            if not batch:
-                raise TimeoutError(f"no records from {topic} within {timeout} s")
+            # consume() waits for the whole batch or the timeout: keep each wait short.
+            batch = consumer.consume(10_000, timeout=0.2)
+            if not batch and time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: partitions {sorted(remaining)} not read to the end "
+                                   f"within {timeout} s")
             for message in batch:
                 error = message.error()
                 if error is None:

@@ -113,8 +113,8 @@ class Acknowledgements:
         if not self.latencies_ns:
             return {}
         values = np.percentile(np.array(self.latencies_ns), [50, 99, 99.9]) / 1e6
-        return {"p50": round(values[0], 3), "p99": round(values[1], 3),
-                "p99.9": round(values[2], 3)}
+        return {"p50": round(float(values[0]), 3), "p99": round(float(values[1]), 3),
+                "p99.9": round(float(values[2]), 3)}
 
 
 class Handler:

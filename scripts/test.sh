@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 
 bash scripts/bootstrap.sh
 bash scripts/kafka.sh start
+export FEEDHANDLER_REQUIRE_KAFKA=1
 trap 'bash scripts/kafka.sh stop' EXIT
 python3 -m pytest tests -q "$@"

@@ -1,0 +1,232 @@
+"""`feedhandler run`: the feed handler operators run on trading hosts.
+
+Reads the feed on the main thread (as a session client with --connect, or accepting one feed
+connection with --listen), decodes on --workers threads and publishes through one producer.
+Prints a status line a second on stderr and a final account; exits 0 only if every tick
+accepted from the feed was acknowledged by Kafka and the feed had no unfilled gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from zoneinfo import ZoneInfo
+
+from feedhandler import packet
+from feedhandler.handler import Handler, HandlerConfig
+from feedhandler.routing import CATEGORIES, VALUE_FORMATS, Routes
+from feedhandler.session import SessionClient
+from feedhandler.sessionproto import LENGTH_PREFIX, MIN_DATA_FRAME_LENGTH, SEQUENCED_DATA
+
+log = logging.getLogger("feedhandler.run")
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
+EXCHANGE_TIMEZONE = ZoneInfo("America/New_York")
+
+
+def _producer_setting(text: str) -> tuple[str, str]:
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _route(text: str) -> tuple[str, str]:
+    source, separator, target = text.partition("=")
+    if not separator or not target:
+        raise argparse.ArgumentTypeError(f"expected TYPE=CATEGORY, got {text!r}")
+    return source, target
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
+    feed = parser.add_mutually_exclusive_group(required=True)
+    feed.add_argument("--connect", type=host_port, metavar="HOST:PORT",
+                      help="log in to a feed server (e.g. `feedhandler simulate`)")
+    feed.add_argument("--listen", type=host_port, metavar="HOST:PORT",
+                      help="accept one connection that streams data frames (no login)")
+    parser.add_argument("--username", default="feed", help="login username (default feed)")
+    parser.add_argument("--password", default="feed", help="login password (default feed)")
+    parser.add_argument("--session", default="", help="session to join (default: current)")
+    parser.add_argument("--sequence", type=int, default=1,
+                        help="first sequence number wanted: 1 = whole session (default), "
+                             "0 = from now on")
+    parser.add_argument("--bootstrap-servers", default=DEFAULT_BOOTSTRAP,
+                        help=f"Kafka bootstrap servers (default {DEFAULT_BOOTSTRAP}, the broker "
+                             "of scripts/kafka.sh)")
+    parser.add_argument("-X", dest="producer_settings", type=_producer_setting, action="append",
+                        default=[], metavar="KEY=VALUE",
+                        help="librdkafka producer setting, e.g. -X linger.ms=5 (repeatable)")
+    parser.add_argument("--workers", type=int, default=2, help="decode threads (default 2)")
+    parser.add_argument("--format", choices=VALUE_FORMATS, default="struct",
+                        help="record value format (default struct); see docs/kafka.md")
+    parser.add_argument("--headers", action="store_true",
+                        help="per-tick formats: one produce() per tick with type, session and "
+                             "sequence headers and the ITCH time as record timestamp (slower)")
+    parser.add_argument("--trade-date", type=datetime.date.fromisoformat,
+                        help="date of the ITCH timestamps, for record timestamps with --headers "
+                             "(default today, New York)")
+    parser.add_argument("--topic-prefix", default="itch.", help="topic name prefix (default itch.)")
+    parser.add_argument("--route", type=_route, action="append", default=[],
+                        metavar="TYPE=CATEGORY",
+                        help=f"send a message type or a category ({', '.join(CATEGORIES)}) to "
+                             "another topic suffix (repeatable)")
+    parser.add_argument("--partitions", type=int, default=6,
+                        help="partitions of topics created by the handler (default 6)")
+    parser.add_argument("--replication-factor", type=int, default=-1,
+                        help="replication factor of created topics (default: broker's)")
+    parser.add_argument("--flush-timeout", type=float, default=60.0,
+                        help="seconds to wait for Kafka at the end (default 60)")
+    parser.add_argument("--quiet", action="store_true", help="no status lines")
+    parser.add_argument("--json-stats", action="store_true",
+                        help="status lines and final account as JSON on stdout")
+
+
+def midnight_ms(trade_date: datetime.date | None) -> int:
+    """Epoch milliseconds of midnight in New York on the trade date (ITCH's time base)."""
+    trade_date = trade_date or datetime.datetime.now(EXCHANGE_TIMEZONE).date()
+    midnight = datetime.datetime.combine(trade_date, datetime.time(), EXCHANGE_TIMEZONE)
+    return int(midnight.timestamp() * 1000)
+
+
+def accept_frames(address: tuple[str, int], stop: threading.Event):
+    """Frames from the first connection to `address`, until end of session, EOF or stop."""
+    with socket.create_server(address) as server:
+        server.settimeout(0.5)
+        log.info("listening on %s:%d", *server.getsockname()[:2])
+        while not stop.is_set():
+            try:
+                connection, peer = server.accept()
+                break
+            except TimeoutError:
+                continue
+        else:
+            return
+    log.info("feed connected from %s:%d", *peer[:2])
+    with connection, connection.makefile("rb", buffering=1 << 20) as stream:
+        connection.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                prefix = stream.read(4)
+            except TimeoutError:
+                continue
+            if len(prefix) < 4:
+                return
+            length = LENGTH_PREFIX.unpack(prefix)[0]
+            if not MIN_DATA_FRAME_LENGTH <= length <= packet.MAX_FRAME_LENGTH:
+                raise ConnectionError(f"frame length {length} out of range: not a feed")
+            body = stream.read(length)
+            if len(body) < length or body[0] != SEQUENCED_DATA:
+                raise ConnectionError("connection closed mid-frame or not a data frame")
+            frame = prefix + body
+            count = packet.peek(frame)[2]
+            if count == packet.END_OF_SESSION_COUNT:
+                return
+            if count != packet.HEARTBEAT_COUNT:
+                yield frame
+
+
+class StatusPrinter(threading.Thread):
+    """One status line a second: rates in and out, queue depth and producer lag."""
+
+    def __init__(self, handler: Handler, client: SessionClient | None, as_json: bool):
+        super().__init__(name="status", daemon=True)
+        self.handler = handler
+        self.client = client
+        self.as_json = as_json
+        self.done = threading.Event()
+
+    def run(self):
+        account, acks = self.handler.account, self.handler.acks
+        last = (time.monotonic(), account.messages, acks.ticks)
+        while not self.done.wait(1.0):
+            now = (time.monotonic(), account.messages, acks.ticks)
+            seconds = now[0] - last[0]
+            status = {
+                "in_per_s": round((now[1] - last[1]) / seconds),
+                "delivered_per_s": round((now[2] - last[2]) / seconds),
+                "frames_queued": self.handler.queue_depth(),
+                "in_producer": self.handler.outstanding(),
+                "lag_ms": round(acks.oldest_age_ms(), 1),
+                "quarantined": account.quarantined,
+                "gaps": len(self.client.gaps) if self.client else 0,
+            }
+            last = now
+            if self.as_json:
+                print(json.dumps(status), flush=True)
+            else:
+                print(f"in {status['in_per_s'] / 1e3:9.1f}k msg/s | delivered "
+                      f"{status['delivered_per_s'] / 1e3:9.1f}k/s | queued "
+                      f"{status['frames_queued']:3d} frames | in producer "
+                      f"{status['in_producer']:8d} | lag {status['lag_ms']:8.1f} ms | "
+                      f"quarantined {status['quarantined']} | gaps {status['gaps']}",
+                      file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = HandlerConfig(
+        bootstrap_servers=args.bootstrap_servers, value_format=args.format,
+        workers=args.workers, routes=Routes.by_category(args.topic_prefix, dict(args.route)),
+        partitions=args.partitions, replication_factor=args.replication_factor,
+        producer_overrides=dict(args.producer_settings), headers=args.headers,
+        timestamp_base_ms=midnight_ms(args.trade_date), flush_timeout=args.flush_timeout)
+    handler = Handler(config)
+    stop = threading.Event()
+    client = None
+    if args.connect:
+        client = SessionClient(*args.connect, username=args.username, password=args.password,
+                               session=args.session, sequence=args.sequence)
+        frames = client.frames()
+    else:
+        frames = accept_frames(args.listen, stop)
+
+    def on_signal(signum, _frame):
+        log.warning("%s: stop reading, drain and flush", signal.Signals(signum).name)
+        stop.set()
+        handler.stop()
+        if client:
+            client.close()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    status = None if args.quiet else StatusPrinter(handler, client, args.json_stats)
+    if status:
+        status.start()
+    started = time.monotonic()
+    try:
+        account = handler.run(frames)
+    finally:
+        if status:
+            status.done.set()
+    if client:
+        account.gaps = len(client.gaps)
+        account.missing = sum(last - first + 1 for first, last in client.gaps)
+        account.duplicates = client.duplicates
+    elapsed = time.monotonic() - started
+    summary = {**account.as_dict(), "seconds": round(elapsed, 3),
+               "ticks_per_s": round(account.delivered / elapsed) if elapsed else 0,
+               "latency_ms": handler.acks.percentiles_ms()}
+    if args.json_stats:
+        print(json.dumps({"final": summary}), flush=True)
+    print(format_account(summary), file=sys.stderr, flush=True)
+    return 0 if account.lost == 0 else 1
+
+
+def format_account(summary: dict) -> str:
+    lines = ["final account:"]
+    for key in ("frames", "messages", "decoded", "quarantined", "quarantined_frames",
+                "dead_lettered", "produced", "delivered", "failed", "undelivered", "gaps",
+                "missing", "duplicates", "lost", "seconds", "ticks_per_s"):
+        lines.append(f"  {key:<20} {summary[key]}")
+    if summary["failure_reasons"]:
+        lines.append(f"  failure reasons      {summary['failure_reasons']}")
+    if summary["latency_ms"]:
+        lines.append("  frame->ack latency   " + ", ".join(
+            f"{k} {v} ms" for k, v in summary["latency_ms"].items()))
+    return "\n".join(lines)

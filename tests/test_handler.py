@@ -1,0 +1,223 @@
+"""The handler end to end on the real broker: simulator -> session -> decode -> Kafka."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, kcat_count
+from feedhandler import _records, consume, itch, orderflow, packet
+from feedhandler.handler import Handler, HandlerConfig
+from feedhandler.routing import Routes, StockDirectory
+from feedhandler.session import SessionClient
+from feedhandler.simulator import Simulator, SimulatorConfig
+from streams import SESSION, split_block
+
+pytestmark = pytest.mark.kafka
+
+COUNT = 30_000
+SYMBOLS = 40
+SEED = 17
+PARTITIONS = 3
+SOURCE = orderflow.generate(COUNT, symbols=SYMBOLS, seed=SEED)
+SOURCE_MESSAGES = split_block(SOURCE.data)
+
+
+@pytest.fixture(scope="module")
+def simulator():
+    sim = Simulator(SimulatorConfig(port=0, count=COUNT, symbols=SYMBOLS, seed=SEED,
+                                    status_interval=None)).start()
+    yield sim
+    sim.stop()
+
+
+def handle(kafka, prefix, value_format, workers, frames, **options):
+    config = HandlerConfig(kafka, value_format=value_format, workers=workers,
+                           routes=Routes.by_category(prefix), partitions=PARTITIONS,
+                           flush_timeout=60, **options)
+    handler = Handler(config)
+    return handler, handler.run(frames)
+
+
+def session_frames(simulator):
+    client = SessionClient("127.0.0.1", simulator.port, username="feed", password="feed")
+    return client.frames()
+
+
+def source_by_topic(routes: Routes) -> dict[str, list[tuple[int, bytes]]]:
+    """(sequence, message) of every source message, by the topic it must land in."""
+    out = defaultdict(list)
+    for sequence, message in enumerate(SOURCE_MESSAGES, start=1):
+        out[routes.topic_of_type[chr(message[0])]].append((sequence, message))
+    return out
+
+
+def source_keys() -> list[bytes]:
+    directory = StockDirectory()
+    directory.update(itch.parse(SOURCE.data)["R"])
+    return directory.keys
+
+
+def assert_per_key_feed_order(kafka, routes, value_format):
+    """Every topic holds exactly its source messages, and within each partition every key's
+    records are that key's messages in feed order, on the partition murmur2 picks."""
+    keys = source_keys()
+    for topic, expected in source_by_topic(routes).items():
+        records = consume.read_topic(kafka, topic)
+        assert len(records) == len(expected), topic
+        got_by_key = defaultdict(list)
+        for record in records:
+            got_by_key[record.key()].append(record.value())
+            assert record.partition() == _records.partition_for(record.key(), PARTITIONS)
+        want_by_key = defaultdict(list)
+        for _, message in expected:
+            want_by_key[keys[int.from_bytes(message[1:3], "big")]].append(message)
+        assert got_by_key.keys() == want_by_key.keys()
+        for key, values in got_by_key.items():
+            arrays = consume.to_arrays(values, value_format)
+            wanted = itch.parse(b"".join(len(m).to_bytes(2, "big") + m for m in want_by_key[key]))
+            assert arrays.keys() == wanted.keys(), (topic, key)
+            for t in wanted:
+                assert np.array_equal(arrays[t], wanted[t]), (topic, key, t)
+            if value_format != "json":
+                types = [chr(v[0]) for v in values]
+                assert types == [chr(m[0]) for m in want_by_key[key]], (topic, key)
+
+
+@pytest.mark.parametrize("value_format, workers", [("struct", 1), ("struct", 4), ("json", 2),
+                                                   ("raw", 2)])
+def test_seeded_run_lands_exactly_once_in_feed_order(kafka, topic_prefix, simulator,
+                                                     value_format, workers):
+    handler, account = handle(kafka, topic_prefix, value_format, workers,
+                              session_frames(simulator))
+    assert account.messages == COUNT and account.decoded == COUNT
+    assert account.delivered == COUNT and account.lost == 0 and account.quarantined == 0
+    assert_per_key_feed_order(kafka, handler.config.routes, value_format)
+
+
+def test_batched_format_holds_every_tick_once_per_key_partition(kafka, topic_prefix, simulator):
+    handler, account = handle(kafka, topic_prefix, "batched", 2, session_frames(simulator))
+    assert account.delivered == COUNT and account.lost == 0
+    keys = source_keys()
+    total = 0
+    for topic, expected in source_by_topic(handler.config.routes).items():
+        records = consume.read_topic(kafka, topic)
+        rows = defaultdict(list)
+        for record in records:
+            headers = dict(record.headers())
+            message_type = headers["type"].decode()
+            array = consume.to_arrays([record.value()], "batched")[message_type]
+            assert headers["session"] == simulator.session
+            for row in array:
+                assert _records.partition_for(keys[row["stock_locate"]], PARTITIONS) == \
+                    record.partition()
+            rows[record.partition()].append(array["sequence"])
+            total += len(array)
+        for sequences in rows.values():
+            merged = np.concatenate(sequences)
+            # one partition's rows come in feed order, type by type within a frame
+            assert len(np.unique(merged)) == len(merged)
+        got = np.sort(np.concatenate([np.concatenate(s) for s in rows.values()]))
+        assert got.tolist() == [s for s, _ in expected]
+    assert total == COUNT
+
+
+def test_headers_carry_type_session_and_sequence(kafka, topic_prefix, simulator):
+    handler, account = handle(kafka, topic_prefix, "struct", 2, session_frames(simulator),
+                              headers=True, timestamp_base_ms=1_700_000_000_000)
+    assert account.delivered == COUNT and account.lost == 0
+    topic = handler.config.routes.topic_of_type["A"]
+    records = consume.read_topic(kafka, topic)
+    by_sequence = {s: m for s, m in source_by_topic(handler.config.routes)[topic]}
+    for record in records[:2000]:
+        headers = dict(record.headers())
+        sequence = int(headers["sequence"])
+        assert record.value()[:1] == headers["type"] == by_sequence[sequence][:1]
+        assert headers["session"] == simulator.session
+        timestamp_ns = int.from_bytes(by_sequence[sequence][5:11], "big")
+        assert record.timestamp()[1] == 1_700_000_000_000 + timestamp_ns // 1_000_000
+
+
+def test_kcat_reads_what_the_handler_wrote(kafka, topic_prefix, simulator):
+    handler, account = handle(kafka, topic_prefix, "struct", 2, session_frames(simulator))
+    expected = source_by_topic(handler.config.routes)
+    for topic in handler.config.routes.topics:
+        assert kcat_count(kafka, topic) == len(expected[topic])
+
+
+def test_corrupt_input_goes_to_the_dead_letter_topic(kafka, topic_prefix):
+    good = list(SOURCE_MESSAGES[:1000])
+    spoiled = next(i for i in range(500, 1000) if good[i][:1] == b"A")
+    bad_message = good[spoiled][:19] + b"X" + good[spoiled][20:]   # side neither B nor S
+    good[spoiled] = bad_message
+    frames = [packet.encode(good[:500], session=SESSION, sequence=1),
+              packet.encode(good[500:], session=SESSION, sequence=501)]
+    broken = bytearray(packet.encode(good[:10], session=SESSION, sequence=1001))
+    broken[-3] ^= 0xFF
+    frames.append(bytes(broken))
+    handler, account = handle(kafka, topic_prefix, "struct", 2, iter(frames))
+    assert account.quarantined == 1 and account.quarantined_frames == 1
+    assert account.delivered == 999 and account.lost == 0
+    dead = consume.read_topic(kafka, handler.config.routes.dead_letter)
+    entries = sorted((dict(r.headers())["reason"], r.value()) for r in dead)
+    assert entries == sorted([(b"buy/sell indicator is not B or S", bad_message),
+                              (b"checksum mismatch", bytes(broken))])
+    sequenced = [dict(r.headers()) for r in dead if "sequence" in dict(r.headers())]
+    assert [int(h["sequence"]) for h in sequenced] == [1 + spoiled]
+
+
+def test_delivery_failures_are_counted_not_hidden(kafka, topic_prefix):
+    """Records that cannot be delivered in time come back as failures with a reason."""
+    frames = [packet.encode(SOURCE_MESSAGES[:2000], session=SESSION, sequence=1)]
+    handler, account = handle(kafka, topic_prefix, "struct", 1, iter(frames),
+                              producer_overrides={"message.timeout.ms": "1", "linger.ms": "0"})
+    assert account.failed > 0 and account.lost == account.failed
+    assert account.delivered == 2000 - account.failed
+    assert any("timed out" in reason.lower() for reason in account.failure_reasons)
+
+
+def run_cli(*args, **popen):
+    return subprocess.Popen([sys.executable, "-m", "feedhandler", *args], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def final_account(stdout: str) -> dict:
+    return next(json.loads(line)["final"] for line in stdout.splitlines() if '"final"' in line)
+
+
+def test_cli_exits_zero_at_end_of_session(kafka, topic_prefix, simulator):
+    handler = run_cli("run", "--connect", f"127.0.0.1:{simulator.port}", "--bootstrap-servers",
+                      kafka, "--topic-prefix", topic_prefix, "--partitions", "2", "--json-stats")
+    stdout, stderr = handler.communicate(timeout=120)
+    assert handler.returncode == 0, stderr
+    account = final_account(stdout)
+    assert account["delivered"] == COUNT and account["lost"] == 0
+    assert "final account" in stderr
+
+
+def test_sigterm_mid_run_leaves_no_accepted_tick_undelivered(kafka, topic_prefix):
+    exchange = Simulator(SimulatorConfig(port=0, count=400_000, symbols=SYMBOLS, seed=3,
+                                         rate=100_000, status_interval=None)).start()
+    try:
+        handler = run_cli("run", "--connect", f"127.0.0.1:{exchange.port}",
+                          "--bootstrap-servers", kafka, "--topic-prefix", topic_prefix,
+                          "--json-stats", "--partitions", "2")
+        time.sleep(3)
+        handler.send_signal(signal.SIGTERM)
+        stdout, stderr = handler.communicate(timeout=120)
+    finally:
+        exchange.stop()
+    assert handler.returncode == 0, stderr
+    account = final_account(stdout)
+    assert 0 < account["decoded"] < 400_000          # really stopped mid-run
+    assert account["delivered"] == account["decoded"] and account["lost"] == 0
+    routes = Routes.by_category(topic_prefix)
+    landed = sum(kcat_count(kafka, topic) for topic in routes.topics)
+    assert landed == account["delivered"]
