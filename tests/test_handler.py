@@ -7,11 +7,12 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, kcat_count
+from brokers import kcat_count
 from feedhandler import _records, consume, itch, orderflow, packet
 from feedhandler.handler import Handler, HandlerConfig
 from feedhandler.routing import Routes, StockDirectory
@@ -20,6 +21,8 @@ from feedhandler.simulator import Simulator, SimulatorConfig
 from streams import SESSION, split_block
 
 pytestmark = pytest.mark.kafka
+
+ROOT = Path(__file__).resolve().parent.parent
 
 COUNT = 30_000
 SYMBOLS = 40

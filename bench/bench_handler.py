@@ -1,0 +1,186 @@
+"""End to end: simulator (its own process) -> handler -> acknowledged in Kafka, on the broker of
+scripts/kafka.sh. Ticks/s per value format and worker count, next to the straightforward
+pure-Python design run in the same session; frame-to-ack latency at a paced rate."""
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import lz4.block
+import pytest
+from confluent_kafka import Producer
+
+from brokers import kafka, topic_prefix  # noqa: F401 (fixtures)
+from feedhandler import itch
+from feedhandler.handler import Handler, HandlerConfig
+from feedhandler.kafka import PRODUCER_DEFAULTS, ensure_topics
+from feedhandler.routing import Routes
+from feedhandler.session import SessionClient
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS = 1_000_000
+JSON_TICKS = 200_000
+PACED_TICKS = 600_000
+PACED_RATE = 200_000
+PARTITIONS = 6
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_simulator(count: int, *options: str):
+    """`feedhandler simulate` in a process of its own, so it does not share the handler's GIL."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "feedhandler", "simulate", "--listen",
+                                f"127.0.0.1:{port}", "--count", str(count), "--symbols", "500",
+                                "--quiet", *options], cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process, port
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise TimeoutError("simulator did not start")
+
+
+@pytest.fixture(scope="module")
+def feed():
+    process, port = start_simulator(TICKS)
+    yield port
+    process.kill()
+
+
+@pytest.fixture(scope="module")
+def json_feed():
+    process, port = start_simulator(JSON_TICKS)
+    yield port
+    process.kill()
+
+
+@pytest.fixture(scope="module")
+def paced_feed():
+    process, port = start_simulator(PACED_TICKS, "--rate", str(PACED_RATE))
+    yield port
+    process.kill()
+
+
+def frames(port: int):
+    return SessionClient("127.0.0.1", port, username="feed", password="feed").frames()
+
+
+RUNS = iter(range(1_000_000))
+
+
+def run_handler(kafka, prefix, port, value_format, workers, expected):
+    config = HandlerConfig(kafka, value_format=value_format, workers=workers,
+                           routes=Routes.by_category(f"{prefix}{next(RUNS)}."),
+                           partitions=PARTITIONS)
+    handler = Handler(config)
+    account = handler.run(frames(port))
+    assert account.delivered == expected and account.lost == 0
+    return handler
+
+
+def measure(benchmark, kafka, prefix, port, value_format, workers, ticks, against=()):
+    benchmark.extra_info.update(messages=ticks, against=list(against))
+    handlers = []
+    benchmark.pedantic(lambda: handlers.append(
+        run_handler(kafka, prefix, port, value_format, workers, ticks)), rounds=3)
+    benchmark.extra_info["latency_ms_at_max_rate"] = handlers[-1].acks.percentiles_ms()
+
+
+@pytest.mark.benchmark(group="end-to-end")
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_struct(benchmark, kafka, topic_prefix, feed, workers):
+    measure(benchmark, kafka, topic_prefix, feed, "struct", workers, TICKS,
+            ["test_pure_python_baseline"])
+
+
+@pytest.mark.benchmark(group="end-to-end")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_raw(benchmark, kafka, topic_prefix, feed, workers):
+    measure(benchmark, kafka, topic_prefix, feed, "raw", workers, TICKS,
+            ["test_pure_python_baseline"])
+
+
+@pytest.mark.benchmark(group="end-to-end")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_json(benchmark, kafka, topic_prefix, json_feed, workers):
+    measure(benchmark, kafka, topic_prefix, json_feed, "json", workers, JSON_TICKS,
+            ["test_pure_python_baseline"])
+
+
+@pytest.mark.benchmark(group="end-to-end")
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_batched(benchmark, kafka, topic_prefix, feed, workers):
+    measure(benchmark, kafka, topic_prefix, feed, "batched", workers, TICKS,
+            ["test_pure_python_baseline", "test_struct[2]"])
+
+
+def pure_python_handler(kafka, topics, port, threads=2) -> int:
+    """The straightforward design: one reader thread hands frames to threads that decompress,
+    struct.unpack every message and produce() each tick on the shared producer."""
+    routes = Routes.by_category(topics)
+    ensure_topics(kafka, {topic: PARTITIONS for topic in routes.topics})
+    producer = Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": kafka})
+    symbols = {}
+    header = __import__("struct").Struct(">HHH")
+    stock_at = {t: dt.fields["stock"][1] - 2 for t, dt in itch.DTYPES.items()
+                if "stock" in dt.names}
+    produced = [0]
+    lock = threading.Lock()
+
+    def handle(frame: bytes):
+        length = int.from_bytes(frame[8:12], "big")
+        body = lz4.block.decompress(frame[36:], uncompressed_size=length - 20)
+        pos, count = 0, 0
+        while pos < len(body):
+            size = int.from_bytes(body[pos:pos + 2], "big")
+            message = body[pos + 2:pos + 2 + size]
+            locate, _, _ = header.unpack_from(message, 1)
+            message_type = chr(message[0])
+            if message_type in stock_at:
+                symbols[locate] = message[stock_at[message_type]:stock_at[message_type] + 8].rstrip()
+            while True:
+                try:
+                    producer.produce(routes.topic_of_type[message_type], message,
+                                     symbols.get(locate, b"#%d" % locate))
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+            pos += 2 + size
+            count += 1
+        with lock:
+            produced[0] += count
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(handle, frames(port), chunksize=1))
+    assert producer.flush(60) == 0
+    return produced[0]
+
+
+@pytest.mark.benchmark(group="end-to-end")
+def test_pure_python_baseline(benchmark, kafka, topic_prefix, json_feed):
+    benchmark.extra_info.update(messages=JSON_TICKS)
+    benchmark.pedantic(lambda: pure_python_handler(kafka, f"{topic_prefix}{next(RUNS)}.",
+                                                   json_feed), rounds=3)
+
+
+@pytest.mark.benchmark(group="latency")
+def test_latency_paced(benchmark, kafka, topic_prefix, paced_feed):
+    """Frame receipt to Kafka acknowledgement of every tick up to that frame, with the feed
+    paced at PACED_RATE messages/s (struct format, 2 workers)."""
+    handlers = []
+    benchmark.extra_info.update(messages=PACED_TICKS)
+    benchmark.pedantic(lambda: handlers.append(
+        run_handler(kafka, topic_prefix, paced_feed, "struct", 2, PACED_TICKS)), rounds=1)
+    benchmark.extra_info["latency_ms"] = handlers[-1].acks.percentiles_ms()
