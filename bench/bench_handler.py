@@ -74,28 +74,36 @@ def paced_feed():
 
 
 def frames(port: int):
-    return SessionClient("127.0.0.1", port, username="feed", password="feed").frames()
+    return SessionClient("127.0.0.1", port, username="feed", password="feed").frame_batches()
 
 
 RUNS = iter(range(1_000_000))
 
 
-def run_handler(kafka, prefix, port, value_format, workers, expected):
+def new_handler(kafka, prefix, value_format, workers):
+    """A handler with its topics created: setup, outside the timed part."""
     config = HandlerConfig(kafka, value_format=value_format, workers=workers,
                            routes=Routes.by_category(f"{prefix}{next(RUNS)}."),
                            partitions=PARTITIONS)
-    handler = Handler(config)
+    return Handler(config)
+
+
+def run_handler(handler, port, expected):
     account = handler.run(frames(port))
     assert account.delivered == expected and account.lost == 0
-    return handler
 
 
-def measure(benchmark, kafka, prefix, port, value_format, workers, ticks, against=()):
+def measure(benchmark, kafka, prefix, port, value_format, workers, ticks, against=(),
+            latency_key="latency_ms_at_max_rate"):
     benchmark.extra_info.update(messages=ticks, against=list(against))
     handlers = []
-    benchmark.pedantic(lambda: handlers.append(
-        run_handler(kafka, prefix, port, value_format, workers, ticks)), rounds=3)
-    benchmark.extra_info["latency_ms_at_max_rate"] = handlers[-1].acks.percentiles_ms()
+
+    def setup():
+        handlers.append(new_handler(kafka, prefix, value_format, workers))
+        return (handlers[-1], port, ticks), {}
+
+    benchmark.pedantic(run_handler, setup=setup, rounds=3)
+    benchmark.extra_info[latency_key] = handlers[-1].acks.percentiles_ms()
 
 
 @pytest.mark.benchmark(group="end-to-end")
@@ -126,12 +134,15 @@ def test_batched(benchmark, kafka, topic_prefix, feed, workers):
             ["test_pure_python_baseline", "test_struct[2]"])
 
 
-def pure_python_handler(kafka, topics, port, threads=2) -> int:
-    """The straightforward design: one reader thread hands frames to threads that decompress,
-    struct.unpack every message and produce() each tick on the shared producer."""
+def pure_python_setup(kafka, topics):
     routes = Routes.by_category(topics)
     ensure_topics(kafka, {topic: PARTITIONS for topic in routes.topics})
-    producer = Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": kafka})
+    return routes, Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": kafka})
+
+
+def pure_python_handler(routes, producer, port, threads=2) -> int:
+    """The straightforward design: one reader thread hands frames to threads that decompress,
+    struct.unpack every message and produce() each tick on the shared producer."""
     symbols = {}
     header = __import__("struct").Struct(">HHH")
     stock_at = {t: dt.fields["stock"][1] - 2 for t, dt in itch.DTYPES.items()
@@ -162,8 +173,9 @@ def pure_python_handler(kafka, topics, port, threads=2) -> int:
         with lock:
             produced[0] += count
 
+    client = SessionClient("127.0.0.1", port, username="feed", password="feed")
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(handle, frames(port), chunksize=1))
+        list(pool.map(handle, client.frames(), chunksize=1))
     assert producer.flush(60) == 0
     return produced[0]
 
@@ -171,16 +183,16 @@ def pure_python_handler(kafka, topics, port, threads=2) -> int:
 @pytest.mark.benchmark(group="end-to-end")
 def test_pure_python_baseline(benchmark, kafka, topic_prefix, json_feed):
     benchmark.extra_info.update(messages=JSON_TICKS)
-    benchmark.pedantic(lambda: pure_python_handler(kafka, f"{topic_prefix}{next(RUNS)}.",
-                                                   json_feed), rounds=3)
+
+    def setup():
+        return (*pure_python_setup(kafka, f"{topic_prefix}{next(RUNS)}."), json_feed), {}
+
+    benchmark.pedantic(pure_python_handler, setup=setup, rounds=3)
 
 
 @pytest.mark.benchmark(group="latency")
 def test_latency_paced(benchmark, kafka, topic_prefix, paced_feed):
     """Frame receipt to Kafka acknowledgement of every tick up to that frame, with the feed
     paced at PACED_RATE messages/s (struct format, 2 workers)."""
-    handlers = []
-    benchmark.extra_info.update(messages=PACED_TICKS)
-    benchmark.pedantic(lambda: handlers.append(
-        run_handler(kafka, topic_prefix, paced_feed, "struct", 2, PACED_TICKS)), rounds=1)
-    benchmark.extra_info["latency_ms"] = handlers[-1].acks.percentiles_ms()
+    measure(benchmark, kafka, topic_prefix, paced_feed, "struct", 2, PACED_TICKS,
+            latency_key="latency_ms")

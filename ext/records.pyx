@@ -161,30 +161,48 @@ def tick_records(dict messages, dict sequences, uint64_t first_sequence, Py_ssiz
         free(raw)
 
 
-def group_rows(cnp.ndarray records, cnp.ndarray sequences, const uint32_t[::1] key_hashes,
-               int partitions):
+def group_rows(list parts, const uint32_t[::1] key_hashes, int partitions):
     """Rows of one message type grouped by Kafka partition, each row prefixed with its
-    sequence number (the batched value format). Returns {partition: bytes}, rows in feed order
-    within each partition. `key_hashes[locate]` is the murmur2 hash of that locate's key."""
-    cdef Py_ssize_t n = records.shape[0], itemsize = records.dtype.itemsize, i, width
-    cdef const uint8_t* rows = <const uint8_t*> cnp.PyArray_DATA(records)
-    cdef const uint64_t* seqs = <const uint64_t*> cnp.PyArray_DATA(sequences)
-    cdef uint32_t* partition_of = <uint32_t*> malloc(max(n, 1) * sizeof(uint32_t))
+    sequence number (the batched value format). `parts` is a list of (records, sequences)
+    array pairs, in feed order, e.g. one per frame. Returns {partition: bytes}, rows in feed
+    order within each partition. `key_hashes[locate]` is the murmur2 hash of that locate's key."""
+    cdef Py_ssize_t n = 0, itemsize = 0, i, k, at, width
+    cdef Py_ssize_t n_parts = len(parts)
+    cdef const uint8_t** rows = <const uint8_t**> calloc(max(n_parts, 1), sizeof(uint8_t*))
+    cdef const uint64_t** seqs = <const uint64_t**> calloc(max(n_parts, 1), sizeof(uint64_t*))
+    cdef Py_ssize_t* counts = <Py_ssize_t*> calloc(max(n_parts, 1), sizeof(Py_ssize_t))
+    cdef uint32_t* partition_of = NULL
     cdef Py_ssize_t* fill = <Py_ssize_t*> calloc(partitions, sizeof(Py_ssize_t))
     cdef char** out = <char**> calloc(partitions, sizeof(char*))
     cdef dict result = {}
     cdef uint32_t p
-    width = 8 + itemsize
-    if partition_of == NULL or fill == NULL or out == NULL:
-        free(partition_of); free(fill); free(out)
-        raise MemoryError()
+    cdef cnp.ndarray records, sequences
     try:
+        if rows == NULL or seqs == NULL or counts == NULL or fill == NULL or out == NULL:
+            raise MemoryError()
+        for k in range(n_parts):
+            records, sequences = parts[k]
+            if not (records.flags.c_contiguous and sequences.flags.c_contiguous) \
+                    or sequences.shape[0] != records.shape[0]:
+                raise ValueError("group_rows needs matching contiguous arrays")
+            itemsize = records.dtype.itemsize
+            rows[k] = <const uint8_t*> cnp.PyArray_DATA(records)
+            seqs[k] = <const uint64_t*> cnp.PyArray_DATA(sequences)
+            counts[k] = records.shape[0]
+            n += counts[k]
+        width = 8 + itemsize
+        partition_of = <uint32_t*> malloc(max(n, 1) * sizeof(uint32_t))
+        if partition_of == NULL:
+            raise MemoryError()
         with nogil:
-            for i in range(n):
-                p = (key_hashes[load_u16(rows + i * itemsize + _LOCATE_OFFSET)] & 0x7FFFFFFF) \
-                    % <uint32_t>partitions
-                partition_of[i] = p
-                fill[p] += 1
+            at = 0
+            for k in range(n_parts):
+                for i in range(counts[k]):
+                    p = (key_hashes[load_u16(rows[k] + i * itemsize + _LOCATE_OFFSET)]
+                         & 0x7FFFFFFF) % <uint32_t>partitions
+                    partition_of[at] = p
+                    fill[p] += 1
+                    at += 1
         for p in range(<uint32_t>partitions):
             if fill[p]:
                 value = PyBytes_FromStringAndSize(NULL, fill[p] * width)
@@ -192,13 +210,19 @@ def group_rows(cnp.ndarray records, cnp.ndarray sequences, const uint32_t[::1] k
                 out[p] = PyBytes_AS_STRING(value)
                 fill[p] = 0
         with nogil:
-            for i in range(n):
-                p = partition_of[i]
-                memcpy(out[p] + fill[p] * width, &seqs[i], 8)
-                memcpy(out[p] + fill[p] * width + 8, rows + i * itemsize, itemsize)
-                fill[p] += 1
+            at = 0
+            for k in range(n_parts):
+                for i in range(counts[k]):
+                    p = partition_of[at]
+                    memcpy(out[p] + fill[p] * width, &seqs[k][i], 8)
+                    memcpy(out[p] + fill[p] * width + 8, rows[k] + i * itemsize, itemsize)
+                    fill[p] += 1
+                    at += 1
         return result
     finally:
+        free(rows)
+        free(seqs)
+        free(counts)
         free(partition_of)
         free(fill)
         free(out)

@@ -34,6 +34,8 @@ from feedhandler.routing import (BATCH_DTYPES, Routes, StockDirectory, batched_r
 log = logging.getLogger(__name__)
 
 LATENCY_SAMPLES = 1_000_000
+BATCH_TICKS = 65_536         # batched format: ticks held back at most, to share records,
+BATCH_LINGER_NS = 5_000_000  # and for at most this long
 POLL_INTERVAL = 0.005
 
 
@@ -80,6 +82,11 @@ class Account:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "lost": self.lost}
+
+
+def decode_frames(frames: list) -> list[packets.Packet]:
+    """A worker's task: decode a list of frames (the GIL is released inside each decode)."""
+    return [packets.decode(frame, policy="quarantine") for frame in frames]
 
 
 class Acknowledgements:
@@ -130,6 +137,9 @@ class Handler:
         self._pending: queue.Queue = queue.Queue(config.queue_frames or 4 * config.workers)
         self._publisher_error: BaseException | None = None
         self._next_poll = 0.0
+        self._held: list = []       # batched format: (packet, ticks, receipt ns) not yet produced
+        self._held_ticks = 0
+        self._held_since = 0
         routes = config.routes
         wanted = {topic: config.partitions for topic in routes.topics}
         wanted[routes.dead_letter] = 1
@@ -153,15 +163,20 @@ class Handler:
 
     def run(self, frames) -> Account:
         """Read frames, decode them on the worker pool, publish them; return the account once
-        everything accepted has been flushed (or the flush timed out)."""
+        everything accepted has been flushed (or the flush timed out).
+
+        `frames` yields frames, or lists of frames (SessionClient.frame_batches): a list is
+        decoded as one task, which spares the per-frame cost of the hand-offs."""
         publisher = threading.Thread(target=self._publish_loop, name="publisher", daemon=True)
         publisher.start()
         with ThreadPoolExecutor(self.config.workers, thread_name_prefix="decode") as pool:
             try:
-                for frame in frames:
+                for batch in frames:
                     received = time.monotonic_ns()
-                    self.account.frames += 1
-                    future = pool.submit(packets.decode, frame, policy="quarantine")
+                    if not isinstance(batch, list):
+                        batch = [batch]
+                    self.account.frames += len(batch)
+                    future = pool.submit(decode_frames, batch)
                     while True:     # blocks while the publisher is behind: backpressure
                         try:
                             self._pending.put((future, received), timeout=0.1)
@@ -208,17 +223,20 @@ class Handler:
                 try:
                     item = self._pending.get(timeout=0.005)
                 except queue.Empty:
+                    self._release_held()
                     self._service_producer()
                     continue
                 if item is None:
                     break
                 future, received = item
-                self._publish(future.result(), received)
+                for packet in future.result():
+                    self._publish(packet, received)
                 self._service_producer()
         except BaseException as error:      # surfaced by run() on the reader's thread
             log.exception("publisher failed")
             self._publisher_error = error
         finally:
+            self._release_held()
             self._finish()
 
     def _service_producer(self) -> None:
@@ -249,10 +267,18 @@ class Handler:
             self._dead_letter(packet)
         if "R" in packet.messages:
             self.directory.update(packet.messages["R"])
+        if ticks and self.config.value_format == "batched":
+            account.produced += ticks
+            if not self._held:
+                self._held_since = time.monotonic_ns()
+            self._held.append((packet, ticks, received))
+            self._held_ticks += ticks
+            if self._held_ticks >= BATCH_TICKS or \
+                    time.monotonic_ns() - self._held_since >= BATCH_LINGER_NS:
+                self._release_held()
+            return
         if ticks:
-            if self.config.value_format == "batched":
-                self._produce_batched(packet)
-            elif self.config.headers:
+            if self.config.headers:
                 self._produce_with_headers(packet)
             else:
                 self._produce_ticks(packet)
@@ -288,14 +314,25 @@ class Handler:
                                                ("sequence", b"%d" % record["sequence"])])
             self.account.records += len(records)
 
-    def _produce_batched(self, packet: packets.Packet) -> None:
-        headers_common = [("session", packet.session), ("first", b"%d" % packet.sequence)]
+    def _release_held(self) -> None:
+        """Produce the batched records of the frames held so far: one record per message type
+        and partition for all of them, rows in feed order. Frames are held up to BATCH_TICKS
+        ticks or BATCH_LINGER_NS, and released at once when the feed goes quiet, so records
+        grow with the load and stay prompt when it is light."""
+        if not self._held:
+            return
+        held, self._held, self._held_ticks = self._held, [], 0
+        first = held[0][0]
+        headers_common = [("session", first.session), ("first", b"%d" % first.sequence)]
         for topic, partition, message_type, rows in batched_records(
-                packet, self.config.routes.topic_of_type, self.partitions, self.directory):
+                [packet for packet, _, _ in held], self.config.routes.topic_of_type,
+                self.partitions, self.directory):
             self._make_room(1)
             self.producer.produce(topic, rows, partition=partition,
                                   headers=[("type", message_type.encode()), *headers_common])
             self.account.records += 1
+        for _, ticks, received in held:
+            self.acks.frame_produced(self.account.records, ticks, received)
 
     def _count_refused(self, topic: str, records: list[dict]) -> None:
         for record in records:

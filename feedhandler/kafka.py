@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 
 from confluent_kafka import KafkaException, Producer
@@ -79,5 +80,13 @@ def ensure_topics(bootstrap_servers: str, partitions: dict[str, int],
         except KafkaException as e:
             if e.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
-    metadata = admin.list_topics(timeout=timeout).topics
-    return {name: len(metadata[name].partitions) for name in partitions}
+    # A new topic can take a moment to show up in the metadata of the broker asked.
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = admin.list_topics(timeout=timeout).topics
+        if all(name in metadata and metadata[name].partitions for name in partitions):
+            return {name: len(metadata[name].partitions) for name in partitions}
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics not visible after {timeout} s: "
+                               f"{sorted(set(partitions) - set(metadata))}")
+        time.sleep(0.05)

@@ -119,13 +119,15 @@ def tick_records(packet: Packet, value_format: str, topic_index: dict[str, int],
                                  with_metadata)
 
 
-def batched_records(packet: Packet, topic_of_type: dict[str, str], partitions: dict[str, int],
-                    directory: StockDirectory):
-    """The `batched` format: (topic, partition, message type, rows bytes) per message type and
-    partition of the packet; rows are BATCH_DTYPES[type], in feed order."""
-    for message_type, records in packet.messages.items():
+def batched_records(packets: list[Packet], topic_of_type: dict[str, str],
+                    partitions: dict[str, int], directory: StockDirectory):
+    """The `batched` format for consecutive packets: (topic, partition, message type, rows
+    bytes) per message type and partition; rows are BATCH_DTYPES[type], in feed order."""
+    types = dict.fromkeys(t for packet in packets for t in packet.messages)
+    for message_type in types:
         topic = topic_of_type[message_type]
-        groups = _records.group_rows(records, packet.sequences[message_type], directory.hashes,
-                                     partitions[topic])
+        parts = [(p.messages[message_type], p.sequences[message_type])
+                 for p in packets if message_type in p.messages]
+        groups = _records.group_rows(parts, directory.hashes, partitions[topic])
         for partition, rows in groups.items():
             yield topic, partition, message_type, rows

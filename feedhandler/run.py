@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if args.connect:
         client = SessionClient(*args.connect, username=args.username, password=args.password,
                                session=args.session, sequence=args.sequence)
-        frames = client.frames()
+        frames = client.frame_batches()
     else:
         frames = accept_frames(args.listen, stop)
 

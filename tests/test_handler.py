@@ -50,7 +50,7 @@ def handle(kafka, prefix, value_format, workers, frames, **options):
 
 def session_frames(simulator):
     client = SessionClient("127.0.0.1", simulator.port, username="feed", password="feed")
-    return client.frames()
+    return client.frame_batches()
 
 
 def source_by_topic(routes: Routes) -> dict[str, list[tuple[int, bytes]]]:

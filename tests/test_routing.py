@@ -89,7 +89,7 @@ def test_batched_rows_land_on_the_key_partition_in_feed_order():
     partitions = {topic: 5 for topic in routes.topics}
     directory = directory_for(PACKET)
     seen = []
-    for topic, partition, message_type, rows in batched_records(PACKET, routes.topic_of_type,
+    for topic, partition, message_type, rows in batched_records([PACKET], routes.topic_of_type,
                                                                 partitions, directory):
         assert routes.topic_of_type[message_type] == topic
         records = np.frombuffer(rows, BATCH_DTYPES[message_type])
