@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -37,6 +38,7 @@ LATENCY_SAMPLES = 1_000_000
 BATCH_TICKS = 65_536         # batched format: ticks held back at most, to share records,
 BATCH_LINGER_NS = 5_000_000  # and for at most this long
 POLL_INTERVAL = 0.005
+GIL_SWITCH_INTERVAL = 0.001
 
 
 @dataclass
@@ -169,6 +171,10 @@ class Handler:
         decoded as one task, which spares the per-frame cost of the hand-offs."""
         publisher = threading.Thread(target=self._publish_loop, name="publisher", daemon=True)
         publisher.start()
+        # The reader and the publisher hand work to each other constantly; with CPython's
+        # default 5 ms switch interval one waits up to that long for the GIL at each hand-off.
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         with ThreadPoolExecutor(self.config.workers, thread_name_prefix="decode") as pool:
             try:
                 for batch in frames:
@@ -189,6 +195,7 @@ class Handler:
             finally:
                 self._put_end(publisher)
         publisher.join()
+        sys.setswitchinterval(switch_interval)
         if self._publisher_error:
             raise self._publisher_error
         return self.account
