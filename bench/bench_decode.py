@@ -2,7 +2,9 @@
 struct.unpack parser and python-lz4 on the same data; one thread against two."""
 
 import os
+import statistics
 import struct
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import lz4.block
@@ -98,19 +100,42 @@ def test_lz4_decompress_only(benchmark):
     benchmark(lambda: [lz4.block.decompress(p, uncompressed_size=n) for p, n in PAYLOADS])
 
 
-def decode_in_threads(threads: int):
-    share = len(FRAMES) // threads
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(decode_all, [FRAMES[i * share:(i + 1) * share] for i in range(threads)]))
+def decode_in_threads(pool: ThreadPoolExecutor, threads: int, frames) -> float:
+    """Seconds to decode `frames` split evenly over `threads` tasks of a running pool."""
+    share = len(frames) // threads
+    started = time.perf_counter()
+    list(pool.map(decode_all, [frames[i * share:(i + 1) * share] for i in range(threads)]))
+    return time.perf_counter() - started
 
 
 @pytest.mark.benchmark(group="threads")
 def test_decode_1_thread(benchmark):
     describe(benchmark, MESSAGES, len(BLOCK))
-    benchmark(decode_in_threads, 1)
+    with ThreadPoolExecutor(1) as pool:
+        benchmark(decode_in_threads, pool, 1, FRAMES)
 
 
 @pytest.mark.benchmark(group="threads")
 def test_decode_2_threads(benchmark):
     describe(benchmark, MESSAGES, len(BLOCK), ["test_decode_1_thread"])
-    benchmark(decode_in_threads, 2)
+    with ThreadPoolExecutor(2) as pool:
+        benchmark(decode_in_threads, pool, 2, FRAMES)
+
+
+@pytest.mark.benchmark(group="threads")
+def test_two_thread_speedup(benchmark):
+    """One thread and two threads alternately, nine times: the median of the nine same-moment
+    ratios is what to read on a shared, noisy machine (the goal is 1.8x on 2 cores)."""
+    frames = FRAMES * 3
+    describe(benchmark, 2 * len(frames) * 500, 0)
+    ratios = []
+    with ThreadPoolExecutor(2) as pool:
+        def pairs():
+            for _ in range(9):
+                one = decode_in_threads(pool, 1, frames)
+                two = decode_in_threads(pool, 2, frames)
+                ratios.append(one / two)
+        benchmark.pedantic(pairs, rounds=1)
+    benchmark.extra_info["speedup_2_vs_1_thread"] = {
+        "median": round(statistics.median(ratios), 2),
+        "all": [round(r, 2) for r in sorted(ratios)]}
