@@ -87,6 +87,7 @@ cdef enum Fault:
     BAD_SIDE
     BAD_STOCK
     OUT_OF_MEMORY
+    BUFFER_CHANGED
 
 REASONS = (
     "ok",
@@ -111,6 +112,7 @@ REASONS = (
     "buy/sell indicator is not B or S",
     "stock symbol is not printable ASCII",
     "out of memory",
+    "input buffer changed while it was being decoded",
 )
 
 
@@ -342,7 +344,7 @@ cdef inline Fault fill_message(const uint8_t* msg, size_t available, const Messa
 
 cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence,
                     uint8_t** rows, uint64_t** sequences, uint32_t* filled,
-                    FaultLog* log, bint keep_going) noexcept nogil:
+                    const uint32_t* counts, FaultLog* log, bint keep_going) noexcept nogil:
     """Second pass: fill the struct arrays sized by scan_block. A message that fails its field
     checks is logged and its slot reused, so `filled` may end below the scanned counts."""
     cdef size_t pos = 0, index = 0
@@ -352,6 +354,8 @@ cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence,
     while pos < n:
         if frame_fault(block, n, pos) == OK:       # framing faults were logged by scan_block
             t = block[pos + 2]
+            if filled[t] >= counts[t]:   # more rows of t than pass one saw: the bytes changed
+                return BUFFER_CHANGED
             spec = &SPECS[t]
             fault = fill_message(block + pos + 2, n - pos - 2, spec,
                                  rows[t] + <size_t>filled[t] * spec.struct_size)
@@ -417,14 +421,17 @@ cdef void decode_messages(const uint8_t* block, size_t n, uint64_t first_sequenc
         t = r.scan.types_seen[i]
         r.sequences[t] = <uint64_t*> (r.arena + at)
         at += r.scan.counts[t] * sizeof(uint64_t)
-        r.filled[t] = 0
     for i in range(r.scan.type_count):
         t = r.scan.types_seen[i]
         r.rows[t] = r.arena + at
         at += <size_t>r.scan.counts[t] * SPECS[t].struct_size + _ROW_SLACK
-    fault = fill_block(block, end, first_sequence, r.rows, r.sequences, r.filled, &r.log,
-                       keep_going)
-    if fault == OUT_OF_MEMORY or (fault and not keep_going):
+    memset(r.filled, 0, sizeof(r.filled))   # unseen types have counts 0: rows of them refused
+    fault = fill_block(block, end, first_sequence, r.rows, r.sequences, r.filled,
+                       r.scan.counts, &r.log, keep_going)
+    if fault == BUFFER_CHANGED:
+        r.fault = fault
+        r.fault_offset = 0
+    elif fault == OUT_OF_MEMORY or (fault and not keep_going):
         r.fault = fault
         r.fault_offset = r.log.entries[r.log.count - 1].offset if r.log.count else 0
     elif framing_fault:

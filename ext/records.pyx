@@ -105,6 +105,8 @@ def tick_records(dict messages, dict sequences, uint64_t first_sequence, Py_ssiz
     but produce() can, as headers and timestamp."""
     cdef list out = [[] for _ in range(topics)]
     cdef Py_ssize_t n_types = len(messages), i, row, slot
+    if len(keys) != _LOCATES:
+        raise ValueError(f"keys must have one entry per stock locate ({_LOCATES})")
     cdef TypeRows* types = <TypeRows*> malloc(max(n_types, 1) * sizeof(TypeRows))
     cdef PacketSlot* order = <PacketSlot*> calloc(max(count, 1), sizeof(PacketSlot))
     cdef list raw_pointers = []
@@ -121,6 +123,11 @@ def tick_records(dict messages, dict sequences, uint64_t first_sequence, Py_ssiz
         i = 0
         for message_type, records in messages.items():
             seqs = sequences[message_type]
+            if seqs.shape[0] != records.shape[0] or seqs.dtype != np.uint64 \
+                    or not (records.flags.c_contiguous and seqs.flags.c_contiguous):
+                raise ValueError(f"{message_type}: records and sequences do not match")
+            if not 0 <= topic_of_type[message_type] < topics:
+                raise ValueError(f"{message_type}: topic index out of range")
             types[i] = TypeRows(<const uint8_t*> cnp.PyArray_DATA(records),
                                 <const uint64_t*> cnp.PyArray_DATA(seqs),
                                 records.shape[0], records.dtype.itemsize,
@@ -178,13 +185,16 @@ def group_rows(list parts, const uint32_t[::1] key_hashes, int partitions):
     cdef uint32_t p
     cdef cnp.ndarray records, sequences
     try:
+        if partitions < 1 or key_hashes.shape[0] != _LOCATES:
+            raise ValueError("group_rows needs partitions >= 1 and a hash per stock locate")
         if rows == NULL or seqs == NULL or counts == NULL or fill == NULL or out == NULL:
             raise MemoryError()
         for k in range(n_parts):
             records, sequences = parts[k]
             if not (records.flags.c_contiguous and sequences.flags.c_contiguous) \
-                    or sequences.shape[0] != records.shape[0]:
-                raise ValueError("group_rows needs matching contiguous arrays")
+                    or sequences.shape[0] != records.shape[0] or sequences.dtype != np.uint64 \
+                    or (k and records.dtype.itemsize != itemsize):
+                raise ValueError("group_rows needs matching contiguous arrays of one type")
             itemsize = records.dtype.itemsize
             rows[k] = <const uint8_t*> cnp.PyArray_DATA(records)
             seqs[k] = <const uint64_t*> cnp.PyArray_DATA(sequences)

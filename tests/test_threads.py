@@ -7,7 +7,7 @@ from multiprocessing.pool import ThreadPool
 
 import numpy as np
 
-from feedhandler import itch, packet, synthetic
+from feedhandler import DecodeError, itch, packet, synthetic
 from streams import frames_of, split_block
 
 BLOCK = synthetic.random_stream(40_000, seed=31)[0]
@@ -68,3 +68,35 @@ def test_decoding_releases_the_gil():
     finally:
         sys.setswitchinterval(previous)
     assert ticks > 100
+
+
+def test_a_buffer_changed_during_decoding_is_refused_not_overrun():
+    """A bytearray rewritten by another thread between the two passes (a 'D' turned into a 'B'
+    of the same length) must end in DecodeError or a clean result, never a write past the
+    arrays that pass one sized."""
+    block = bytearray(itch.encode(synthetic.random_records("D", 20_000, np.random.default_rng(0))))
+    type_bytes = range(2, len(block), 21 * 7)
+    stop = threading.Event()
+
+    def rewrite():
+        while not stop.is_set():
+            for value in (ord("B"), ord("D")):
+                for position in type_bytes:
+                    block[position] = value
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    refused = 0
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            try:
+                result = itch.parse(block, policy="quarantine")
+                assert sum(map(len, result.values())) == 20_000
+            except DecodeError as error:
+                assert error.reason == "input buffer changed while it was being decoded"
+                refused += 1
+    finally:
+        stop.set()
+        writer.join()
+    assert refused > 0
