@@ -71,6 +71,7 @@ class Account:
     failed: int = 0
     undelivered: int = 0
     dead_lettered: int = 0
+    backpressure_waits: int = 0     # times the publisher waited for room in the producer queue
     gaps: int = 0
     missing: int = 0
     duplicates: int = 0
@@ -259,6 +260,8 @@ class Handler:
         """Wait until the producer queue can take `records` more without refusing any, so a
         batch is never split by a full queue (which could reorder it)."""
         records = min(records, self._queue_limit)
+        if len(self.producer) + records > self._queue_limit:
+            self.account.backpressure_waits += 1
         while len(self.producer) + records > self._queue_limit:
             self.producer.poll(0.005)
             self.acks.update(self.account.records - len(self.producer) - self.errors.records)

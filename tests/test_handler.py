@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -183,6 +184,43 @@ def test_delivery_failures_are_counted_not_hidden(kafka, topic_prefix):
     assert account.failed > 0 and account.lost == account.failed
     assert account.delivered == 2000 - account.failed
     assert any("timed out" in reason.lower() for reason in account.failure_reasons)
+
+
+def test_a_full_producer_queue_holds_the_reader_back_without_loss(kafka, topic_prefix,
+                                                                  simulator):
+    handler, account = handle(kafka, topic_prefix, "struct", 2, session_frames(simulator),
+                              producer_overrides={"queue.buffering.max.messages": "2000"})
+    assert account.backpressure_waits > 0
+    assert account.delivered == COUNT and account.lost == 0
+    assert_per_key_feed_order(kafka, handler.config.routes, "struct")
+
+
+def test_listen_mode_takes_frames_pushed_by_the_feed(kafka, topic_prefix):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    handler = run_cli("run", "--listen", f"127.0.0.1:{port}", "--bootstrap-servers", kafka,
+                      "--topic-prefix", topic_prefix, "--partitions", "2", "--json-stats")
+    messages = SOURCE_MESSAGES[:5000]
+    frames = [packet.encode(messages[i:i + 500], session=SESSION, sequence=1 + i)
+              for i in range(0, len(messages), 500)]
+    frames.append(packet.encode_block(b"", packet.END_OF_SESSION_COUNT, session=SESSION,
+                                      sequence=5001))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            feed = socket.create_connection(("127.0.0.1", port), timeout=5)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "handler never listened"
+            time.sleep(0.1)
+    with feed:
+        feed.sendall(b"".join(frames))
+        stdout, stderr = handler.communicate(timeout=120)
+    assert handler.returncode == 0, stderr
+    assert final_account(stdout)["delivered"] == 5000
+    routes = Routes.by_category(topic_prefix)
+    assert sum(kcat_count(kafka, topic) for topic in routes.topics) == 5000
 
 
 def run_cli(*args, **popen):
