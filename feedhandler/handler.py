@@ -218,6 +218,7 @@ class Handler:
         return self._stopping.is_set()
 
     def queue_depth(self) -> int:
+        """Socket reads (lists of frames) decoded or decoding, not yet published."""
         return self._pending.qsize()
 
     def outstanding(self) -> int:

@@ -151,7 +151,7 @@ class StatusPrinter(threading.Thread):
             status = {
                 "in_per_s": round((now[1] - last[1]) / seconds),
                 "delivered_per_s": round((now[2] - last[2]) / seconds),
-                "frames_queued": self.handler.queue_depth(),
+                "reads_queued": self.handler.queue_depth(),
                 "in_producer": self.handler.outstanding(),
                 "lag_ms": round(acks.oldest_age_ms(), 1),
                 "quarantined": account.quarantined,
@@ -163,7 +163,7 @@ class StatusPrinter(threading.Thread):
             else:
                 print(f"in {status['in_per_s'] / 1e3:9.1f}k msg/s | delivered "
                       f"{status['delivered_per_s'] / 1e3:9.1f}k/s | queued "
-                      f"{status['frames_queued']:3d} frames | in producer "
+                      f"{status['reads_queued']:3d} reads | in producer "
                       f"{status['in_producer']:8d} | lag {status['lag_ms']:8.1f} ms | "
                       f"quarantined {status['quarantined']} | gaps {status['gaps']}",
                       file=sys.stderr, flush=True)
