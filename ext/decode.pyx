@@ -10,7 +10,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
@@ -61,6 +61,7 @@ NANOSECONDS_PER_DAY = _NANOSECONDS_PER_DAY
 
 cdef enum:
     _MAX_SWAPS = 8
+    _MAX_TYPES = 24     # the 23 ITCH 5.0 message types, rounded up
     _MAX_BODY = 40      # longest message body after the 11-byte header ('I': 50 - 11), rounded up
     _ROW_SLACK = 64     # bytes after each type's rows that the fixed-size copy may scribble on
 
@@ -233,9 +234,12 @@ cdef struct FaultLog:
     size_t capacity
 
 cdef struct BlockScan:
+    # Per-type state is kept by slot (order of first appearance), not by type byte, so that a
+    # frame's whole decode state stays around a kilobyte (decode_frames holds one per frame).
     uint32_t messages           # entries framed by a length prefix, good or bad
-    uint32_t counts[256]        # well-framed messages per type
-    uint8_t types_seen[32]      # distinct types in order of first appearance
+    uint8_t slot_of[256]        # 1 + slot of each type byte seen; 0: not seen
+    uint32_t counts[_MAX_TYPES] # well-framed messages per slot
+    uint8_t types_seen[_MAX_TYPES]
     uint8_t type_count
 
 
@@ -291,10 +295,11 @@ cdef int scan_block(const uint8_t* block, size_t n, BlockScan* scan, FaultLog* l
                 return fault
         else:
             t = block[pos + 2]
-            if scan.counts[t] == 0:
+            if scan.slot_of[t] == 0:
                 scan.types_seen[scan.type_count] = t
                 scan.type_count += 1
-            scan.counts[t] += 1
+                scan.slot_of[t] = scan.type_count
+            scan.counts[scan.slot_of[t] - 1] += 1
         scan.messages += 1
         pos += 2 + load_be16(block + pos)
     return OK
@@ -343,30 +348,33 @@ cdef inline Fault fill_message(const uint8_t* msg, size_t available, const Messa
 
 
 cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence,
-                    uint8_t** rows, uint64_t** sequences, uint32_t* filled,
-                    const uint32_t* counts, FaultLog* log, bint keep_going) noexcept nogil:
+                    const BlockScan* scan, uint8_t** rows, uint64_t** sequences,
+                    uint32_t* filled, FaultLog* log, bint keep_going) noexcept nogil:
     """Second pass: fill the struct arrays sized by scan_block. A message that fails its field
     checks is logged and its slot reused, so `filled` may end below the scanned counts."""
     cdef size_t pos = 0, index = 0
-    cdef uint8_t t
+    cdef uint8_t t, k
     cdef int fault
     cdef const MessageSpec* spec
     while pos < n:
         if frame_fault(block, n, pos) == OK:       # framing faults were logged by scan_block
             t = block[pos + 2]
-            if filled[t] >= counts[t]:   # more rows of t than pass one saw: the bytes changed
+            k = scan.slot_of[t]
+            # A type pass one did not see, or more rows of it: the bytes changed under us.
+            if k == 0 or filled[k - 1] >= scan.counts[k - 1]:
                 return BUFFER_CHANGED
+            k -= 1
             spec = &SPECS[t]
             fault = fill_message(block + pos + 2, n - pos - 2, spec,
-                                 rows[t] + <size_t>filled[t] * spec.struct_size)
+                                 rows[k] + <size_t>filled[k] * spec.struct_size)
             if fault:
                 if log_fault(log, <Fault>fault, pos, spec.wire_length, index):
                     return OUT_OF_MEMORY
                 if not keep_going:
                     return fault
             else:
-                sequences[t][filled[t]] = first_sequence + index
-                filled[t] += 1
+                sequences[k][filled[k]] = first_sequence + index
+                filled[k] += 1
         elif n - pos < 2 or load_be16(block + pos) > n - pos - 2:
             break
         index += 1
@@ -380,9 +388,9 @@ cdef struct BlockResult:
     BlockScan scan
     FaultLog log
     uint8_t* arena              # malloc'd: all sequence numbers, then each type's rows
-    uint8_t* rows[256]
-    uint64_t* sequences[256]
-    uint32_t filled[256]
+    uint8_t* rows[_MAX_TYPES]   # by slot, like BlockScan.counts
+    uint64_t* sequences[_MAX_TYPES]
+    uint32_t filled[_MAX_TYPES]
     int fault                   # fatal: raised as DecodeError (or quarantines the packet)
     size_t fault_offset
 
@@ -411,23 +419,21 @@ cdef void decode_messages(const uint8_t* block, size_t n, uint64_t first_sequenc
     size = r.scan.messages * sizeof(uint64_t)
     for i in range(r.scan.type_count):
         t = r.scan.types_seen[i]
-        size += <size_t>r.scan.counts[t] * SPECS[t].struct_size + _ROW_SLACK
+        size += <size_t>r.scan.counts[i] * SPECS[t].struct_size + _ROW_SLACK
     r.arena = <uint8_t*> malloc(size)
     if r.arena == NULL:
         r.fault = OUT_OF_MEMORY
         return
     at = 0
     for i in range(r.scan.type_count):
-        t = r.scan.types_seen[i]
-        r.sequences[t] = <uint64_t*> (r.arena + at)
-        at += r.scan.counts[t] * sizeof(uint64_t)
+        r.sequences[i] = <uint64_t*> (r.arena + at)
+        at += r.scan.counts[i] * sizeof(uint64_t)
     for i in range(r.scan.type_count):
-        t = r.scan.types_seen[i]
-        r.rows[t] = r.arena + at
-        at += <size_t>r.scan.counts[t] * SPECS[t].struct_size + _ROW_SLACK
-    memset(r.filled, 0, sizeof(r.filled))   # unseen types have counts 0: rows of them refused
-    fault = fill_block(block, end, first_sequence, r.rows, r.sequences, r.filled,
-                       r.scan.counts, &r.log, keep_going)
+        r.rows[i] = r.arena + at
+        at += <size_t>r.scan.counts[i] * SPECS[r.scan.types_seen[i]].struct_size + _ROW_SLACK
+    memset(r.filled, 0, sizeof(r.filled))
+    fault = fill_block(block, end, first_sequence, &r.scan, r.rows, r.sequences, r.filled,
+                       &r.log, keep_going)
     if fault == BUFFER_CHANGED:
         r.fault = fault
         r.fault_offset = 0
@@ -501,9 +507,9 @@ cdef tuple block_objects(BlockResult* r, const uint8_t* block, size_t block_offs
     r.arena = NULL
     for i in range(r.scan.type_count):
         t = r.scan.types_seen[i]
-        if r.filled[t]:
-            messages[KEYS[t]] = array_view(arena, DESCRS[t], r.rows[t], r.filled[t])
-            sequences[KEYS[t]] = array_view(arena, UINT64, r.sequences[t], r.filled[t])
+        if r.filled[i]:
+            messages[KEYS[t]] = array_view(arena, DESCRS[t], r.rows[i], r.filled[i])
+            sequences[KEYS[t]] = array_view(arena, UINT64, r.sequences[i], r.filled[i])
     for i in range(r.log.count):
         e = &r.log.entries[i]
         start = e.offset if e.code == MESSAGE_TRUNCATED else e.offset + 2
@@ -599,6 +605,52 @@ cdef Fault unpack_frame(const uint8_t* f, size_t n, uint8_t** packet, FrameHeade
     return OK
 
 
+cdef struct FrameDecode:
+    FrameHeader header
+    uint8_t* packet             # the MoldUDP64 packet: in the frame, or malloc'd if compressed
+    Fault fault
+    size_t where
+    BlockResult r
+
+
+cdef void init_frame(FrameDecode* d) noexcept nogil:
+    d.header.codec = _CODEC_NONE
+    d.packet = NULL
+    d.fault = OK
+    d.where = 0
+    init_result(&d.r)
+
+
+cdef void decode_frame_nogil(const uint8_t* f, size_t n, bint quarantine,
+                             FrameDecode* d) noexcept nogil:
+    d.fault = unpack_frame(f, n, &d.packet, &d.header, &d.where)
+    if not d.fault:
+        decode_messages(d.packet + 20, d.header.packet_length - 20, load_be64(d.packet + 10),
+                        load_be16(d.packet + 18), quarantine, &d.r)
+
+
+cdef void release_frame(FrameDecode* d) noexcept nogil:
+    release_result(&d.r)
+    if d.header.codec == _CODEC_LZ4:
+        free(d.packet)
+
+
+cdef tuple frame_objects(FrameDecode* d, object frame, bint quarantine):
+    cdef uint64_t first_sequence
+    if d.fault == OUT_OF_MEMORY:
+        raise MemoryError()
+    try:
+        if d.fault:
+            raise DecodeError(REASONS[d.fault], d.where)
+        first_sequence = load_be64(d.packet + 10)
+        return (d.packet[:10], first_sequence, load_be16(d.packet + 18),
+                *block_objects(&d.r, d.packet + 20, 20, first_sequence, True))
+    except DecodeError as error:
+        if not quarantine:
+            raise
+        return (None, None, None, {}, {}, [(0, error.reason, bytes(frame), None)])
+
+
 def decode_frame(frame, *, bint quarantine=False):
     """One whole frame -> (session, first_sequence, count, messages, sequences, quarantined).
 
@@ -606,35 +658,42 @@ def decode_frame(frame, *, bint quarantine=False):
     of the (decompressed) MoldUDP64 packet. With quarantine=True a frame whose header, checksum,
     compression or count is bad comes back as a single quarantine entry covering the frame."""
     cdef _Buffer held = _Buffer(frame)
-    cdef const uint8_t* f = <const uint8_t*> held.view.buf
-    cdef size_t n = held.view.len, where = 0
-    cdef uint8_t* packet = NULL
-    cdef FrameHeader header
-    cdef Fault fault
-    cdef BlockResult r
-    header.codec = _CODEC_NONE
-    init_result(&r)
+    cdef FrameDecode d
+    init_frame(&d)
     try:
         with nogil:
-            fault = unpack_frame(f, n, &packet, &header, &where)
-            if not fault:
-                decode_messages(packet + 20, header.packet_length - 20, load_be64(packet + 10),
-                                load_be16(packet + 18), quarantine, &r)
-        if fault == OUT_OF_MEMORY:
-            raise MemoryError()
-        try:
-            if fault:
-                raise DecodeError(REASONS[fault], where)
-            return (packet[:10], load_be64(packet + 10), load_be16(packet + 18),
-                    *block_objects(&r, packet + 20, 20, load_be64(packet + 10), True))
-        except DecodeError as error:
-            if not quarantine:
-                raise
-            return (None, None, None, {}, {}, [(0, error.reason, bytes(frame), None)])
+            decode_frame_nogil(<const uint8_t*> held.view.buf, held.view.len, quarantine, &d)
+        return frame_objects(&d, frame, quarantine)
     finally:
-        release_result(&r)
-        if header.codec == _CODEC_LZ4:
-            free(packet)
+        release_frame(&d)
+
+
+def decode_frames(list frames, *, bint quarantine=False):
+    """decode_frame for a list of frames, all in one nogil section: the GIL is taken and
+    released once per list instead of once per frame. Strict mode raises the first fault."""
+    cdef Py_ssize_t count = len(frames), acquired = 0, i
+    cdef FrameDecode* decodes = <FrameDecode*> calloc(max(count, 1), sizeof(FrameDecode))
+    cdef Py_buffer* views = <Py_buffer*> calloc(max(count, 1), sizeof(Py_buffer))
+    try:
+        if decodes == NULL or views == NULL:
+            raise MemoryError()
+        for i in range(count):
+            init_frame(&decodes[i])
+            PyObject_GetBuffer(frames[i], &views[i], PyBUF_SIMPLE)
+            acquired += 1
+        with nogil:
+            for i in range(count):
+                decode_frame_nogil(<const uint8_t*> views[i].buf, views[i].len, quarantine,
+                                   &decodes[i])
+        return [frame_objects(&decodes[i], frames[i], quarantine) for i in range(count)]
+    finally:
+        for i in range(acquired):
+            PyBuffer_Release(&views[i])
+        if decodes != NULL:
+            for i in range(count):
+                release_frame(&decodes[i])
+        free(decodes)
+        free(views)
 
 
 def frame_checksum(buf):

@@ -87,11 +87,6 @@ class Account:
         return {**asdict(self), "lost": self.lost}
 
 
-def decode_frames(frames: list) -> list[packets.Packet]:
-    """A worker's task: decode a list of frames (the GIL is released inside each decode)."""
-    return [packets.decode(frame, policy="quarantine") for frame in frames]
-
-
 class Acknowledgements:
     """Which frames Kafka has fully acknowledged, without a Python call per delivered record.
 
@@ -183,7 +178,7 @@ class Handler:
                     if not isinstance(batch, list):
                         batch = [batch]
                     self.account.frames += len(batch)
-                    future = pool.submit(decode_frames, batch)
+                    future = pool.submit(packets.decode_many, batch, policy="quarantine")
                     while True:     # blocks while the publisher is behind: backpressure
                         try:
                             self._pending.put((future, received), timeout=0.1)

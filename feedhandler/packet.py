@@ -68,12 +68,21 @@ def peek(frame) -> tuple[bytes, int, int]:
     return session, sequence, count
 
 
+def _packet(session, sequence, count, messages, sequences, quarantined) -> Packet:
+    return Packet(session, sequence, count, messages, sequences,
+                  [Quarantined(*q) for q in quarantined] if quarantined else [])
+
+
 def decode(frame, *, policy: str = "strict") -> Packet:
     """Decode one whole frame as it came off the wire (length prefix included)."""
-    session, sequence, count, messages, sequences, quarantined = _decode.decode_frame(
-        frame, quarantine=check_policy(policy))
-    return Packet(session, sequence, count, messages, sequences,
-                  [Quarantined(*q) for q in quarantined])
+    return _packet(*_decode.decode_frame(frame, quarantine=check_policy(policy)))
+
+
+def decode_many(frames: list, *, policy: str = "strict") -> list[Packet]:
+    """`decode` for a list of frames (e.g. all that one socket read brought), with the GIL
+    released once for the whole list."""
+    return [_packet(*result)
+            for result in _decode.decode_frames(frames, quarantine=check_policy(policy))]
 
 
 def encode_block(block, count: int, *, session: bytes, sequence: int, codec: str = "lz4") -> bytes:

@@ -97,3 +97,24 @@ def test_arrays_are_independent_of_the_frame_buffer():
     decoded = packet.decode(frame)
     frame[:] = bytes(len(frame))
     assert decoded.messages["D"]["message_type"][0] == b"D"
+
+
+def test_decode_many_matches_decode_frame_by_frame():
+    block, _ = uniform_stream(2000, seed=12)
+    frames = frames_of(split_block(block), 100)
+    broken = bytearray(frames[3])
+    broken[20] ^= 0x01
+    mixed = [*frames[:3], bytes(broken), *frames[4:]]
+    many = packet.decode_many(mixed, policy="quarantine")
+    single = [packet.decode(f, policy="quarantine") for f in mixed]
+    assert len(many) == len(single) == len(mixed)
+    for a, b in zip(many, single):
+        assert (a.session, a.sequence, a.count, a.quarantined) == \
+            (b.session, b.sequence, b.count, b.quarantined)
+        assert a.messages.keys() == b.messages.keys()
+        assert all(np.array_equal(a.messages[t], b.messages[t]) and
+                   np.array_equal(a.sequences[t], b.sequences[t]) for t in a.messages)
+    assert many[3].quarantined[0].reason == "checksum mismatch"
+    with pytest.raises(DecodeError, match="checksum"):
+        packet.decode_many(mixed)
+    assert packet.decode_many([]) == []

@@ -41,6 +41,14 @@ def test_thread_pool_on_separate_inputs():
         assert all(pool.map(task, range(600)))
 
 
+def test_thread_pool_on_lists_of_frames():
+    expected = [summary(packet.decode(f)) for f in FRAMES]
+    chunks = [FRAMES[i:i + 16] for i in range(0, len(FRAMES), 16)]
+    with ThreadPool(4) as pool:
+        got = pool.map(lambda chunk: [summary(p) for p in packet.decode_many(chunk)], chunks)
+    assert [s for chunk in got for s in chunk] == expected
+
+
 def test_parse_threads_agree():
     with ThreadPool(4) as pool:
         results = pool.map(lambda _: itch.parse(BLOCK), range(8))
