@@ -53,7 +53,7 @@ class HandlerConfig:
     headers: bool = False
     timestamp_base_ms: int = 0
     flush_timeout: float = 60.0
-    queue_frames: int = 0           # decoded frames waiting for the publisher; 0 = 4 per worker
+    queue_reads: int = 0            # socket reads queued for the publisher; 0 = 4 per worker
 
 
 @dataclass
@@ -132,7 +132,7 @@ class Handler:
         self.acks = Acknowledgements()
         self.directory = StockDirectory()
         self._stopping = threading.Event()
-        self._pending: queue.Queue = queue.Queue(config.queue_frames or 4 * config.workers)
+        self._pending: queue.Queue = queue.Queue(config.queue_reads or 4 * config.workers)
         self._publisher_error: BaseException | None = None
         self._next_poll = 0.0
         self._held: list = []       # batched format: (packet, ticks, receipt ns) not yet produced
