@@ -265,7 +265,7 @@ class Handler:
     def _publish(self, packet: packets.Packet, received: int) -> None:
         account = self.account
         records_before = account.records
-        ticks = sum(len(records) for records in packet.messages.values())
+        ticks = sum(map(len, packet.messages.values()))
         if packet.count is not None and not packet.is_end_of_session:
             account.messages += packet.count
         account.decoded += ticks
