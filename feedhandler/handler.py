@@ -284,10 +284,7 @@ class Handler:
                 self._release_held()
             return
         if ticks:
-            if self.config.headers:
-                self._produce_with_headers(packet)
-            else:
-                self._produce_ticks(packet)
+            self._produce_ticks(packet)
         account.produced += ticks
         if account.records > records_before:
             self.acks.frame_produced(account.records, ticks, received)
@@ -295,30 +292,27 @@ class Handler:
             self.acks.ticks += ticks
 
     def _produce_ticks(self, packet: packets.Packet) -> None:
+        """Per-tick records: produce_batch() per topic, or with --headers one produce() per
+        tick carrying type, session and sequence headers (about half the rate: produce_batch
+        cannot carry headers or timestamps)."""
+        headers = self.config.headers
         groups = tick_records(packet, self.config.value_format, self.topic_index, len(self.topics),
-                              self.directory, self.config.timestamp_base_ms)
+                              self.directory, self.config.timestamp_base_ms, with_metadata=headers)
         for topic, records in zip(self.topics, groups):
-            if records:
-                self._make_room(len(records))
-                queued = self.producer.produce_batch(topic, records)
-                self.account.records += len(records)
-                if queued != len(records):
-                    self._count_refused(topic, records)
-
-    def _produce_with_headers(self, packet: packets.Packet) -> None:
-        """One produce() per tick, with the type, session and sequence number as headers:
-        about half the rate of produce_batch(), which cannot carry headers."""
-        session = packet.session
-        groups = tick_records(packet, self.config.value_format, self.topic_index, len(self.topics),
-                              self.directory, self.config.timestamp_base_ms, with_metadata=True)
-        for topic, records in zip(self.topics, groups):
+            if not records:
+                continue
             self._make_room(len(records))
+            self.account.records += len(records)
+            if not headers:
+                if self.producer.produce_batch(topic, records) != len(records):
+                    self._count_refused(topic, records)
+                continue
             for record in records:
                 self.producer.produce(topic, record["value"], record["key"],
                                       timestamp=record["timestamp"],
-                                      headers=[("type", record["type"]), ("session", session),
+                                      headers=[("type", record["type"]),
+                                               ("session", packet.session),
                                                ("sequence", b"%d" % record["sequence"])])
-            self.account.records += len(records)
 
     def _release_held(self) -> None:
         """Produce the batched records of the frames held so far: one record per message type
