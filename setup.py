@@ -19,7 +19,8 @@ def extension(name: str, source: str, libraries=()) -> Extension:
 setup(
     ext_modules=cythonize(
         [extension("_decode", "decode.pyx", libraries=["lz4"]),
-         extension("_records", "records.pyx")],
+         extension("_records", "records.pyx"),
+         extension("_producer_link", "producer_link.pyx", libraries=["dl"])],
         include_path=["ext"],
         compiler_directives={"language_level": "3", "embedsignature": True},
     ),

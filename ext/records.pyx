@@ -16,13 +16,10 @@ from libc.string cimport memcpy
 cimport numpy as cnp
 import numpy as np
 
+from tick_order cimport (LOCATES, MAX_TYPES, TIMESTAMP_OFFSET, TickSlot, TypeRows, load_types,
+                         locate_of, order_ticks)
+
 cnp.import_array()
-
-cdef enum:
-    _LOCATES = 65536
-    _TIMESTAMP_OFFSET = 5       # struct offset of `timestamp` (checked by ext/decode.pyx)
-    _LOCATE_OFFSET = 1
-
 
 cdef inline uint32_t murmur2_hash(const uint8_t* data, size_t length) noexcept nogil:
     """Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), seed 0x9747b28c."""
@@ -74,25 +71,6 @@ cdef inline uint64_t load_u64(const uint8_t* p) noexcept nogil:
     return v
 
 
-cdef inline uint16_t load_u16(const uint8_t* p) noexcept nogil:
-    cdef uint16_t v
-    memcpy(&v, p, 2)
-    return v
-
-
-cdef struct PacketSlot:
-    int type_index      # 1 + index into the packet's types; 0 marks an empty slot
-    int row
-
-
-cdef struct TypeRows:
-    const uint8_t* rows
-    const uint64_t* sequences
-    Py_ssize_t count
-    Py_ssize_t itemsize
-    int topic
-
-
 def tick_records(dict messages, dict sequences, uint64_t first_sequence, Py_ssize_t count,
                  dict topic_of_type, Py_ssize_t topics, list keys, int64_t timestamp_base_ms,
                  dict raw_blocks=None, bint with_metadata=False):
@@ -104,68 +82,43 @@ def tick_records(dict messages, dict sequences, uint64_t first_sequence, Py_ssiz
     "timestamp" (`timestamp_base_ms` plus the ITCH timestamp), which produce_batch cannot take
     but produce() can, as headers and timestamp."""
     cdef list out = [[] for _ in range(topics)]
-    cdef Py_ssize_t n_types = len(messages), i, row, slot
-    if len(keys) != _LOCATES:
-        raise ValueError(f"keys must have one entry per stock locate ({_LOCATES})")
-    cdef TypeRows* types = <TypeRows*> malloc(max(n_types, 1) * sizeof(TypeRows))
-    cdef PacketSlot* order = <PacketSlot*> calloc(max(count, 1), sizeof(PacketSlot))
-    cdef list raw_pointers = []
-    cdef const uint8_t** raw = <const uint8_t**> calloc(max(n_types, 1), sizeof(uint8_t*))
-    cdef cnp.ndarray records, seqs
-    cdef const uint8_t* row_ptr
+    cdef Py_ssize_t n_types, slot
+    cdef TypeRows types[MAX_TYPES]
     cdef TypeRows* tr
+    cdef const uint8_t* row_ptr
     cdef object value
     cdef dict record
-    if types == NULL or order == NULL or raw == NULL:
-        free(types); free(order); free(raw)
+    cdef int row
+    if len(keys) != LOCATES:
+        raise ValueError(f"keys must have one entry per stock locate ({LOCATES})")
+    n_types = load_types(messages, sequences, topic_of_type, topics, raw_blocks, types,
+                         MAX_TYPES)
+    cdef TickSlot* order = <TickSlot*> calloc(max(count, 1), sizeof(TickSlot))
+    if order == NULL:
         raise MemoryError()
     try:
-        i = 0
-        for message_type, records in messages.items():
-            seqs = sequences[message_type]
-            if seqs.shape[0] != records.shape[0] or seqs.dtype != np.uint64 \
-                    or not (records.flags.c_contiguous and seqs.flags.c_contiguous):
-                raise ValueError(f"{message_type}: records and sequences do not match")
-            if not 0 <= topic_of_type[message_type] < topics:
-                raise ValueError(f"{message_type}: topic index out of range")
-            types[i] = TypeRows(<const uint8_t*> cnp.PyArray_DATA(records),
-                                <const uint64_t*> cnp.PyArray_DATA(seqs),
-                                records.shape[0], records.dtype.itemsize,
-                                topic_of_type[message_type])
-            if raw_blocks is not None:
-                raw[i] = <const uint8_t*> PyBytes_AS_STRING(raw_blocks[message_type])
-            i += 1
-        # Slot k of the packet holds message k; quarantined messages leave their slot empty.
-        for i in range(n_types):
-            tr = &types[i]
-            for row in range(tr.count):
-                slot = <Py_ssize_t>(tr.sequences[row] - first_sequence)
-                if 0 <= slot < count:
-                    order[slot].type_index = <int>i + 1
-                    order[slot].row = <int>row
+        order_ticks(types, n_types, first_sequence, count, order)
         for slot in range(count):
             if order[slot].type_index == 0:
                 continue
-            i = order[slot].type_index - 1
-            tr = &types[i]
-            row_ptr = tr.rows + order[slot].row * tr.itemsize
-            if raw[i] != NULL:
+            tr = &types[order[slot].type_index - 1]
+            row = order[slot].row
+            row_ptr = tr.rows + row * tr.itemsize
+            if tr.raw != NULL:
                 value = PyBytes_FromStringAndSize(
-                    <const char*> raw[i] + order[slot].row * (tr.itemsize) + 2, tr.itemsize - 2)
+                    <const char*> tr.raw + row * tr.itemsize + 2, tr.itemsize - 2)
             else:
                 value = PyBytes_FromStringAndSize(<const char*> row_ptr, tr.itemsize)
-            record = {"value": value, "key": keys[load_u16(row_ptr + _LOCATE_OFFSET)]}
+            record = {"value": value, "key": keys[locate_of(row_ptr)]}
             if with_metadata:
                 record["timestamp"] = timestamp_base_ms + <int64_t>(
-                    load_u64(row_ptr + _TIMESTAMP_OFFSET) // 1_000_000)
+                    load_u64(row_ptr + TIMESTAMP_OFFSET) // 1_000_000)
                 record["type"] = PyBytes_FromStringAndSize(<const char*> row_ptr, 1)
                 record["sequence"] = first_sequence + slot
             (<list> out[tr.topic]).append(record)
         return out
     finally:
-        free(types)
         free(order)
-        free(raw)
 
 
 def group_rows(list parts, const uint32_t[::1] key_hashes, int partitions):
@@ -185,7 +138,7 @@ def group_rows(list parts, const uint32_t[::1] key_hashes, int partitions):
     cdef uint32_t p
     cdef cnp.ndarray records, sequences
     try:
-        if partitions < 1 or key_hashes.shape[0] != _LOCATES:
+        if partitions < 1 or key_hashes.shape[0] != LOCATES:
             raise ValueError("group_rows needs partitions >= 1 and a hash per stock locate")
         if rows == NULL or seqs == NULL or counts == NULL or fill == NULL or out == NULL:
             raise MemoryError()
@@ -208,7 +161,7 @@ def group_rows(list parts, const uint32_t[::1] key_hashes, int partitions):
             at = 0
             for k in range(n_parts):
                 for i in range(counts[k]):
-                    p = (key_hashes[load_u16(rows[k] + i * itemsize + _LOCATE_OFFSET)]
+                    p = (key_hashes[locate_of(rows[k] + i * itemsize)]
                          & 0x7FFFFFFF) % <uint32_t>partitions
                     partition_of[at] = p
                     fill[p] += 1

@@ -30,7 +30,7 @@ import numpy as np
 from feedhandler import packet as packets
 from feedhandler.kafka import PRODUCER_DEFAULTS, DeliveryErrors, create_producer, ensure_topics
 from feedhandler.routing import (BATCH_DTYPES, Routes, StockDirectory, batched_records,
-                                 tick_records)
+                                 raw_blocks, tick_records)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class HandlerConfig:
     timestamp_base_ms: int = 0
     flush_timeout: float = 60.0
     queue_reads: int = 0            # socket reads queued for the publisher; 0 = 4 per worker
+    linked_producer: bool = True    # struct/raw ticks produced from C (ProducerLink)
 
 
 @dataclass
@@ -144,8 +145,11 @@ class Handler:
         self.partitions = ensure_topics(config.bootstrap_servers, wanted, config.replication_factor)
         self.topics = routes.topics
         self.topic_index = {t: self.topics.index(topic) for t, topic in routes.topic_of_type.items()}
-        self.producer = create_producer(config.bootstrap_servers, config.producer_overrides,
-                                        self.errors)
+        self.producer, self.link = create_producer(
+            config.bootstrap_servers, config.producer_overrides, self.errors,
+            linked=config.linked_producer)
+        if self.link is not None:
+            self.link.open_topics(self.topics, [self.partitions[t] for t in self.topics])
         self._queue_limit = int(config.producer_overrides.get(
             "queue.buffering.max.messages", PRODUCER_DEFAULTS["queue.buffering.max.messages"]))
 
@@ -283,7 +287,14 @@ class Handler:
                     time.monotonic_ns() - self._held_since >= BATCH_LINGER_NS:
                 self._release_held()
             return
-        if ticks:
+        if ticks and self.link is not None and not self.config.headers \
+                and self.config.value_format in ("struct", "raw"):
+            self._make_room(ticks)
+            account.records += self.link.produce_ticks(
+                packet.messages, packet.sequences, packet.sequence, packet.count,
+                self.topic_index, self.directory.keys, self.directory.hashes,
+                raw_blocks(packet) if self.config.value_format == "raw" else None)
+        elif ticks:
             self._produce_ticks(packet)
         account.produced += ticks
         if account.records > records_before:
@@ -292,9 +303,9 @@ class Handler:
             self.acks.ticks += ticks
 
     def _produce_ticks(self, packet: packets.Packet) -> None:
-        """Per-tick records: produce_batch() per topic, or with --headers one produce() per
-        tick carrying type, session and sequence headers (about half the rate: produce_batch
-        cannot carry headers or timestamps)."""
+        """Per-tick records through the Producer's Python API: produce_batch() per topic (json,
+        or when there is no ProducerLink), or with --headers one produce() per tick carrying
+        type, session and sequence headers and the ITCH time as timestamp."""
         headers = self.config.headers
         groups = tick_records(packet, self.config.value_format, self.topic_index, len(self.topics),
                               self.directory, self.config.timestamp_base_ms, with_metadata=headers)

@@ -104,6 +104,11 @@ def json_records(packet: Packet, topic_index: dict[str, int], topics: int,
     return out
 
 
+def raw_blocks(packet: Packet) -> dict[str, bytes]:
+    """The `raw` value format's source: each type's messages in NASDAQ file framing."""
+    return {t: encode(records) for t, records in packet.messages.items()}
+
+
 def tick_records(packet: Packet, value_format: str, topic_index: dict[str, int], topics: int,
                  directory: StockDirectory, timestamp_base_ms: int,
                  with_metadata: bool = False) -> list[list[dict]]:
@@ -112,8 +117,7 @@ def tick_records(packet: Packet, value_format: str, topic_index: dict[str, int],
     if value_format == "json":
         return json_records(packet, topic_index, topics, directory, timestamp_base_ms,
                             with_metadata)
-    raw = ({t: encode(records) for t, records in packet.messages.items()}
-           if value_format == "raw" else None)
+    raw = raw_blocks(packet) if value_format == "raw" else None
     return _records.tick_records(packet.messages, packet.sequences, packet.sequence, packet.count,
                                  topic_index, topics, directory.keys, timestamp_base_ms, raw,
                                  with_metadata)

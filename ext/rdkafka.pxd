@@ -1,0 +1,95 @@
+# The part of librdkafka's stable C ABI (rdkafka.h) that feedhandler calls.
+#
+# librdkafka is not linked at build time: confluent_kafka ships its own copy (renamed by
+# auditwheel), and the handle we produce through belongs to that copy, so every function is
+# looked up in it at run time (producer_link.pyx, `bind_library`) and called through the
+# pointers of `RdKafkaApi`. The types below mirror rdkafka.h field for field; librdkafka has
+# kept them unchanged since 1.0.
+
+from libc.stdint cimport int32_t, int64_t
+
+cdef extern from *:
+    """
+    typedef struct rd_kafka_s rd_kafka_t;
+    typedef struct rd_kafka_topic_s rd_kafka_topic_t;
+    typedef struct rd_kafka_topic_conf_s rd_kafka_topic_conf_t;
+    typedef struct rd_kafka_conf_s rd_kafka_conf_t;
+    typedef struct rd_kafka_message_s {
+        int err;
+        rd_kafka_topic_t *rkt;
+        int32_t partition;
+        void *payload;
+        size_t len;
+        void *key;
+        size_t key_len;
+        int64_t offset;
+        void *_private;
+    } rd_kafka_message_t;
+
+    /* Delivery counters are bumped by librdkafka's broker threads and read by Python's. */
+    static inline void fh_atomic_add(int64_t *counter, int64_t n) {
+        __atomic_fetch_add(counter, n, __ATOMIC_RELAXED);
+    }
+    static inline int64_t fh_atomic_load(const int64_t *counter) {
+        return __atomic_load_n(counter, __ATOMIC_RELAXED);
+    }
+    static inline int fh_release(int *owners) {
+        return __atomic_sub_fetch(owners, 1, __ATOMIC_ACQ_REL);
+    }
+    """
+    ctypedef struct rd_kafka_t
+    ctypedef struct rd_kafka_topic_t
+    ctypedef struct rd_kafka_topic_conf_t
+    ctypedef struct rd_kafka_conf_t
+    ctypedef struct rd_kafka_message_t:
+        int err
+        rd_kafka_topic_t* rkt
+        int32_t partition
+        void* payload
+        size_t len
+        void* key
+        size_t key_len
+        int64_t offset
+        void* _private
+
+    void fh_atomic_add(int64_t* counter, int64_t n) noexcept nogil
+    int64_t fh_atomic_load(const int64_t* counter) noexcept nogil
+    int fh_release(int* owners) noexcept nogil
+
+cdef enum:
+    RD_KAFKA_PARTITION_UA = -1
+    RD_KAFKA_MSG_F_COPY = 0x2
+    RD_KAFKA_MSG_F_PARTITION = 0x8
+    RD_KAFKA_RESP_ERR_NO_ERROR = 0
+    RD_KAFKA_RESP_ERR__INVALID_ARG = -186
+
+ctypedef int (*on_new_f)(rd_kafka_t* rk, const rd_kafka_conf_t* conf, void* opaque,
+                         char* errstr, size_t errstr_size) noexcept nogil
+ctypedef int (*on_acknowledgement_f)(rd_kafka_t* rk, rd_kafka_message_t* message,
+                                     void* opaque) noexcept nogil
+ctypedef int (*on_destroy_f)(rd_kafka_t* rk, void* opaque) noexcept nogil
+
+ctypedef int (*version_f)() noexcept nogil
+ctypedef const char* (*err2str_f)(int err) noexcept nogil
+ctypedef rd_kafka_topic_t* (*topic_new_f)(rd_kafka_t* rk, const char* topic,
+                                          rd_kafka_topic_conf_t* conf) noexcept nogil
+ctypedef void (*topic_destroy_f)(rd_kafka_topic_t* rkt) noexcept nogil
+ctypedef int (*produce_batch_f)(rd_kafka_topic_t* rkt, int32_t partition, int msgflags,
+                                rd_kafka_message_t* messages, int count) noexcept nogil
+ctypedef int (*conf_add_on_new_f)(rd_kafka_conf_t* conf, const char* name, on_new_f on_new,
+                                  void* opaque) noexcept nogil
+ctypedef int (*add_on_acknowledgement_f)(rd_kafka_t* rk, const char* name,
+                                         on_acknowledgement_f on_ack, void* opaque) noexcept nogil
+ctypedef int (*add_on_destroy_f)(rd_kafka_t* rk, const char* name, on_destroy_f on_destroy,
+                                 void* opaque) noexcept nogil
+
+cdef struct RdKafkaApi:
+    version_f version
+    err2str_f err2name
+    err2str_f err2str
+    topic_new_f topic_new
+    topic_destroy_f topic_destroy
+    produce_batch_f produce_batch
+    conf_add_on_new_f conf_interceptor_add_on_new
+    add_on_acknowledgement_f interceptor_add_on_acknowledgement
+    add_on_destroy_f interceptor_add_on_destroy
