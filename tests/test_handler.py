@@ -94,14 +94,19 @@ def assert_per_key_feed_order(kafka, routes, value_format):
                 assert types == [chr(m[0]) for m in want_by_key[key]], (topic, key)
 
 
-@pytest.mark.parametrize("value_format, workers", [("struct", 1), ("struct", 4), ("json", 2),
-                                                   ("raw", 2)])
+@pytest.mark.parametrize("value_format, workers, linked", [
+    ("struct", 1, True), ("struct", 4, True), ("struct", 2, False), ("json", 2, True),
+    ("raw", 2, True), ("raw", 2, False)])
 def test_seeded_run_lands_exactly_once_in_feed_order(kafka, topic_prefix, simulator,
-                                                     value_format, workers):
+                                                     value_format, workers, linked):
     handler, account = handle(kafka, topic_prefix, value_format, workers,
-                              session_frames(simulator))
+                              session_frames(simulator), linked_producer=linked)
     assert account.messages == COUNT and account.decoded == COUNT
     assert account.delivered == COUNT and account.lost == 0 and account.quarantined == 0
+    # struct and raw ticks went through the ProducerLink, which saw every one acknowledged
+    assert (handler.link is not None) == linked
+    if linked:
+        assert handler.link.acknowledged == (COUNT if value_format != "json" else 0)
     assert_per_key_feed_order(kafka, handler.config.routes, value_format)
 
 
@@ -176,14 +181,19 @@ def test_corrupt_input_goes_to_the_dead_letter_topic(kafka, topic_prefix):
     assert [int(h["sequence"]) for h in sequenced] == [1 + spoiled]
 
 
-def test_delivery_failures_are_counted_not_hidden(kafka, topic_prefix):
+@pytest.mark.parametrize("linked", [True, False])
+def test_delivery_failures_are_counted_not_hidden(kafka, topic_prefix, linked):
     """Records that cannot be delivered in time come back as failures with a reason."""
     frames = [packet.encode(SOURCE_MESSAGES[:2000], session=SESSION, sequence=1)]
     handler, account = handle(kafka, topic_prefix, "struct", 1, iter(frames),
-                              producer_overrides={"message.timeout.ms": "1", "linger.ms": "0"})
+                              producer_overrides={"message.timeout.ms": "1", "linger.ms": "0"},
+                              linked_producer=linked)
     assert account.failed > 0 and account.lost == account.failed
     assert account.delivered == 2000 - account.failed
     assert any("timed out" in reason.lower() for reason in account.failure_reasons)
+    if linked:
+        assert handler.link.failed == account.failed
+        assert handler.link.acknowledged == account.delivered
 
 
 def test_a_full_producer_queue_holds_the_reader_back_without_loss(kafka, topic_prefix,

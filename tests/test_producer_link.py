@@ -1,0 +1,90 @@
+"""The ProducerLink: per-tick records produced from C into the shared Producer's own handle."""
+
+import numpy as np
+import pytest
+from confluent_kafka import KafkaException, Producer
+
+from feedhandler import _producer_link, consume, packet
+from feedhandler.kafka import DeliveryErrors, create_producer, ensure_topics
+from feedhandler.routing import StockDirectory
+from streams import SESSION, split_block
+from feedhandler import orderflow
+
+pytestmark = pytest.mark.kafka
+
+SOURCE_MESSAGES = split_block(orderflow.generate(500, symbols=5, seed=3).data)
+PACKET = packet.decode(packet.encode(SOURCE_MESSAGES, session=SESSION, sequence=1))
+
+
+def linked(kafka, topic, **overrides):
+    ensure_topics(kafka, {topic: 2})
+    errors = DeliveryErrors()
+    producer, link = create_producer(kafka, overrides, errors)
+    assert link is not None and errors.link is link
+    link.open_topics([topic], [2])
+    return producer, link, errors
+
+
+def produce(link, directory=None):
+    directory = directory or StockDirectory()
+    return link.produce_ticks(PACKET.messages, PACKET.sequences, PACKET.sequence, PACKET.count,
+                              dict.fromkeys(PACKET.messages, 0), directory.keys,
+                              directory.hashes)
+
+
+def test_every_tick_lands_and_is_acknowledged_in_c(kafka, topic_prefix):
+    topic = topic_prefix + "ticks"
+    producer, link, errors = linked(kafka, topic)
+    assert produce(link) == len(SOURCE_MESSAGES)
+    assert producer.flush(30) == 0
+    assert link.acknowledged == len(SOURCE_MESSAGES) and link.failed == 0
+    records = consume.read_topic(kafka, topic)
+    assert sorted(r.value()[:1] + r.value()[1:3] for r in records) == \
+        sorted(m[:1] + m[1:3][::-1] for m in SOURCE_MESSAGES)   # type, then locate (LE)
+
+
+def test_records_produced_through_the_producer_itself_are_left_to_its_callbacks(kafka,
+                                                                                 topic_prefix):
+    topic = topic_prefix + "own"
+    producer, link, errors = linked(kafka, topic)
+    producer.produce(topic, b"not a tick")
+    assert producer.flush(30) == 0
+    assert link.acknowledged == 0 and link.failed == 0
+
+
+def test_refused_records_are_counted_as_failed_with_the_reason(kafka, topic_prefix):
+    topic = topic_prefix + "full"
+    producer, link, errors = linked(kafka, topic, **{"queue.buffering.max.messages": "100"})
+    assert produce(link) == len(SOURCE_MESSAGES)
+    assert link.refused == len(SOURCE_MESSAGES) - 100 == link.failed
+    assert link.failures() == {"Local: Queue full": link.refused}
+    assert errors.records == link.refused and errors.reasons["Local: Queue full"] == link.refused
+    assert producer.flush(30) == 0
+    assert link.acknowledged == 100
+
+
+def test_the_plugin_loads_only_for_a_linked_producer(kafka):
+    with pytest.raises(KafkaException, match="linked_producer"):
+        Producer({"bootstrap.servers": kafka, "plugin.library.paths": _producer_link.__file__})
+
+
+def test_bad_arguments_are_refused_before_anything_is_produced(kafka, topic_prefix):
+    topic = topic_prefix + "bad"
+    producer, link, errors = linked(kafka, topic)
+    directory = StockDirectory()
+    with pytest.raises(ValueError, match="stock locate"):
+        link.produce_ticks(PACKET.messages, PACKET.sequences, PACKET.sequence, PACKET.count,
+                           dict.fromkeys(PACKET.messages, 0), directory.keys[:10],
+                           directory.hashes)
+    with pytest.raises(ValueError, match="topic index"):
+        link.produce_ticks(PACKET.messages, PACKET.sequences, PACKET.sequence, PACKET.count,
+                           dict.fromkeys(PACKET.messages, 1), directory.keys, directory.hashes)
+    keys = list(directory.keys)
+    keys[int(next(iter(PACKET.messages.values()))["stock_locate"][0])] = "not bytes"
+    with pytest.raises(TypeError, match="not bytes"):
+        link.produce_ticks(PACKET.messages, PACKET.sequences, PACKET.sequence, PACKET.count,
+                           dict.fromkeys(PACKET.messages, 0), keys, directory.hashes)
+    assert producer.flush(30) == 0 and link.acknowledged == 0
+    unopened = _producer_link.ProducerLink()
+    with pytest.raises(RuntimeError):
+        unopened.open_topics([topic], [1])
