@@ -74,11 +74,11 @@ def frames(port: int):
 RUNS = iter(range(1_000_000))
 
 
-def new_handler(kafka, prefix, value_format, workers):
+def new_handler(kafka, prefix, value_format, workers, **options):
     """A handler with its topics created: setup, outside the timed part."""
     config = HandlerConfig(kafka, value_format=value_format, workers=workers,
                            routes=Routes.by_category(f"{prefix}{next(RUNS)}."),
-                           partitions=PARTITIONS)
+                           partitions=PARTITIONS, **options)
     return Handler(config)
 
 
@@ -88,12 +88,12 @@ def run_handler(handler, port, expected):
 
 
 def measure(benchmark, kafka, prefix, port, value_format, workers, ticks, against=(),
-            latency_key="latency_ms_at_max_rate"):
+            latency_key="latency_ms_at_max_rate", **options):
     benchmark.extra_info.update(messages=ticks, against=list(against))
     handlers = []
 
     def setup():
-        handlers.append(new_handler(kafka, prefix, value_format, workers))
+        handlers.append(new_handler(kafka, prefix, value_format, workers, **options))
         return (handlers[-1], port, ticks), {}
 
     try:
@@ -119,7 +119,15 @@ def delete_topic_names(kafka, topics):
 @pytest.mark.parametrize("workers", [1, 2, 4])
 def test_struct(benchmark, kafka, topic_prefix, feed, workers):
     measure(benchmark, kafka, topic_prefix, feed, "struct", workers, TICKS,
-            ["test_pure_python_baseline"])
+            ["test_pure_python_baseline", "test_struct_through_produce_batch[2]"])
+
+
+@pytest.mark.benchmark(group="end-to-end")
+@pytest.mark.parametrize("workers", [2])
+def test_struct_through_produce_batch(benchmark, kafka, topic_prefix, feed, workers):
+    """The same records through confluent_kafka's produce_batch instead of the ProducerLink."""
+    measure(benchmark, kafka, topic_prefix, feed, "struct", workers, TICKS,
+            ["test_pure_python_baseline"], linked_producer=False)
 
 
 @pytest.mark.benchmark(group="end-to-end")

@@ -69,6 +69,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
     parser.add_argument("--headers", action="store_true",
                         help="per-tick formats: one produce() per tick with type, session and "
                              "sequence headers and the ITCH time as record timestamp (slower)")
+    parser.add_argument("--python-produce", action="store_true",
+                        help="struct/raw: produce per-tick records through produce_batch "
+                             "instead of from C into the same producer (slower; see docs/kafka.md)")
     parser.add_argument("--trade-date", type=datetime.date.fromisoformat,
                         help="date of the ITCH timestamps, for record timestamps with --headers "
                              "(default today, New York)")
@@ -175,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, routes=Routes.by_category(args.topic_prefix, dict(args.route)),
         partitions=args.partitions, replication_factor=args.replication_factor,
         producer_overrides=dict(args.producer_settings), headers=args.headers,
-        timestamp_base_ms=midnight_ms(args.trade_date), flush_timeout=args.flush_timeout)
+        timestamp_base_ms=midnight_ms(args.trade_date), flush_timeout=args.flush_timeout,
+        linked_producer=not args.python_produce)
     handler = Handler(config)
     stop = threading.Event()
     client = None
