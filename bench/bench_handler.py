@@ -1,6 +1,9 @@
 """End to end: simulator (its own process) -> handler -> acknowledged in Kafka, on the broker of
 scripts/kafka.sh. Ticks/s per value format and worker count, next to the straightforward
-pure-Python design run in the same session; frame-to-ack latency at a paced rate."""
+pure-Python design run in the same session; frame-to-ack latency at a paced rate.
+
+Each measurement starts with an untimed warm-up round: a freshly started broker spends its
+first seconds compiling (the JVM's C2 compiler thread took a sixth of the machine in profiles)."""
 
 import socket
 import subprocess
@@ -24,6 +27,7 @@ from feedhandler.session import SessionClient
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = 1_000_000
+BATCHED_TICKS = 4_000_000   # at millions of ticks/s a shorter run measures start and final flush
 JSON_TICKS = 200_000
 PACED_TICKS = 600_000
 PACED_RATE = 200_000
@@ -56,6 +60,13 @@ def start_simulator(count: int, *options: str):
 @pytest.fixture(scope="module")
 def feed():
     process, port = start_simulator(TICKS)
+    yield port
+    process.kill()
+
+
+@pytest.fixture(scope="module")
+def batched_feed():
+    process, port = start_simulator(BATCHED_TICKS)
     yield port
     process.kill()
 
@@ -97,7 +108,7 @@ def measure(benchmark, kafka, prefix, port, value_format, workers, ticks, agains
         return (handlers[-1], port, ticks), {}
 
     try:
-        benchmark.pedantic(run_handler, setup=setup, rounds=3)
+        benchmark.pedantic(run_handler, setup=setup, rounds=3, warmup_rounds=1)
     finally:
         delete_topics(kafka, handlers)
     benchmark.extra_info[latency_key] = handlers[-1].acks.percentiles_ms()
@@ -146,9 +157,19 @@ def test_json(benchmark, kafka, topic_prefix, json_feed, workers):
 
 @pytest.mark.benchmark(group="end-to-end")
 @pytest.mark.parametrize("workers", [1, 2, 4])
-def test_batched(benchmark, kafka, topic_prefix, feed, workers):
-    measure(benchmark, kafka, topic_prefix, feed, "batched", workers, TICKS,
+def test_batched(benchmark, kafka, topic_prefix, batched_feed, workers):
+    measure(benchmark, kafka, topic_prefix, batched_feed, "batched", workers, BATCHED_TICKS,
             ["test_pure_python_baseline", "test_struct[2]"])
+
+
+@pytest.mark.benchmark(group="end-to-end")
+@pytest.mark.parametrize("workers", [2])
+def test_batched_uncompressed(benchmark, kafka, topic_prefix, batched_feed, workers):
+    """-X compression.type=none: librdkafka compresses in one thread per broker, which at
+    these rates is the busiest thread on the machine."""
+    measure(benchmark, kafka, topic_prefix, batched_feed, "batched", workers, BATCHED_TICKS,
+            ["test_pure_python_baseline", "test_batched[2]"],
+            producer_overrides={"compression.type": "none"})
 
 
 def pure_python_setup(kafka, topics):
@@ -209,7 +230,7 @@ def test_pure_python_baseline(benchmark, kafka, topic_prefix, json_feed):
         return (routes, producer, json_feed), {}
 
     try:
-        benchmark.pedantic(pure_python_handler, setup=setup, rounds=3)
+        benchmark.pedantic(pure_python_handler, setup=setup, rounds=3, warmup_rounds=1)
     finally:
         delete_topic_names(kafka, created)
 
