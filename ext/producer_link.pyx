@@ -26,10 +26,12 @@ from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uint8_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free
+from libc.string cimport memset
 
 cimport numpy as cnp
 from rdkafka cimport *
-from tick_order cimport LOCATES, MAX_TYPES, TickSlot, TypeRows, load_types, locate_of, order_ticks
+from tick_order cimport (LOCATES, MAX_TYPES, TickSlot, TypeRows, load_types, locate_of,
+                         order_ticks, record_timestamp_ms)
 
 cnp.import_array()     # also tells numpy's inline accessors which ABI they run under
 
@@ -43,6 +45,15 @@ cdef extern from "<dlfcn.h>" nogil:
 cdef enum:
     ERROR_BASE = 256        # librdkafka's error codes run from -200 to about 120
     ERROR_SLOTS = 512
+
+cdef enum:
+    _RECORD_FIELDS = 9      # rd_kafka_produceva fields of a record with headers
+
+cdef struct RecordMetadata:     # what a record with headers carries besides key and value
+    uint64_t sequence
+    int64_t timestamp_ms
+    char message_type
+
 
 cdef struct Tally:
     rd_kafka_t* rk          # NULL until on_new, and again after on_destroy
@@ -82,6 +93,9 @@ def bind_library(str path, int expected_version):
     api.topic_new = <topic_new_f> symbol(library, b"rd_kafka_topic_new")
     api.topic_destroy = <topic_destroy_f> symbol(library, b"rd_kafka_topic_destroy")
     api.produce_batch = <produce_batch_f> symbol(library, b"rd_kafka_produce_batch")
+    api.produceva = <produceva_f> symbol(library, b"rd_kafka_produceva")
+    api.error_code = <error_code_f> symbol(library, b"rd_kafka_error_code")
+    api.error_destroy = <error_destroy_f> symbol(library, b"rd_kafka_error_destroy")
     api.conf_interceptor_add_on_new = <conf_add_on_new_f> symbol(
         library, b"rd_kafka_conf_interceptor_add_on_new")
     api.interceptor_add_on_acknowledgement = <add_on_acknowledgement_f> symbol(
@@ -234,12 +248,18 @@ cdef class ProducerLink:
 
     def produce_ticks(self, dict messages, dict sequences, uint64_t first_sequence,
                       Py_ssize_t count, dict topic_of_type, list keys,
-                      const uint32_t[::1] key_hashes, dict raw_blocks=None):
+                      const uint32_t[::1] key_hashes, dict raw_blocks=None,
+                      bytes session=None, int64_t timestamp_base_ms=0):
         """One record per tick of a decoded packet: key `keys[locate]`, partition from the
         key's murmur2 `key_hashes[locate]`, value the struct (or the `raw_blocks` wire bytes),
         to topic `topic_of_type[type]` (an index into the open topics). Per partition, records
         keep feed order. Returns how many records were made; any librdkafka refused at once
-        are counted as failed."""
+        are counted as failed.
+
+        With a `session`, every record also carries headers `type`, `session` and `sequence`
+        (ASCII decimal) and the ITCH time as its timestamp (`timestamp_base_ms` plus the
+        nanoseconds since midnight): one rd_kafka_produceva() per record, since
+        rd_kafka_produce_batch() takes neither headers nor timestamps."""
         cdef TypeRows types[MAX_TYPES]
         cdef Py_ssize_t n_types, slot, t, at, in_topic
         cdef TypeRows* tr
@@ -251,6 +271,7 @@ cdef class ProducerLink:
         cdef Py_ssize_t* topic_start = NULL
         cdef TickSlot* order = NULL
         cdef rd_kafka_message_t* out = NULL
+        cdef RecordMetadata* metadata = NULL
         cdef int good
         self._require_handle()
         if self.n_topics == 0:
@@ -270,7 +291,10 @@ cdef class ProducerLink:
             out = <rd_kafka_message_t*> calloc(max(count, 1), sizeof(rd_kafka_message_t))
             fill = <Py_ssize_t*> calloc(buckets + 1, sizeof(Py_ssize_t))
             topic_start = <Py_ssize_t*> calloc(self.n_topics + 1, sizeof(Py_ssize_t))
-            if order == NULL or out == NULL or fill == NULL or topic_start == NULL:
+            if session is not None:
+                metadata = <RecordMetadata*> calloc(max(count, 1), sizeof(RecordMetadata))
+            if order == NULL or out == NULL or fill == NULL or topic_start == NULL \
+                    or (session is not None and metadata == NULL):
                 raise MemoryError()
             for t in range(self.n_topics):
                 topic_start[t + 1] = topic_start[t] + self.partitions[t]
@@ -304,12 +328,20 @@ cdef class ProducerLink:
                 else:
                     out[at].payload = <void*> row_ptr
                     out[at].len = tr.itemsize
+                if metadata != NULL:
+                    metadata[at].sequence = first_sequence + slot
+                    metadata[at].timestamp_ms = record_timestamp_ms(row_ptr, timestamp_base_ms)
+                    metadata[at].message_type = row_ptr[0]
             # After the fill, bucket b's records end at fill[b]; topic t's span from the end of
             # the bucket before its first to the end of its last.
             for t in range(self.n_topics):
                 at = fill[topic_start[t] - 1] if topic_start[t] else 0
                 in_topic = fill[topic_start[t + 1] - 1] - at
                 if in_topic == 0:
+                    continue
+                if metadata != NULL:
+                    self._produce_with_headers(self.topics[t], out + at, metadata + at, in_topic,
+                                               session)
                     continue
                 with nogil:
                     good = api.produce_batch(self.topics[t], RD_KAFKA_PARTITION_UA,
@@ -321,8 +353,58 @@ cdef class ProducerLink:
         finally:
             free(order)
             free(out)
+            free(metadata)
             free(fill)
             free(topic_start)
+
+    cdef void _produce_with_headers(self, rd_kafka_topic_t* topic, rd_kafka_message_t* records,
+                                    RecordMetadata* metadata, Py_ssize_t n, bytes session):
+        cdef rd_kafka_vu_t fields[_RECORD_FIELDS]
+        cdef char sequence_text[24]
+        cdef const char* session_bytes = session
+        cdef Py_ssize_t session_length = len(session), i
+        cdef rd_kafka_error_t* error
+        cdef int err
+        memset(fields, 0, sizeof(fields))
+        fields[0].vtype = RD_KAFKA_VTYPE_RKT
+        fields[0].u.rkt = topic
+        fields[1].vtype = RD_KAFKA_VTYPE_MSGFLAGS
+        fields[1].u.i = RD_KAFKA_MSG_F_COPY
+        fields[2].vtype = RD_KAFKA_VTYPE_PARTITION
+        fields[3].vtype = RD_KAFKA_VTYPE_KEY
+        fields[4].vtype = RD_KAFKA_VTYPE_VALUE
+        fields[5].vtype = RD_KAFKA_VTYPE_TIMESTAMP
+        fields[6].vtype = RD_KAFKA_VTYPE_HEADER
+        fields[6].u.header.name = "type"
+        fields[6].u.header.size = 1
+        fields[7].vtype = RD_KAFKA_VTYPE_HEADER
+        fields[7].u.header.name = "session"
+        fields[7].u.header.val = session_bytes
+        fields[7].u.header.size = session_length
+        fields[8].vtype = RD_KAFKA_VTYPE_HEADER
+        fields[8].u.header.name = "sequence"
+        fields[8].u.header.val = sequence_text
+        with nogil:
+            for i in range(n):
+                fields[2].u.i32 = records[i].partition
+                fields[3].u.mem.ptr = records[i].key
+                fields[3].u.mem.size = records[i].key_len
+                fields[4].u.mem.ptr = records[i].payload
+                fields[4].u.mem.size = records[i].len
+                fields[5].u.i64 = metadata[i].timestamp_ms
+                fields[6].u.header.val = &metadata[i].message_type
+                fields[8].u.header.size = snprintf(sequence_text, sizeof(sequence_text), "%llu",
+                                                   <unsigned long long> metadata[i].sequence)
+                error = api.produceva(self.tally.rk, fields, _RECORD_FIELDS)
+                if error == NULL:
+                    continue
+                err = api.error_code(error)
+                api.error_destroy(error)
+                # A partitioning failure was already reported to on_acknowledgement.
+                if err != RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION \
+                        and err != RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+                    count_failure(self.tally, err)
+                    self.n_refused += 1
 
     cdef void _count_refused(self, rd_kafka_message_t* messages, Py_ssize_t n) noexcept:
         cdef Py_ssize_t i

@@ -14,6 +14,7 @@ cdef extern from *:
     typedef struct rd_kafka_topic_s rd_kafka_topic_t;
     typedef struct rd_kafka_topic_conf_s rd_kafka_topic_conf_t;
     typedef struct rd_kafka_conf_s rd_kafka_conf_t;
+    typedef struct rd_kafka_error_s rd_kafka_error_t;
     typedef struct rd_kafka_message_s {
         int err;
         rd_kafka_topic_t *rkt;
@@ -25,6 +26,24 @@ cdef extern from *:
         int64_t offset;
         void *_private;
     } rd_kafka_message_t;
+    /* rd_kafka_vu_t, with names for what rdkafka.h leaves anonymous (same layout). */
+    typedef struct { void *ptr; size_t size; } fh_vu_mem;
+    typedef struct { const char *name; const void *val; ssize_t size; } fh_vu_header;
+    typedef union {
+        const char *cstr;
+        rd_kafka_topic_t *rkt;
+        int i;
+        int32_t i32;
+        int64_t i64;
+        fh_vu_mem mem;
+        fh_vu_header header;
+        void *ptr;
+        char _pad[64];
+    } fh_vu_value;
+    typedef struct rd_kafka_vu_s {
+        int vtype;
+        fh_vu_value u;
+    } rd_kafka_vu_t;
 
     /* Delivery counters are bumped by librdkafka's broker threads and read by Python's. */
     static inline void fh_atomic_add(int64_t *counter, int64_t n) {
@@ -41,6 +60,7 @@ cdef extern from *:
     ctypedef struct rd_kafka_topic_t
     ctypedef struct rd_kafka_topic_conf_t
     ctypedef struct rd_kafka_conf_t
+    ctypedef struct rd_kafka_error_t
     ctypedef struct rd_kafka_message_t:
         int err
         rd_kafka_topic_t* rkt
@@ -51,6 +71,23 @@ cdef extern from *:
         size_t key_len
         int64_t offset
         void* _private
+    ctypedef struct fh_vu_mem:
+        void* ptr
+        size_t size
+    ctypedef struct fh_vu_header:
+        const char* name
+        const void* val
+        Py_ssize_t size
+    ctypedef union fh_vu_value:
+        rd_kafka_topic_t* rkt
+        int i
+        int32_t i32
+        int64_t i64
+        fh_vu_mem mem
+        fh_vu_header header
+    ctypedef struct rd_kafka_vu_t:
+        int vtype
+        fh_vu_value u
 
     void fh_atomic_add(int64_t* counter, int64_t n) noexcept nogil
     int64_t fh_atomic_load(const int64_t* counter) noexcept nogil
@@ -62,6 +99,16 @@ cdef enum:
     RD_KAFKA_MSG_F_PARTITION = 0x8
     RD_KAFKA_RESP_ERR_NO_ERROR = 0
     RD_KAFKA_RESP_ERR__INVALID_ARG = -186
+    RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC = -188
+    RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION = -190
+    # rd_kafka_vtype_t, for rd_kafka_produceva
+    RD_KAFKA_VTYPE_RKT = 2
+    RD_KAFKA_VTYPE_PARTITION = 3
+    RD_KAFKA_VTYPE_VALUE = 4
+    RD_KAFKA_VTYPE_KEY = 5
+    RD_KAFKA_VTYPE_MSGFLAGS = 7
+    RD_KAFKA_VTYPE_TIMESTAMP = 8
+    RD_KAFKA_VTYPE_HEADER = 9
 
 ctypedef int (*on_new_f)(rd_kafka_t* rk, const rd_kafka_conf_t* conf, void* opaque,
                          char* errstr, size_t errstr_size) noexcept nogil
@@ -76,6 +123,10 @@ ctypedef rd_kafka_topic_t* (*topic_new_f)(rd_kafka_t* rk, const char* topic,
 ctypedef void (*topic_destroy_f)(rd_kafka_topic_t* rkt) noexcept nogil
 ctypedef int (*produce_batch_f)(rd_kafka_topic_t* rkt, int32_t partition, int msgflags,
                                 rd_kafka_message_t* messages, int count) noexcept nogil
+ctypedef rd_kafka_error_t* (*produceva_f)(rd_kafka_t* rk, const rd_kafka_vu_t* vus,
+                                          size_t count) noexcept nogil
+ctypedef int (*error_code_f)(const rd_kafka_error_t* error) noexcept nogil
+ctypedef void (*error_destroy_f)(rd_kafka_error_t* error) noexcept nogil
 ctypedef int (*conf_add_on_new_f)(rd_kafka_conf_t* conf, const char* name, on_new_f on_new,
                                   void* opaque) noexcept nogil
 ctypedef int (*add_on_acknowledgement_f)(rd_kafka_t* rk, const char* name,
@@ -90,6 +141,9 @@ cdef struct RdKafkaApi:
     topic_new_f topic_new
     topic_destroy_f topic_destroy
     produce_batch_f produce_batch
+    produceva_f produceva
+    error_code_f error_code
+    error_destroy_f error_destroy
     conf_add_on_new_f conf_interceptor_add_on_new
     add_on_acknowledgement_f interceptor_add_on_acknowledgement
     add_on_destroy_f interceptor_add_on_destroy

@@ -16,8 +16,8 @@ from libc.string cimport memcpy
 cimport numpy as cnp
 import numpy as np
 
-from tick_order cimport (LOCATES, MAX_TYPES, TIMESTAMP_OFFSET, TickSlot, TypeRows, load_types,
-                         locate_of, order_ticks)
+from tick_order cimport (LOCATES, MAX_TYPES, TickSlot, TypeRows, load_types, locate_of,
+                         order_ticks, record_timestamp_ms)
 
 cnp.import_array()
 
@@ -65,12 +65,6 @@ def partition_for(key, int partitions) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-cdef inline uint64_t load_u64(const uint8_t* p) noexcept nogil:
-    cdef uint64_t v
-    memcpy(&v, p, 8)
-    return v
-
-
 def tick_records(dict messages, dict sequences, uint64_t first_sequence, Py_ssize_t count,
                  dict topic_of_type, Py_ssize_t topics, list keys, int64_t timestamp_base_ms,
                  dict raw_blocks=None, bint with_metadata=False):
@@ -111,8 +105,7 @@ def tick_records(dict messages, dict sequences, uint64_t first_sequence, Py_ssiz
                 value = PyBytes_FromStringAndSize(<const char*> row_ptr, tr.itemsize)
             record = {"value": value, "key": keys[locate_of(row_ptr)]}
             if with_metadata:
-                record["timestamp"] = timestamp_base_ms + <int64_t>(
-                    load_u64(row_ptr + TIMESTAMP_OFFSET) // 1_000_000)
+                record["timestamp"] = record_timestamp_ms(row_ptr, timestamp_base_ms)
                 record["type"] = PyBytes_FromStringAndSize(<const char*> row_ptr, 1)
                 record["sequence"] = first_sequence + slot
             (<list> out[tr.topic]).append(record)

@@ -4,7 +4,7 @@
 # Decoding groups rows by message type; per-symbol order in Kafka needs them back in sequence
 # order. Slot k of the packet holds message k; quarantined messages leave their slot empty.
 
-from libc.stdint cimport uint8_t, uint16_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t
 from libc.string cimport memcpy
 cimport numpy as cnp
 
@@ -33,6 +33,14 @@ cdef inline uint16_t locate_of(const uint8_t* row) noexcept nogil:
     cdef uint16_t locate
     memcpy(&locate, row + LOCATE_OFFSET, 2)
     return locate
+
+
+cdef inline int64_t record_timestamp_ms(const uint8_t* row, int64_t base_ms) noexcept nogil:
+    """A tick's Kafka record timestamp: `base_ms` (midnight of the trade date) plus the ITCH
+    time, nanoseconds since midnight."""
+    cdef uint64_t nanoseconds
+    memcpy(&nanoseconds, row + TIMESTAMP_OFFSET, 8)
+    return base_ms + <int64_t>(nanoseconds // 1_000_000)
 
 
 cdef inline Py_ssize_t load_types(dict messages, dict sequences, dict topic_of_type,

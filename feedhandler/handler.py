@@ -287,13 +287,13 @@ class Handler:
                     time.monotonic_ns() - self._held_since >= BATCH_LINGER_NS:
                 self._release_held()
             return
-        if ticks and self.link is not None and not self.config.headers \
-                and self.config.value_format in ("struct", "raw"):
+        if ticks and self.link is not None and self.config.value_format in ("struct", "raw"):
             self._make_room(ticks)
             account.records += self.link.produce_ticks(
                 packet.messages, packet.sequences, packet.sequence, packet.count,
                 self.topic_index, self.directory.keys, self.directory.hashes,
-                raw_blocks(packet) if self.config.value_format == "raw" else None)
+                raw_blocks(packet) if self.config.value_format == "raw" else None,
+                packet.session if self.config.headers else None, self.config.timestamp_base_ms)
         elif ticks:
             self._produce_ticks(packet)
         account.produced += ticks

@@ -137,10 +137,13 @@ def test_batched_format_holds_every_tick_once_per_key_partition(kafka, topic_pre
     assert total == COUNT
 
 
-def test_headers_carry_type_session_and_sequence(kafka, topic_prefix, simulator):
+@pytest.mark.parametrize("linked", [True, False])
+def test_headers_carry_type_session_and_sequence(kafka, topic_prefix, simulator, linked):
     handler, account = handle(kafka, topic_prefix, "struct", 2, session_frames(simulator),
-                              headers=True, timestamp_base_ms=1_700_000_000_000)
+                              headers=True, timestamp_base_ms=1_700_000_000_000,
+                              linked_producer=linked)
     assert account.delivered == COUNT and account.lost == 0
+    assert (handler.link.acknowledged if linked else COUNT) == COUNT
     topic = handler.config.routes.topic_of_type["A"]
     records = consume.read_topic(kafka, topic)
     by_sequence = {s: m for s, m in source_by_topic(handler.config.routes)[topic]}
