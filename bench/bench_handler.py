@@ -142,6 +142,14 @@ def test_struct_through_produce_batch(benchmark, kafka, topic_prefix, feed, work
 
 
 @pytest.mark.benchmark(group="end-to-end")
+@pytest.mark.parametrize("workers", [2])
+def test_struct_with_headers(benchmark, kafka, topic_prefix, feed, workers):
+    """--headers: type, session and sequence headers and the ITCH time as record timestamp."""
+    measure(benchmark, kafka, topic_prefix, feed, "struct", workers, TICKS,
+            ["test_pure_python_baseline", "test_struct[2]"], headers=True)
+
+
+@pytest.mark.benchmark(group="end-to-end")
 @pytest.mark.parametrize("workers", [1, 2])
 def test_raw(benchmark, kafka, topic_prefix, feed, workers):
     measure(benchmark, kafka, topic_prefix, feed, "raw", workers, TICKS,
