@@ -38,16 +38,13 @@ cnp.import_array()     # also tells numpy's inline accessors which ABI they run 
 cdef extern from "<dlfcn.h>" nogil:
     void* dlopen(const char* filename, int flags)
     void* dlsym(void* handle, const char* symbol)
-    char* dlerror()
     int RTLD_NOW
     int RTLD_NOLOAD
 
 cdef enum:
     ERROR_BASE = 256        # librdkafka's error codes run from -200 to about 120
     ERROR_SLOTS = 512
-
-cdef enum:
-    _RECORD_FIELDS = 9      # rd_kafka_produceva fields of a record with headers
+    RECORD_FIELDS = 9       # rd_kafka_produceva fields of a record with headers
 
 cdef struct RecordMetadata:     # what a record with headers carries besides key and value
     uint64_t sequence
@@ -83,12 +80,11 @@ def bind_library(str path, int expected_version):
     global api_bound
     cdef void* library = dlopen(path.encode(), RTLD_NOW | RTLD_NOLOAD)
     if library == NULL:
-        raise OSError(f"librdkafka is not loaded from {path}: {dlerror().decode()}")
+        raise OSError(f"librdkafka is not loaded from {path}")
     api.version = <version_f> symbol(library, b"rd_kafka_version")
     if api.version() != expected_version:
         raise OSError(f"{path} is librdkafka {api.version():#x}, confluent_kafka uses "
                       f"{expected_version:#x}")
-    api.err2name = <err2str_f> symbol(library, b"rd_kafka_err2name")
     api.err2str = <err2str_f> symbol(library, b"rd_kafka_err2str")
     api.topic_new = <topic_new_f> symbol(library, b"rd_kafka_topic_new")
     api.topic_destroy = <topic_destroy_f> symbol(library, b"rd_kafka_topic_destroy")
@@ -204,13 +200,16 @@ cdef class ProducerLink:
         self.tally.owners = 1
 
     def __dealloc__(self):
+        if self.tally == NULL:
+            return
         self._close_topics()
-        if self.tally != NULL and fh_release(&self.tally.owners) == 0:
+        if fh_release(&self.tally.owners) == 0:
             free(self.tally)
 
     cdef void _close_topics(self) noexcept:
         cdef int t
-        if self.topics != NULL:
+        # After the handle is destroyed (Producer.close()), its topics went with it.
+        if self.topics != NULL and self.tally.rk != NULL:
             for t in range(self.n_topics):
                 if self.topics[t] != NULL:
                     api.topic_destroy(self.topics[t])
@@ -233,13 +232,17 @@ cdef class ProducerLink:
             self._close_topics()
             raise MemoryError()
         self.n_topics = len(names)
-        for t in range(self.n_topics):
-            if partition_counts[t] < 1:
-                raise ValueError(f"{names[t]}: needs at least one partition")
-            self.partitions[t] = partition_counts[t]
-            self.topics[t] = api.topic_new(self.tally.rk, names[t].encode(), NULL)
-            if self.topics[t] == NULL:
-                raise ValueError(f"librdkafka refused topic {names[t]!r}")
+        try:
+            for t in range(self.n_topics):
+                if partition_counts[t] < 1:
+                    raise ValueError(f"{names[t]}: needs at least one partition")
+                self.partitions[t] = partition_counts[t]
+                self.topics[t] = api.topic_new(self.tally.rk, names[t].encode(), NULL)
+                if self.topics[t] == NULL:
+                    raise ValueError(f"librdkafka refused topic {names[t]!r}")
+        except BaseException:
+            self._close_topics()
+            raise
 
     cdef int _require_handle(self) except -1:
         if self.tally.rk == NULL:
@@ -359,7 +362,7 @@ cdef class ProducerLink:
 
     cdef void _produce_with_headers(self, rd_kafka_topic_t* topic, rd_kafka_message_t* records,
                                     RecordMetadata* metadata, Py_ssize_t n, bytes session):
-        cdef rd_kafka_vu_t fields[_RECORD_FIELDS]
+        cdef rd_kafka_vu_t fields[RECORD_FIELDS]
         cdef char sequence_text[24]
         cdef const char* session_bytes = session
         cdef Py_ssize_t session_length = len(session), i
@@ -395,7 +398,7 @@ cdef class ProducerLink:
                 fields[6].u.header.val = &metadata[i].message_type
                 fields[8].u.header.size = snprintf(sequence_text, sizeof(sequence_text), "%llu",
                                                    <unsigned long long> metadata[i].sequence)
-                error = api.produceva(self.tally.rk, fields, _RECORD_FIELDS)
+                error = api.produceva(self.tally.rk, fields, RECORD_FIELDS)
                 if error == NULL:
                     continue
                 err = api.error_code(error)

@@ -136,7 +136,6 @@ ctypedef int (*add_on_destroy_f)(rd_kafka_t* rk, const char* name, on_destroy_f 
 
 cdef struct RdKafkaApi:
     version_f version
-    err2str_f err2name
     err2str_f err2str
     topic_new_f topic_new
     topic_destroy_f topic_destroy

@@ -88,3 +88,21 @@ def test_bad_arguments_are_refused_before_anything_is_produced(kafka, topic_pref
     unopened = _producer_link.ProducerLink()
     with pytest.raises(RuntimeError):
         unopened.open_topics([topic], [1])
+
+
+def test_a_failed_open_leaves_no_topics_behind(kafka, topic_prefix):
+    topic = topic_prefix + "open"
+    producer, link, errors = linked(kafka, topic)
+    with pytest.raises(ValueError, match="at least one partition"):
+        link.open_topics([topic, topic + "2"], [2, 0])
+    with pytest.raises(RuntimeError, match="open_topics"):
+        produce(link)
+
+
+def test_a_closed_producer_is_refused_not_crashed_into(kafka, topic_prefix):
+    topic = topic_prefix + "closed"
+    producer, link, errors = linked(kafka, topic)
+    producer.close()
+    with pytest.raises(RuntimeError, match="handle is gone"):
+        produce(link)
+    del link        # its topics went with the handle: nothing left to release
