@@ -188,7 +188,7 @@ cdef class ProducerLink:
 
     cdef Tally* tally
     cdef object producer        # keeps the handle alive as long as this link
-    cdef rd_kafka_topic_t** topics
+    cdef list topic_names         # bytes, by topic index
     cdef int32_t* partitions
     cdef int n_topics
     cdef int64_t n_refused
@@ -200,49 +200,29 @@ cdef class ProducerLink:
         self.tally.owners = 1
 
     def __dealloc__(self):
-        if self.tally == NULL:
-            return
-        self._close_topics()
-        if fh_release(&self.tally.owners) == 0:
+        free(self.partitions)
+        if self.tally != NULL and fh_release(&self.tally.owners) == 0:
             free(self.tally)
 
-    cdef void _close_topics(self) noexcept:
-        cdef int t
-        # After the handle is destroyed (Producer.close()), its topics went with it.
-        if self.topics != NULL and self.tally.rk != NULL:
-            for t in range(self.n_topics):
-                if self.topics[t] != NULL:
-                    api.topic_destroy(self.topics[t])
-        free(self.topics)
-        free(self.partitions)
-        self.topics = NULL
-        self.partitions = NULL
-        self.n_topics = 0
-
     def open_topics(self, list names, list partition_counts):
-        """The topics `produce_ticks` writes to, by index, and their partition counts."""
+        """The topics `produce_ticks` writes to, by index, and their actual partition counts
+        (from the cluster's metadata: librdkafka 2.16 loses track of a record sent to a
+        partition that does not exist, and flush() then never completes)."""
+        cdef int32_t* partitions
         cdef int t
         if len(names) != len(partition_counts) or not names:
             raise ValueError("one partition count per topic")
-        self._require_handle()
-        self._close_topics()
-        self.topics = <rd_kafka_topic_t**> calloc(len(names), sizeof(rd_kafka_topic_t*))
-        self.partitions = <int32_t*> calloc(len(names), sizeof(int32_t))
-        if self.topics == NULL or self.partitions == NULL:
-            self._close_topics()
+        if any(count < 1 for count in partition_counts):
+            raise ValueError("every topic needs at least one partition")
+        partitions = <int32_t*> calloc(len(names), sizeof(int32_t))
+        if partitions == NULL:
             raise MemoryError()
+        for t in range(len(names)):
+            partitions[t] = partition_counts[t]
+        free(self.partitions)
+        self.partitions = partitions
+        self.topic_names = [name.encode() for name in names]
         self.n_topics = len(names)
-        try:
-            for t in range(self.n_topics):
-                if partition_counts[t] < 1:
-                    raise ValueError(f"{names[t]}: needs at least one partition")
-                self.partitions[t] = partition_counts[t]
-                self.topics[t] = api.topic_new(self.tally.rk, names[t].encode(), NULL)
-                if self.topics[t] == NULL:
-                    raise ValueError(f"librdkafka refused topic {names[t]!r}")
-        except BaseException:
-            self._close_topics()
-            raise
 
     cdef int _require_handle(self) except -1:
         if self.tally.rk == NULL:
@@ -340,18 +320,9 @@ cdef class ProducerLink:
             for t in range(self.n_topics):
                 at = fill[topic_start[t] - 1] if topic_start[t] else 0
                 in_topic = fill[topic_start[t + 1] - 1] - at
-                if in_topic == 0:
-                    continue
-                if metadata != NULL:
-                    self._produce_with_headers(self.topics[t], out + at, metadata + at, in_topic,
-                                               session)
-                    continue
-                with nogil:
-                    good = api.produce_batch(self.topics[t], RD_KAFKA_PARTITION_UA,
-                                             RD_KAFKA_MSG_F_COPY | RD_KAFKA_MSG_F_PARTITION,
-                                             out + at, <int>in_topic)
-                if good != in_topic:
-                    self._count_refused(out + at, in_topic)
+                if in_topic:
+                    self._produce_topic(t, out + at, metadata + at if metadata else NULL,
+                                        in_topic, session)
             return fill[buckets]
         finally:
             free(order)
@@ -359,6 +330,28 @@ cdef class ProducerLink:
             free(metadata)
             free(fill)
             free(topic_start)
+
+    cdef int _produce_topic(self, int t, rd_kafka_message_t* records, RecordMetadata* metadata,
+                            Py_ssize_t n, bytes session) except -1:
+        # A topic handle per call, not per link: one held across calls would keep the librdkafka
+        # handle from being destroyed (Producer.close(), or the GC breaking a reference cycle).
+        cdef rd_kafka_topic_t* topic = api.topic_new(self.tally.rk, self.topic_names[t], NULL)
+        cdef int good
+        if topic == NULL:
+            raise ValueError(f"librdkafka refused topic {self.topic_names[t]!r}")
+        try:
+            if metadata != NULL:
+                self._produce_with_headers(topic, records, metadata, n, session)
+                return 0
+            with nogil:
+                good = api.produce_batch(topic, RD_KAFKA_PARTITION_UA,
+                                         RD_KAFKA_MSG_F_COPY | RD_KAFKA_MSG_F_PARTITION,
+                                         records, <int>n)
+            if good != n:
+                self._count_refused(records, n)
+            return 0
+        finally:
+            api.topic_destroy(topic)
 
     cdef void _produce_with_headers(self, rd_kafka_topic_t* topic, rd_kafka_message_t* records,
                                     RecordMetadata* metadata, Py_ssize_t n, bytes session):
