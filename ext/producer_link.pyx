@@ -54,7 +54,8 @@ cdef struct RecordMetadata:     # what a record with headers carries besides key
 
 cdef struct Tally:
     rd_kafka_t* rk          # NULL until on_new, and again after on_destroy
-    int owners              # the ProducerLink and the librdkafka handle; the last one frees
+    int owners              # the ProducerLink and librdkafka's conf (which the handle keeps
+                            # until every librdkafka thread is joined); the last one frees
     int64_t acknowledged
     int64_t failed
     int64_t failed_by_error[ERROR_SLOTS]
@@ -94,6 +95,8 @@ def bind_library(str path, int expected_version):
     api.error_destroy = <error_destroy_f> symbol(library, b"rd_kafka_error_destroy")
     api.conf_interceptor_add_on_new = <conf_add_on_new_f> symbol(
         library, b"rd_kafka_conf_interceptor_add_on_new")
+    api.conf_interceptor_add_on_conf_destroy = <conf_add_on_conf_destroy_f> symbol(
+        library, b"rd_kafka_conf_interceptor_add_on_conf_destroy")
     api.interceptor_add_on_acknowledgement = <add_on_acknowledgement_f> symbol(
         library, b"rd_kafka_interceptor_add_on_acknowledgement")
     api.interceptor_add_on_destroy = <add_on_destroy_f> symbol(
@@ -112,6 +115,15 @@ cdef public int conf_init(rd_kafka_conf_t* conf, void** plug_opaque, char* errst
     if tally == NULL or not api_bound:
         snprintf(errstr, errstr_size, "feedhandler's plugin is loaded by linked_producer() only")
         return RD_KAFKA_RESP_ERR__INVALID_ARG
+    # The tally must outlive every on_acknowledgement. librdkafka calls on_destroy before it
+    # joins its broker threads, which go on acknowledging (or failing) records in flight; the
+    # conf's on_conf_destroy comes after the joins (rd_kafka_destroy_final), or when a conf
+    # that never became a handle is destroyed.
+    cdef int err = api.conf_interceptor_add_on_conf_destroy(conf, "feedhandler",
+                                                            on_conf_destroy, tally)
+    if err:
+        return err
+    tally.owners += 1       # released by on_conf_destroy; nothing else sees the tally yet
     return api.conf_interceptor_add_on_new(conf, "feedhandler", on_new, tally)
 
 
@@ -121,7 +133,6 @@ cdef int on_new(rd_kafka_t* rk, const rd_kafka_conf_t* conf, void* opaque, char*
     cdef int err = api.interceptor_add_on_destroy(rk, "feedhandler", on_destroy, tally)
     if err:
         return err
-    tally.owners += 1       # released by on_destroy; nothing else sees the tally yet
     tally.rk = rk
     return api.interceptor_add_on_acknowledgement(rk, "feedhandler", on_acknowledgement, tally)
 
@@ -139,8 +150,13 @@ cdef int on_acknowledgement(rd_kafka_t* rk, rd_kafka_message_t* message,
 
 
 cdef int on_destroy(rd_kafka_t* rk, void* opaque) noexcept nogil:
+    # No more produce_ticks; broker threads may still acknowledge records: the tally stays.
+    (<Tally*> opaque).rk = NULL
+    return 0
+
+
+cdef int on_conf_destroy(void* opaque) noexcept nogil:
     cdef Tally* tally = <Tally*> opaque
-    tally.rk = NULL
     if fh_release(&tally.owners) == 0:
         free(tally)
     return 0

@@ -115,6 +115,7 @@ ctypedef int (*on_new_f)(rd_kafka_t* rk, const rd_kafka_conf_t* conf, void* opaq
 ctypedef int (*on_acknowledgement_f)(rd_kafka_t* rk, rd_kafka_message_t* message,
                                      void* opaque) noexcept nogil
 ctypedef int (*on_destroy_f)(rd_kafka_t* rk, void* opaque) noexcept nogil
+ctypedef int (*on_conf_destroy_f)(void* opaque) noexcept nogil
 
 ctypedef int (*version_f)() noexcept nogil
 ctypedef const char* (*err2str_f)(int err) noexcept nogil
@@ -129,6 +130,9 @@ ctypedef int (*error_code_f)(const rd_kafka_error_t* error) noexcept nogil
 ctypedef void (*error_destroy_f)(rd_kafka_error_t* error) noexcept nogil
 ctypedef int (*conf_add_on_new_f)(rd_kafka_conf_t* conf, const char* name, on_new_f on_new,
                                   void* opaque) noexcept nogil
+ctypedef int (*conf_add_on_conf_destroy_f)(rd_kafka_conf_t* conf, const char* name,
+                                           on_conf_destroy_f on_conf_destroy,
+                                           void* opaque) noexcept nogil
 ctypedef int (*add_on_acknowledgement_f)(rd_kafka_t* rk, const char* name,
                                          on_acknowledgement_f on_ack, void* opaque) noexcept nogil
 ctypedef int (*add_on_destroy_f)(rd_kafka_t* rk, const char* name, on_destroy_f on_destroy,
@@ -144,5 +148,6 @@ cdef struct RdKafkaApi:
     error_code_f error_code
     error_destroy_f error_destroy
     conf_add_on_new_f conf_interceptor_add_on_new
+    conf_add_on_conf_destroy_f conf_interceptor_add_on_conf_destroy
     add_on_acknowledgement_f interceptor_add_on_acknowledgement
     add_on_destroy_f interceptor_add_on_destroy

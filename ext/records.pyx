@@ -16,8 +16,8 @@ from libc.string cimport memcpy
 cimport numpy as cnp
 import numpy as np
 
-from tick_order cimport (LOCATES, MAX_TYPES, TickSlot, TypeRows, load_types, locate_of,
-                         order_ticks, record_timestamp_ms)
+from tick_order cimport (LOCATE_OFFSET, LOCATES, MAX_TYPES, TickSlot, TypeRows, load_types,
+                         locate_of, order_ticks, record_timestamp_ms)
 
 cnp.import_array()
 
@@ -139,7 +139,8 @@ def group_rows(list parts, const uint32_t[::1] key_hashes, int partitions):
             records, sequences = parts[k]
             if not (records.flags.c_contiguous and sequences.flags.c_contiguous) \
                     or sequences.shape[0] != records.shape[0] or sequences.dtype != np.uint64 \
-                    or (k and records.dtype.itemsize != itemsize):
+                    or (k and records.dtype.itemsize != itemsize) \
+                    or records.dtype.itemsize < LOCATE_OFFSET + 2:
                 raise ValueError("group_rows needs matching contiguous arrays of one type")
             itemsize = records.dtype.itemsize
             rows[k] = <const uint8_t*> cnp.PyArray_DATA(records)

@@ -59,6 +59,8 @@ cdef inline Py_ssize_t load_types(dict messages, dict sequences, dict topic_of_t
                 or not (cnp.PyArray_IS_C_CONTIGUOUS(records)
                         and cnp.PyArray_IS_C_CONTIGUOUS(seqs)):
             raise ValueError(f"{message_type}: records and sequences do not match")
+        if cnp.PyArray_ITEMSIZE(records) < TIMESTAMP_OFFSET + 8:
+            raise ValueError(f"{message_type}: records too small to hold a locate and a time")
         if not 0 <= topic_of_type[message_type] < topics:
             raise ValueError(f"{message_type}: topic index out of range")
         types[n].rows = <const uint8_t*> cnp.PyArray_DATA(records)

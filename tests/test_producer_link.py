@@ -122,3 +122,19 @@ def test_a_link_in_a_reference_cycle_is_collected_without_hanging(kafka, topic_p
     holder["producer"] = producer                            # holder -> producer, link
     del producer, link, errors, holder
     assert gc.collect() > 0
+
+
+def test_records_in_flight_when_the_producer_goes_are_counted_into_a_live_tally(kafka,
+                                                                                topic_prefix):
+    """librdkafka goes on acknowledging (or failing) records after its on_destroy: the counts
+    must land in memory that is still the link's. An AddressSanitizer build caught writes into
+    freed memory here when the tally was released at on_destroy."""
+    topic = topic_prefix + "inflight"
+    producer, link, errors = linked(kafka, topic, **{"linger.ms": "0"})
+    for _ in range(20):
+        produce(link)
+    del link, errors
+    del producer            # destroyed with records still in flight
+    gc.collect()            # producer -> on_delivery -> errors -> link -> producer
+    producer, link, errors = linked(kafka, topic)
+    assert produce(link) == len(SOURCE_MESSAGES) and producer.flush(30) == 0

@@ -103,3 +103,15 @@ def test_batched_rows_land_on_the_key_partition_in_feed_order():
         fields = list(itch.DTYPES[message_type].names)
         assert np.array_equal(got[fields].tolist(), array.tolist())
         assert np.array_equal(got["sequence"], PACKET.sequences[message_type])
+
+
+def test_record_builders_refuse_rows_too_small_for_their_fields():
+    """Rows shorter than a locate code and a timestamp would be read past their end."""
+    tiny = np.zeros(3, np.dtype([("message_type", "S1"), ("stock_locate", "<u2")]))
+    sequences = np.arange(1, 4, dtype=np.uint64)
+    directory = StockDirectory()
+    with pytest.raises(ValueError, match="too small"):
+        _records.tick_records({"A": tiny}, {"A": sequences}, 1, 3, {"A": 0}, 1, directory.keys, 0)
+    one_byte = np.zeros(3, np.dtype([("message_type", "S1")]))
+    with pytest.raises(ValueError, match="group_rows"):
+        _records.group_rows([(one_byte, sequences)], directory.hashes, 2)
