@@ -67,8 +67,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
     parser.add_argument("--format", choices=VALUE_FORMATS, default="struct",
                         help="record value format (default struct); see docs/kafka.md")
     parser.add_argument("--headers", action="store_true",
-                        help="per-tick formats: one produce() per tick with type, session and "
-                             "sequence headers and the ITCH time as record timestamp (slower)")
+                        help="per-tick formats: type, session and sequence headers and the "
+                             "ITCH time as record timestamp on every record (about half the rate)")
     parser.add_argument("--python-produce", action="store_true",
                         help="struct/raw: produce per-tick records through produce_batch "
                              "instead of from C into the same producer (slower; see docs/kafka.md)")
