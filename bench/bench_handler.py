@@ -19,11 +19,12 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from brokers import kafka, topic_prefix  # noqa: F401 (fixtures)
-from feedhandler import itch
-from feedhandler.handler import Handler, HandlerConfig
+from feedhandler import itch, orderflow, packet
+from feedhandler.handler import BATCH_TICKS, Handler, HandlerConfig
 from feedhandler.kafka import PRODUCER_DEFAULTS, ensure_topics
-from feedhandler.routing import Routes
+from feedhandler.routing import Routes, StockDirectory, batched_records
 from feedhandler.session import SessionClient
+from streams import split_block
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = 1_000_000
@@ -178,6 +179,67 @@ def test_batched_uncompressed(benchmark, kafka, topic_prefix, batched_feed, work
     measure(benchmark, kafka, topic_prefix, batched_feed, "batched", workers, BATCHED_TICKS,
             ["test_pure_python_baseline", "test_batched[2]"],
             producer_overrides={"compression.type": "none"})
+
+
+def batched_values(ticks: int, routes: Routes) -> list[tuple[str, int, bytes, int]]:
+    """(topic, partition, value, rows) of the batched records a handler makes of a simulated
+    session of `ticks` messages, BATCH_TICKS at a time."""
+    messages = split_block(orderflow.generate(ticks, symbols=500, seed=5).data)
+    packets = packet.decode_many([packet.encode(messages[i:i + 500], session=b"CEILING001",
+                                                sequence=1 + i)
+                                  for i in range(0, len(messages), 500)])
+    directory = StockDirectory()
+    for p in packets:
+        if "R" in p.messages:
+            directory.update(p.messages["R"])
+    partitions = dict.fromkeys(routes.topics, PARTITIONS)
+    per_hold = BATCH_TICKS // 500
+    return [(topic, partition, rows, len(rows) // (8 + itch.DTYPES[message_type].itemsize))
+            for k in range(0, len(packets), per_hold)
+            for topic, partition, message_type, rows in batched_records(
+                packets[k:k + per_hold], routes.topic_of_type, partitions, directory)]
+
+
+def produce_values(producer, values, ticks: int) -> None:
+    sent = 0
+    while sent < ticks:
+        for topic, partition, value, rows in values:
+            producer.produce(topic, value, partition=partition)
+            sent += rows
+            if sent >= ticks:
+                break
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+@pytest.mark.benchmark(group="end-to-end")
+@pytest.mark.parametrize("compression", ["lz4", "none"])
+def test_librdkafka_ceiling_for_batched(benchmark, kafka, topic_prefix, compression):
+    """Ready-made batched records (those a handler makes of a simulated session) produced and
+    acknowledged with nothing else running: what librdkafka and the broker alone allow the
+    batched format on this machine."""
+    benchmark.extra_info.update(messages=BATCHED_TICKS, against=["test_batched[2]"])
+    routes = Routes.by_category(f"{topic_prefix}{next(RUNS)}.")
+    values = batched_values(200_000, routes)
+    created = []
+
+    def setup():
+        run_routes = Routes.by_category(f"{topic_prefix}{next(RUNS)}.")
+        ensure_topics(kafka, dict.fromkeys(run_routes.topics, PARTITIONS))
+        created.extend(run_routes.topics)
+        renamed = {old: new for old, new in zip(routes.topics, run_routes.topics)}
+        producer = Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": kafka,
+                             "compression.type": compression})
+        for topic in run_routes.topics:     # connected, producer id and leaders known
+            producer.produce(topic, b"warm-up", partition=0)
+        producer.flush(30)
+        return (producer, [(renamed[t], p, v, n) for t, p, v, n in values],
+                BATCHED_TICKS), {}
+
+    try:
+        benchmark.pedantic(produce_values, setup=setup, rounds=3, warmup_rounds=1)
+    finally:
+        delete_topic_names(kafka, created)
 
 
 def pure_python_setup(kafka, topics):
