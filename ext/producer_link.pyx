@@ -31,7 +31,7 @@ from libc.string cimport memset
 cimport numpy as cnp
 from rdkafka cimport *
 from tick_order cimport (LOCATES, MAX_TYPES, TickSlot, TypeRows, load_types, locate_of,
-                         order_ticks, record_timestamp_ms)
+                         order_ticks, partition_of, record_timestamp_ms)
 
 cnp.import_array()     # also tells numpy's inline accessors which ABI they run under
 
@@ -162,12 +162,6 @@ cdef int on_conf_destroy(void* opaque) noexcept nogil:
     return 0
 
 
-cdef inline int32_t partition_of(uint32_t key_hash, int32_t partitions) noexcept nogil:
-    """As Kafka's default partitioner and librdkafka's murmur2_random: positive murmur2 modulo
-    the partition count."""
-    return <int32_t>((key_hash & 0x7FFFFFFF) % <uint32_t>partitions)
-
-
 cdef inline void count_failure(Tally* tally, int err) noexcept nogil:
     fh_atomic_add(&tally.failed, 1)
     fh_atomic_add(&tally.failed_by_error[min(max(err + ERROR_BASE, 0), ERROR_SLOTS - 1)], 1)
@@ -206,6 +200,7 @@ cdef class ProducerLink:
     cdef object producer        # keeps the handle alive as long as this link
     cdef list topic_names         # bytes, by topic index
     cdef int32_t* partitions
+    cdef Py_ssize_t* bucket_start    # first (topic, partition) bucket of each topic, then the total
     cdef int n_topics
     cdef int64_t n_refused
 
@@ -217,6 +212,7 @@ cdef class ProducerLink:
 
     def __dealloc__(self):
         free(self.partitions)
+        free(self.bucket_start)
         if self.tally != NULL and fh_release(&self.tally.owners) == 0:
             free(self.tally)
 
@@ -225,18 +221,25 @@ cdef class ProducerLink:
         (from the cluster's metadata: librdkafka 2.16 loses track of a record sent to a
         partition that does not exist, and flush() then never completes)."""
         cdef int32_t* partitions
+        cdef Py_ssize_t* bucket_start
         cdef int t
         if len(names) != len(partition_counts) or not names:
             raise ValueError("one partition count per topic")
         if any(count < 1 for count in partition_counts):
             raise ValueError("every topic needs at least one partition")
         partitions = <int32_t*> calloc(len(names), sizeof(int32_t))
-        if partitions == NULL:
+        bucket_start = <Py_ssize_t*> calloc(len(names) + 1, sizeof(Py_ssize_t))
+        if partitions == NULL or bucket_start == NULL:
+            free(partitions)
+            free(bucket_start)
             raise MemoryError()
         for t in range(len(names)):
             partitions[t] = partition_counts[t]
+            bucket_start[t + 1] = bucket_start[t] + partitions[t]
         free(self.partitions)
+        free(self.bucket_start)
         self.partitions = partitions
+        self.bucket_start = bucket_start
         self.topic_names = [name.encode() for name in names]
         self.n_topics = len(names)
 
@@ -265,13 +268,12 @@ cdef class ProducerLink:
         cdef const uint8_t* row_ptr
         cdef PyObject* key
         cdef uint32_t locate
-        cdef int32_t partition
         cdef Py_ssize_t* fill = NULL
-        cdef Py_ssize_t* topic_start = NULL
+        cdef int32_t* bucket_of = NULL
         cdef TickSlot* order = NULL
         cdef rd_kafka_message_t* out = NULL
         cdef RecordMetadata* metadata = NULL
-        cdef int good
+        cdef const Py_ssize_t* bucket_start = self.bucket_start
         self._require_handle()
         if self.n_topics == 0:
             raise RuntimeError("open_topics() first")
@@ -282,28 +284,25 @@ cdef class ProducerLink:
         # Buckets per (topic, partition), in topic order: librdkafka looks a partition up again
         # whenever consecutive messages change partition, so each topic's records go in
         # partition runs, feed order inside each run.
-        cdef Py_ssize_t buckets = 0
-        for t in range(self.n_topics):
-            buckets += self.partitions[t]
+        cdef Py_ssize_t buckets = bucket_start[self.n_topics]
         try:
             order = <TickSlot*> calloc(max(count, 1), sizeof(TickSlot))
+            bucket_of = <int32_t*> calloc(max(count, 1), sizeof(int32_t))
             out = <rd_kafka_message_t*> calloc(max(count, 1), sizeof(rd_kafka_message_t))
             fill = <Py_ssize_t*> calloc(buckets + 1, sizeof(Py_ssize_t))
-            topic_start = <Py_ssize_t*> calloc(self.n_topics + 1, sizeof(Py_ssize_t))
             if session is not None:
                 metadata = <RecordMetadata*> calloc(max(count, 1), sizeof(RecordMetadata))
-            if order == NULL or out == NULL or fill == NULL or topic_start == NULL \
+            if order == NULL or bucket_of == NULL or out == NULL or fill == NULL \
                     or (session is not None and metadata == NULL):
                 raise MemoryError()
-            for t in range(self.n_topics):
-                topic_start[t + 1] = topic_start[t] + self.partitions[t]
             order_ticks(types, n_types, first_sequence, count, order)
-            for slot in range(count):       # count each bucket
+            for slot in range(count):       # each tick's bucket, and how many each holds
                 if order[slot].type_index:
                     tr = &types[order[slot].type_index - 1]
                     locate = locate_of(tr.rows + order[slot].row * tr.itemsize)
-                    fill[topic_start[tr.topic]
-                         + partition_of(key_hashes[locate], self.partitions[tr.topic]) + 1] += 1
+                    bucket_of[slot] = <int32_t>(bucket_start[tr.topic] + partition_of(
+                        key_hashes[locate], self.partitions[tr.topic]))
+                    fill[bucket_of[slot] + 1] += 1
             for t in range(buckets):        # bucket starts
                 fill[t + 1] += fill[t]
             for slot in range(count):
@@ -312,15 +311,14 @@ cdef class ProducerLink:
                 tr = &types[order[slot].type_index - 1]
                 row_ptr = tr.rows + order[slot].row * tr.itemsize
                 locate = locate_of(row_ptr)
-                partition = partition_of(key_hashes[locate], self.partitions[tr.topic])
-                at = fill[topic_start[tr.topic] + partition]
-                fill[topic_start[tr.topic] + partition] += 1
+                at = fill[bucket_of[slot]]
+                fill[bucket_of[slot]] += 1
                 key = PyList_GET_ITEM(keys, locate)
                 if type(<object> key) is not bytes:
                     raise TypeError(f"key of locate {locate} is not bytes")
                 out[at].key = PyBytes_AS_STRING(<object> key)
                 out[at].key_len = PyBytes_GET_SIZE(<object> key)
-                out[at].partition = partition
+                out[at].partition = <int32_t>(bucket_of[slot] - bucket_start[tr.topic])
                 if tr.raw != NULL:
                     out[at].payload = <void*> (tr.raw + order[slot].row * tr.itemsize + 2)
                     out[at].len = tr.itemsize - 2
@@ -334,18 +332,18 @@ cdef class ProducerLink:
             # After the fill, bucket b's records end at fill[b]; topic t's span from the end of
             # the bucket before its first to the end of its last.
             for t in range(self.n_topics):
-                at = fill[topic_start[t] - 1] if topic_start[t] else 0
-                in_topic = fill[topic_start[t + 1] - 1] - at
+                at = fill[bucket_start[t] - 1] if bucket_start[t] else 0
+                in_topic = fill[bucket_start[t + 1] - 1] - at
                 if in_topic:
                     self._produce_topic(t, out + at, metadata + at if metadata else NULL,
                                         in_topic, session)
             return fill[buckets]
         finally:
             free(order)
+            free(bucket_of)
             free(out)
             free(metadata)
             free(fill)
-            free(topic_start)
 
     cdef int _produce_topic(self, int t, rd_kafka_message_t* records, RecordMetadata* metadata,
                             Py_ssize_t n, bytes session) except -1:

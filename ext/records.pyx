@@ -17,7 +17,7 @@ cimport numpy as cnp
 import numpy as np
 
 from tick_order cimport (LOCATE_OFFSET, LOCATES, MAX_TYPES, TickSlot, TypeRows, load_types,
-                         locate_of, order_ticks, record_timestamp_ms)
+                         locate_of, order_ticks, partition_of, record_timestamp_ms)
 
 cnp.import_array()
 
@@ -124,7 +124,7 @@ def group_rows(list parts, const uint32_t[::1] key_hashes, int partitions):
     cdef const uint8_t** rows = <const uint8_t**> calloc(max(n_parts, 1), sizeof(uint8_t*))
     cdef const uint64_t** seqs = <const uint64_t**> calloc(max(n_parts, 1), sizeof(uint64_t*))
     cdef Py_ssize_t* counts = <Py_ssize_t*> calloc(max(n_parts, 1), sizeof(Py_ssize_t))
-    cdef uint32_t* partition_of = NULL
+    cdef uint32_t* row_partition = NULL
     cdef Py_ssize_t* fill = <Py_ssize_t*> calloc(partitions, sizeof(Py_ssize_t))
     cdef char** out = <char**> calloc(partitions, sizeof(char*))
     cdef dict result = {}
@@ -148,16 +148,15 @@ def group_rows(list parts, const uint32_t[::1] key_hashes, int partitions):
             counts[k] = records.shape[0]
             n += counts[k]
         width = 8 + itemsize
-        partition_of = <uint32_t*> malloc(max(n, 1) * sizeof(uint32_t))
-        if partition_of == NULL:
+        row_partition = <uint32_t*> malloc(max(n, 1) * sizeof(uint32_t))
+        if row_partition == NULL:
             raise MemoryError()
         with nogil:
             at = 0
             for k in range(n_parts):
                 for i in range(counts[k]):
-                    p = (key_hashes[locate_of(rows[k] + i * itemsize)]
-                         & 0x7FFFFFFF) % <uint32_t>partitions
-                    partition_of[at] = p
+                    p = partition_of(key_hashes[locate_of(rows[k] + i * itemsize)], partitions)
+                    row_partition[at] = p
                     fill[p] += 1
                     at += 1
         for p in range(<uint32_t>partitions):
@@ -170,7 +169,7 @@ def group_rows(list parts, const uint32_t[::1] key_hashes, int partitions):
             at = 0
             for k in range(n_parts):
                 for i in range(counts[k]):
-                    p = partition_of[at]
+                    p = row_partition[at]
                     memcpy(out[p] + fill[p] * width, &seqs[k][i], 8)
                     memcpy(out[p] + fill[p] * width + 8, rows[k] + i * itemsize, itemsize)
                     fill[p] += 1
@@ -180,6 +179,6 @@ def group_rows(list parts, const uint32_t[::1] key_hashes, int partitions):
         free(rows)
         free(seqs)
         free(counts)
-        free(partition_of)
+        free(row_partition)
         free(fill)
         free(out)

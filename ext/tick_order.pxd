@@ -4,7 +4,7 @@
 # Decoding groups rows by message type; per-symbol order in Kafka needs them back in sequence
 # order. Slot k of the packet holds message k; quarantined messages leave their slot empty.
 
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 cimport numpy as cnp
 
@@ -33,6 +33,12 @@ cdef inline uint16_t locate_of(const uint8_t* row) noexcept nogil:
     cdef uint16_t locate
     memcpy(&locate, row + LOCATE_OFFSET, 2)
     return locate
+
+
+cdef inline int32_t partition_of(uint32_t key_hash, int32_t partitions) noexcept nogil:
+    """As Kafka's default partitioner and librdkafka's murmur2_random: positive murmur2 modulo
+    the partition count."""
+    return <int32_t>((key_hash & 0x7FFFFFFF) % <uint32_t>partitions)
 
 
 cdef inline int64_t record_timestamp_ms(const uint8_t* row, int64_t base_ms) noexcept nogil:
