@@ -18,9 +18,9 @@ def extension(name: str, source: str, libraries=()) -> Extension:
 
 setup(
     ext_modules=cythonize(
-        [extension("_decode", "decode.pyx", libraries=["lz4"]),
-         extension("_records", "records.pyx"),
-         extension("_producer_link", "producer_link.pyx", libraries=["dl"])],
+        [extension("wire._decode", "decode.pyx", libraries=["lz4"]),
+         extension("kafka._records", "records.pyx"),
+         extension("kafka._producer_link", "producer_link.pyx", libraries=["dl"])],
         include_path=["ext"],
         compiler_directives={"language_level": "3", "embedsignature": True},
     ),

@@ -13,7 +13,8 @@ import pytest
 os.environ["ITCH_NO_CPP"] = "1"
 from oracles import ORACLES  # noqa: E402
 
-from feedhandler import itch, packet, synthetic  # noqa: E402
+from feedhandler.exchange import synthetic  # noqa: E402
+from feedhandler.wire import itch, packet  # noqa: E402
 from streams import frames_of, split_block  # noqa: E402
 
 MESSAGES = 400_000

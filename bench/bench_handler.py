@@ -19,10 +19,11 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from brokers import kafka, topic_prefix  # noqa: F401 (fixtures)
-from feedhandler import itch, orderflow, packet
-from feedhandler.handler import BATCH_TICKS, Handler, HandlerConfig
-from feedhandler.kafka import PRODUCER_DEFAULTS, ensure_topics
-from feedhandler.routing import Routes, StockDirectory, batched_records
+from feedhandler.exchange import orderflow
+from feedhandler.wire import itch, packet
+from feedhandler.pipeline.handler import BATCH_TICKS, Handler, HandlerConfig
+from feedhandler.kafka.producer import PRODUCER_DEFAULTS, ensure_topics
+from feedhandler.kafka.routing import Routes, StockDirectory, batched_records
 from feedhandler.session import SessionClient
 from streams import split_block
 

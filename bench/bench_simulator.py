@@ -18,9 +18,10 @@ import time
 
 import pytest
 
-from feedhandler import orderflow, sessionproto
+from feedhandler.exchange import orderflow
+from feedhandler.session import protocol as sessionproto
 from feedhandler.session import SessionClient
-from feedhandler.simulator import DEFAULT_PASSWORD, DEFAULT_SESSION, DEFAULT_USERNAME
+from feedhandler.exchange.server import DEFAULT_PASSWORD, DEFAULT_SESSION, DEFAULT_USERNAME
 
 MESSAGES = 5_000_000
 MESSAGES_PER_PACKET = 500

@@ -7,7 +7,7 @@ Usage: python scripts/messages_doc.py [--check]
 import sys
 from pathlib import Path
 
-from feedhandler.itch import DTYPES, WIRE_LENGTHS
+from feedhandler.wire.itch import DTYPES, WIRE_LENGTHS
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "messages.md"
 NAMES = {

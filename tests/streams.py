@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from feedhandler import packet, synthetic
+from feedhandler.exchange import synthetic
+from feedhandler.wire import packet
 
 SESSION = b"TEST000001"
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import xxhash
 
-from feedhandler import DecodeError, itch, packet
+from feedhandler import DecodeError
+from feedhandler.wire import itch, packet
 from streams import SESSION, split_block, uniform_stream
 
 BLOCK, TYPES = uniform_stream(120, seed=5)

@@ -5,7 +5,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from feedhandler import itch, packet, synthetic
+from feedhandler.exchange import synthetic
+from feedhandler.wire import itch, packet
 from oracles import ORACLES, oracle_value
 from streams import frames_of, split_block, uniform_stream
 

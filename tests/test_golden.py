@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 
-from feedhandler import itch, packet
+from feedhandler.wire import itch, packet
 from oracles import ITCHFEED_MESSAGE_CLASSES, oracle_value
 
 # --- the common header -------------------------------------------------------------------------

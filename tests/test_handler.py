@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 
 from brokers import kcat_count
-from feedhandler import _records, consume, itch, orderflow, packet
-from feedhandler.handler import Handler, HandlerConfig
-from feedhandler.routing import Routes, StockDirectory
+from feedhandler.exchange import orderflow
+from feedhandler.kafka import _records, consume
+from feedhandler.wire import itch, packet
+from feedhandler.pipeline.handler import Handler, HandlerConfig
+from feedhandler.kafka.routing import Routes, StockDirectory
 from feedhandler.session import SessionClient
-from feedhandler.simulator import Simulator, SimulatorConfig
+from feedhandler.exchange.server import Simulator, SimulatorConfig
 from streams import SESSION, split_block
 
 pytestmark = pytest.mark.kafka

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from feedhandler import _decode
-from feedhandler.itch import DTYPES, WIRE_LENGTHS
+from feedhandler.wire import _decode
+from feedhandler.wire.itch import DTYPES, WIRE_LENGTHS
 
 ROOT = Path(__file__).resolve().parent.parent
 

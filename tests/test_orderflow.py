@@ -5,8 +5,9 @@ import struct
 import numpy as np
 import pytest
 
-from feedhandler import itch, orderflow
-from feedhandler.orderflow import MessageBlock, OrderFlow
+from feedhandler.exchange import orderflow
+from feedhandler.wire import itch
+from feedhandler.exchange.orderflow import MessageBlock, OrderFlow
 
 SYMBOLS = 12
 

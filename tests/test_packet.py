@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import xxhash
 
-from feedhandler import DecodeError, itch, packet
+from feedhandler import DecodeError
+from feedhandler.wire import itch, packet
 from streams import SESSION, frames_of, split_block, uniform_stream
 
 # The worked example of docs/protocol.md, as printed there.

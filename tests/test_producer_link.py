@@ -5,11 +5,12 @@ import gc
 import pytest
 from confluent_kafka import KafkaException, Producer
 
-from feedhandler import _producer_link, consume, packet
-from feedhandler.kafka import DeliveryErrors, create_producer, ensure_topics
-from feedhandler.routing import StockDirectory
+from feedhandler.kafka import _producer_link, consume
+from feedhandler.wire import packet
+from feedhandler.kafka.producer import DeliveryErrors, create_producer, ensure_topics
+from feedhandler.kafka.routing import StockDirectory
 from streams import SESSION, split_block
-from feedhandler import orderflow
+from feedhandler.exchange import orderflow
 
 pytestmark = pytest.mark.kafka
 

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from feedhandler import _records, consume, itch, packet, synthetic
-from feedhandler.routing import (BATCH_DTYPES, CATEGORIES, Routes, StockDirectory,
+from feedhandler.exchange import synthetic
+from feedhandler.kafka import _records, consume
+from feedhandler.wire import itch, packet
+from feedhandler.kafka.routing import (BATCH_DTYPES, CATEGORIES, Routes, StockDirectory,
                                  batched_records, tick_records)
 from streams import SESSION, split_block
 

@@ -8,9 +8,11 @@ import time
 
 import pytest
 
-from feedhandler import orderflow, packet, sessionproto
+from feedhandler.exchange import orderflow
+from feedhandler.wire import packet
+from feedhandler.session import protocol as sessionproto
 from feedhandler.session import ConnectionLost, LoginRejected, SessionClient
-from feedhandler.simulator import Simulator, SimulatorConfig
+from feedhandler.exchange.server import Simulator, SimulatorConfig
 
 SYMBOLS = 20
 SESSION = b"TEST01    "

@@ -15,10 +15,12 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from feedhandler import orderflow, sessionproto, simulator
-from feedhandler.orderflow import MessageBlock, OrderFlow
+from feedhandler.exchange import orderflow
+from feedhandler.session import protocol as sessionproto
+from feedhandler.exchange import server as simulator
+from feedhandler.exchange.orderflow import MessageBlock, OrderFlow
 from feedhandler.session import SessionClient
-from feedhandler.simulator import (
+from feedhandler.exchange.server import (
     Pacing, RatePacing, Simulator, SimulatorConfig, TimestampPacing, synthetic_blocks,
 )
 
@@ -238,7 +240,7 @@ def write_itch_file(path, block: MessageBlock, compress: bool):
 
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
 def test_replay_serves_a_file_byte_for_byte(tmp_path, monkeypatch, compress):
-    monkeypatch.setattr("feedhandler.replay.READ_SIZE", 100_000)   # many chunks, split messages
+    monkeypatch.setattr("feedhandler.exchange.replay.READ_SIZE", 100_000)   # many chunks, split messages
     block = orderflow.generate(40_000, symbols=SYMBOLS, seed=24)
     path = tmp_path / ("day.itch.gz" if compress else "day.itch")
     write_itch_file(path, block, compress)

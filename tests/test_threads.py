@@ -7,7 +7,9 @@ from multiprocessing.pool import ThreadPool
 
 import numpy as np
 
-from feedhandler import DecodeError, itch, packet, synthetic
+from feedhandler import DecodeError
+from feedhandler.exchange import synthetic
+from feedhandler.wire import itch, packet
 from streams import frames_of, split_block
 
 BLOCK = synthetic.random_stream(40_000, seed=31)[0]

@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from feedhandler import packet as packets
-from feedhandler.kafka import PRODUCER_DEFAULTS, DeliveryErrors, create_producer, ensure_topics
-from feedhandler.routing import (BATCH_DTYPES, Routes, StockDirectory, batched_records,
+from feedhandler.wire import packet as packets
+from feedhandler.kafka.producer import PRODUCER_DEFAULTS, DeliveryErrors, create_producer, ensure_topics
+from feedhandler.kafka.routing import (BATCH_DTYPES, Routes, StockDirectory, batched_records,
                                  raw_blocks, tick_records)
 
 log = logging.getLogger(__name__)

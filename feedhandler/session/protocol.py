@@ -14,7 +14,7 @@ import struct
 
 import lz4.block
 
-from feedhandler import _decode, packet
+from feedhandler.wire import _decode, packet
 
 # Frame types.
 SEQUENCED_DATA = ord("S")     # server: data, heartbeat (count 0), end of session (count 0xFFFF)

@@ -13,8 +13,8 @@ import confluent_kafka
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from feedhandler import _producer_link
-from feedhandler._producer_link import ProducerLink
+from feedhandler.kafka import _producer_link
+from feedhandler.kafka._producer_link import ProducerLink
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from feedhandler.itch import DTYPES, NANOSECONDS_PER_DAY, encode
+from feedhandler.wire.itch import DTYPES, NANOSECONDS_PER_DAY, encode
 
 # Rough message mix of a real TotalView-ITCH day: mostly adds, deletes, replaces and executions;
 # directory, status and auction messages are a few thousand a day out of hundreds of millions.

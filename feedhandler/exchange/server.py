@@ -1,8 +1,8 @@
 """Exchange simulator: serves one TotalView-ITCH 5.0 session to any number of clients over the
 feed's TCP session protocol (docs/protocol.md, "Session protocol").
 
-The session's messages come from the synthetic order flow (`feedhandler.orderflow`) or from a
-NASDAQ file (`feedhandler.replay`). They are cut into packets and framed once, into the frame
+The session's messages come from the synthetic order flow (`feedhandler.exchange.orderflow`) or from a
+NASDAQ file (`feedhandler.exchange.replay`). They are cut into packets and framed once, into the frame
 store, which is both what every client is served from and the retransmission store: each client
 has its own cursor into it, so a slow client only delays itself. Pacing decides when frames are
 *published* (become visible to clients); in "as fast as possible" mode they are published as soon
@@ -15,7 +15,6 @@ compression run on worker threads.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import itertools
 import logging
@@ -23,345 +22,27 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import numpy as np
-
-from feedhandler import orderflow, packet, replay
-from feedhandler.orderflow import MessageBlock
-from feedhandler.sessionproto import (
-    CLIENT_HEARTBEAT, HEARTBEAT_INTERVAL, LENGTH_PREFIX, LINK_TIMEOUT, LOGIN_REQUEST,
-    LOGOUT_REQUEST, NOT_AUTHORIZED, PASSWORD_LENGTH, SESSION_NOT_AVAILABLE, USERNAME_LENGTH,
-    ProtocolError, check_client_frame, debug, end_of_session, heartbeat, login_accepted,
-    login_rejected, pad, parse_login_request, trim_frame,
+from feedhandler.exchange import orderflow, replay
+from feedhandler.exchange.config import SimulatorConfig
+from feedhandler.exchange.frame_store import FrameChunk, FrameStore, frame_block
+from feedhandler.exchange.orderflow import MessageBlock
+from feedhandler.exchange.pacing import Pacing, RatePacing, TimestampPacing
+from feedhandler.session.protocol import (
+    CLIENT_HEARTBEAT, LENGTH_PREFIX, LOGIN_REQUEST, LOGOUT_REQUEST, NOT_AUTHORIZED,
+    SESSION_NOT_AVAILABLE, ProtocolError, check_client_frame, debug, end_of_session, heartbeat,
+    login_accepted, login_rejected, parse_login_request, trim_frame,
 )
-
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 9009
-DEFAULT_SESSION = b"SIMULATOR"
-DEFAULT_USERNAME = b"feed"
-DEFAULT_PASSWORD = b"feed"
-DEFAULT_MESSAGES_PER_PACKET = 500
-LOGIN_TIMEOUT = 5.0           # seconds from connect to a complete login request
-PARTIAL_FRAME_TIMEOUT = 5.0   # seconds a started client frame may take to complete
-MAX_CLIENTS = 64
 SEND_CHUNK = 1 << 20          # bytes of frames handed to the kernel at a time
 SOCKET_BUFFER = 4 << 20
 END_LINGER = 2.0              # seconds to wait for a logout after end of session
-# Frames of an endless or replayed session are retained up to this many bytes.
-DEFAULT_RETAIN_BYTES = 256 << 20
 # Endless synthetic data and files are framed a chunk at a time, at most this many chunks ahead
 # of the fastest client (as fast as possible) or of publication (paced).
 LOOKAHEAD_CHUNKS = 2
 SYNTHETIC_CHUNK_MESSAGES = 1 << 18
-PACING_TICK = 0.001           # paced packets hold what falls due within about a millisecond
-MEAN_BURST = 0.02             # seconds; mean length of a burst with --burst > 1
-
-
-@dataclass(frozen=True)
-class SimulatorConfig:
-    """What `feedhandler simulate` takes (see its --help).
-
-    count: synthetic mode, the messages of the whole session (opening and closing included);
-        replay mode, the most messages to serve; None: a synthetic session that runs to the
-        market close, or the whole file.
-    rate: messages per second, 0 = as fast as the fastest client reads; burst: the
-        peak-to-average ratio with a rate. speed: replay paced by the ITCH timestamps.
-    retain_bytes: frames kept for retransmission by an endless or replay session (a --count
-        synthetic session keeps all of its frames).
-    status_interval: seconds between status lines on stderr; None for none."""
-
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    session: bytes = DEFAULT_SESSION
-    username: bytes = DEFAULT_USERNAME
-    password: bytes = DEFAULT_PASSWORD
-    count: int | None = None
-    seed: int = 0
-    symbols: int = 100
-    rate: float = 0.0
-    burst: float = 1.0
-    messages_per_packet: int = DEFAULT_MESSAGES_PER_PACKET
-    codec: str = "lz4"
-    replay: str | None = None
-    speed: float | None = None
-    exit_after_end: bool = False
-    heartbeat_interval: float = HEARTBEAT_INTERVAL
-    timeout: float = LINK_TIMEOUT
-    login_timeout: float = LOGIN_TIMEOUT
-    partial_frame_timeout: float = PARTIAL_FRAME_TIMEOUT
-    max_clients: int = MAX_CLIENTS
-    retain_bytes: int = DEFAULT_RETAIN_BYTES
-    status_interval: float | None = 1.0
-
-    def __post_init__(self):
-        if not 1 <= self.messages_per_packet < packet.END_OF_SESSION_COUNT:
-            raise ValueError(f"messages per packet must be 1..{packet.END_OF_SESSION_COUNT - 1}")
-        if self.codec not in packet.CODECS:
-            raise ValueError(f"codec must be one of {sorted(packet.CODECS)}")
-        if self.rate < 0 or self.burst < 1:
-            raise ValueError("rate must be >= 0 and burst >= 1")
-        if self.speed is not None and (self.speed <= 0 or self.replay is None):
-            raise ValueError("speed must be positive and needs replay")
-        if self.speed is not None and self.rate:
-            raise ValueError("pace by rate or by timestamps (speed), not both")
-        if self.count is not None and self.count < 0:
-            raise ValueError("count must not be negative")
-        self.padded_session                     # validates the session name
-        pad(self.username, USERNAME_LENGTH, "username")
-        pad(self.password, PASSWORD_LENGTH, "password")
-
-    @property
-    def padded_session(self) -> bytes:
-        return pad(self.session, packet.SESSION_LENGTH, "session")
-
-
-# ---- packets and frames ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FrameChunk:
-    """Consecutive frames in one buffer: frame i is data[offsets[i]:offsets[i + 1]] and carries
-    messages sequences[i] .. sequences[i + 1] - 1. `due` is when each frame may be published, in
-    seconds from the start (None: at once)."""
-
-    data: bytes
-    offsets: np.ndarray
-    sequences: np.ndarray
-    due: np.ndarray | None
-    packet_bytes: int                 # the MoldUDP64 packets before compression
-
-    @property
-    def frames(self) -> int:
-        return len(self.offsets) - 1
-
-
-def frame_block(block: MessageBlock, boundaries: np.ndarray, *, session: bytes, sequence: int,
-                codec: str, due: np.ndarray | None = None) -> FrameChunk:
-    """Frame the block's messages boundaries[i] .. boundaries[i + 1] - 1 as packet i, the
-    first message having sequence number `sequence`."""
-    data = block.data
-    starts = block.offsets[boundaries]
-    counts = np.diff(boundaries)
-    frames = [packet.encode_block(data[a:b], n, session=session, sequence=s, codec=codec)
-              for a, b, n, s in zip(starts[:-1].tolist(), starts[1:].tolist(), counts.tolist(),
-                                    (sequence + boundaries[:-1]).tolist())]
-    offsets = np.zeros(len(frames) + 1, np.int64)
-    np.cumsum([len(f) for f in frames], out=offsets[1:])
-    return FrameChunk(b"".join(frames), offsets, sequence + boundaries.astype(np.int64), due,
-                      int(starts[-1] - starts[0]) + packet.PACKET_HEADER_SIZE * len(frames))
-
-
-class Pacing:
-    """As fast as possible: packets of `messages_per_packet`, published at once."""
-
-    paced = False
-
-    def __init__(self, messages_per_packet: int):
-        self.messages_per_packet = messages_per_packet
-
-    def cut(self, block: MessageBlock) -> tuple[np.ndarray, np.ndarray | None]:
-        """(packet boundaries as message indices, from 0 to block.count; due time per packet)."""
-        return _fixed_size_boundaries(block.count, self.messages_per_packet), None
-
-
-def _fixed_size_boundaries(count: int, size: int) -> np.ndarray:
-    """0, size, 2 * size, ..., count."""
-    return np.unique(np.append(np.arange(0, count, size), count))
-
-
-class RatePacing(Pacing):
-    """`rate` messages a second on average. With burst B > 1 messages come in bursts at B times
-    the rate (random lengths, MEAN_BURST on average), each followed by a silence B - 1 times as
-    long. Packets hold about a tick's worth of messages at the average rate."""
-
-    paced = True
-
-    def __init__(self, messages_per_packet: int, rate: float, burst: float, seed: int):
-        super().__init__(max(1, min(messages_per_packet, round(rate * PACING_TICK))))
-        self.rate, self.burst = rate, burst
-        self._rng = np.random.default_rng(seed)
-        self._messages = 0                      # messages cut so far
-        # Bursts not yet used up: messages sent before each begins, and when it starts (s).
-        # The last one's length is not drawn yet.
-        self._burst_first = np.zeros(1)
-        self._burst_start = np.zeros(1)
-
-    def cut(self, block):
-        boundaries, _ = super().cut(block)
-        # A packet is due once its last message is.
-        sent = self._messages + boundaries[1:].astype(float)
-        self._messages += block.count
-        if self.burst == 1:
-            return boundaries, sent / self.rate
-        return boundaries, self._burst_times(sent)
-
-    def _burst_times(self, sent: np.ndarray) -> np.ndarray:
-        peak = self.rate * self.burst
-        while self._burst_first[-1] < sent[-1]:
-            # A burst of length l carries l * peak messages and is followed by a silence of
-            # l * (B - 1): the next burst starts l * B later.
-            lengths = self._rng.exponential(MEAN_BURST, 1024)
-            self._burst_first = np.append(self._burst_first,
-                                          self._burst_first[-1] + np.cumsum(lengths * peak))
-            self._burst_start = np.append(self._burst_start,
-                                          self._burst_start[-1] + np.cumsum(lengths * self.burst))
-        # The burst in which the sent-th message goes out (at a boundary, the earlier one).
-        which = np.maximum(np.searchsorted(self._burst_first, sent, "left") - 1, 0)
-        times = self._burst_start[which] + (sent - self._burst_first[which]) / peak
-        self._burst_first = self._burst_first[which[-1]:]
-        self._burst_start = self._burst_start[which[-1]:]
-        return times
-
-
-class TimestampPacing(Pacing):
-    """Replay paced by the ITCH timestamps, `speed` times real time. A packet closes at
-    `messages_per_packet` messages or when the timestamps move on to the next tick."""
-
-    paced = True
-
-    def __init__(self, messages_per_packet: int, speed: float):
-        super().__init__(messages_per_packet)
-        self.speed = speed
-        self._origin: int | None = None         # timestamp of the first message
-
-    def cut(self, block):
-        stamps = replay.message_timestamps(block)
-        if self._origin is None:
-            self._origin = int(stamps[0])
-        tick = np.uint64(max(1, round(PACING_TICK * self.speed * 1e9)))
-        # Timestamps are non-decreasing in a valid file; any that go back are due at once.
-        since = np.where(stamps > self._origin, stamps - np.uint64(self._origin), np.uint64(0))
-        ticks = since // tick
-        new_tick = np.flatnonzero(np.diff(ticks)) + 1
-        run_start = np.zeros(block.count, np.int64)
-        run_start[new_tick] = new_tick
-        np.maximum.accumulate(run_start, out=run_start)
-        in_run = np.arange(block.count) - run_start
-        starts = np.flatnonzero(in_run % self.messages_per_packet == 0)
-        boundaries = np.append(starts, block.count)
-        return boundaries, since[boundaries[1:] - 1] / 1e9 / self.speed
-
-
-# ---- the frame store ---------------------------------------------------------------------------
-class FrameStore:
-    """All frames of the session so far, in order, addressed by a global frame index. Frames
-    below `published` are visible to clients; chunks wholly older than the retention bound are
-    dropped (never with a bound of None)."""
-
-    def __init__(self, first_sequence: int = 1, retain_bytes: int | None = None):
-        self.chunks: deque[FrameChunk] = deque()
-        self.chunk_starts: deque[int] = deque()    # global index of each chunk's first frame
-        self.first_frame = 0
-        self.produced = 0
-        self.published = 0
-        self.finished = False                      # nothing more will be appended
-        self.retain_bytes = retain_bytes
-        self.retained_bytes = 0
-        self.packet_bytes = 0
-        self.frame_bytes = 0
-        self._first_sequence = first_sequence
-        self._changed = asyncio.Event()
-
-    @property
-    def ended(self) -> bool:
-        """End of session: every frame is published and no more will come."""
-        return self.finished and self.published == self.produced
-
-    def changed(self) -> asyncio.Event:
-        """An event set at the next publication or end of session."""
-        return self._changed
-
-    def _notify(self):
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    def append(self, chunk: FrameChunk):
-        self.chunks.append(chunk)
-        self.chunk_starts.append(self.produced)
-        self.produced += chunk.frames
-        self.retained_bytes += len(chunk.data)
-        self.packet_bytes += chunk.packet_bytes
-        self.frame_bytes += len(chunk.data)
-        while (self.retain_bytes is not None and self.retained_bytes > self.retain_bytes
-               and len(self.chunks) > 1 and self.chunk_starts[1] <= self.published):
-            dropped = self.chunks.popleft()
-            self.chunk_starts.popleft()
-            self.retained_bytes -= len(dropped.data)
-            self.first_frame = self.chunk_starts[0]
-
-    def chunks_after(self, frame: int) -> int:
-        """Chunks that start after global frame `frame`."""
-        return len(self.chunk_starts) - bisect.bisect_right(self.chunk_starts, frame)
-
-    def finish(self):
-        self.finished = True
-        self._notify()
-
-    def _chunk(self, frame: int) -> tuple[FrameChunk, int]:
-        """The chunk holding global frame `frame` and the frame's index in it."""
-        if not self.first_frame <= frame < self.produced:
-            raise IndexError(f"frame {frame} is not in the store "
-                             f"({self.first_frame}..{self.produced - 1})")
-        at = bisect.bisect_right(self.chunk_starts, frame) - 1
-        return self.chunks[at], frame - self.chunk_starts[at]
-
-    def sequence_at(self, frame: int) -> int:
-        """Sequence number of the first message of `frame` (of the next message for
-        frame == produced)."""
-        if not self.chunks:
-            return self._first_sequence
-        if frame >= self.produced:
-            return int(self.chunks[-1].sequences[-1])
-        chunk, index = self._chunk(frame)
-        return int(chunk.sequences[index])
-
-    def frame_bytes_at(self, frame: int) -> bytes:
-        chunk, index = self._chunk(frame)
-        return chunk.data[chunk.offsets[index]:chunk.offsets[index + 1]]
-
-    def position(self, sequence: int) -> int:
-        """The published frame holding `sequence`: the oldest retained frame if it is older, the
-        next to be published if it is newer or 0 (from now on)."""
-        if sequence == 0 or sequence >= self.sequence_at(self.published):
-            return self.published
-        if sequence <= self.sequence_at(self.first_frame):
-            return self.first_frame
-        for chunk, start in zip(self.chunks, self.chunk_starts):
-            if sequence < chunk.sequences[-1]:
-                return start + int(np.searchsorted(chunk.sequences, sequence, "right")) - 1
-        return self.published
-
-    def next_due(self) -> float | None:
-        chunk, index = self._chunk(self.published)
-        return None if chunk.due is None else float(chunk.due[index])
-
-    def publish_due(self, elapsed: float):
-        """Publish the frames due by `elapsed` seconds from the start."""
-        before = self.published
-        while self.published < self.produced:
-            chunk, index = self._chunk(self.published)
-            if chunk.due is None:
-                self.published += chunk.frames - index
-                continue
-            upto = int(np.searchsorted(chunk.due, elapsed, "right"))
-            if upto <= index:
-                break
-            self.published += upto - index
-        if self.published != before:
-            self._notify()
-
-    def slice(self, frame: int, max_bytes: int) -> tuple[memoryview, int]:
-        """Published frames from `frame` on, at most max_bytes unless one frame is larger, all
-        in one chunk: (bytes, global index after the last frame)."""
-        chunk, index = self._chunk(frame)
-        available = min(self.published - frame, chunk.frames - index)
-        begin = int(chunk.offsets[index])
-        upto = int(np.searchsorted(chunk.offsets, begin + max_bytes, "right")) - 1
-        upto = max(index + 1, min(upto, index + available))
-        return memoryview(chunk.data)[begin:int(chunk.offsets[upto])], frame + upto - index
 
 
 # ---- sources -----------------------------------------------------------------------------------

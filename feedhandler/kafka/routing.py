@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from feedhandler import _records
-from feedhandler.itch import DTYPES, encode
-from feedhandler.packet import Packet
+from feedhandler.kafka import _records
+from feedhandler.wire.itch import DTYPES, encode
+from feedhandler.wire.packet import Packet
 
 CATEGORIES = {
     "orders": "AFECXDU",

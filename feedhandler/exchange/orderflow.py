@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from feedhandler.itch import DTYPES, WIRE_LENGTHS, encode
-from feedhandler.synthetic import random_symbols
+from feedhandler.wire.itch import DTYPES, WIRE_LENGTHS, encode
+from feedhandler.exchange.synthetic import random_symbols
 
 SECOND = 1_000_000_000
 START_OF_MESSAGES = 3 * 3600 * SECOND

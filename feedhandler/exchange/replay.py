@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feedhandler.orderflow import MessageBlock
+from feedhandler.exchange.orderflow import MessageBlock
 
 READ_SIZE = 4 << 20
 GZIP_MAGIC = b"\x1f\x8b"

@@ -19,11 +19,11 @@ import threading
 import time
 from zoneinfo import ZoneInfo
 
-from feedhandler import packet
-from feedhandler.handler import Handler, HandlerConfig
-from feedhandler.routing import CATEGORIES, VALUE_FORMATS, Routes
+from feedhandler.wire import packet
+from feedhandler.pipeline.handler import Handler, HandlerConfig
+from feedhandler.kafka.routing import CATEGORIES, VALUE_FORMATS, Routes
 from feedhandler.session import SessionClient
-from feedhandler.sessionproto import LENGTH_PREFIX, MIN_DATA_FRAME_LENGTH, SEQUENCED_DATA
+from feedhandler.session.protocol import LENGTH_PREFIX, MIN_DATA_FRAME_LENGTH, SEQUENCED_DATA
 
 log = logging.getLogger("feedhandler.run")
 

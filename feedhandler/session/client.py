@@ -15,8 +15,8 @@ import threading
 import time
 from collections.abc import Iterator
 
-from feedhandler import packet
-from feedhandler.sessionproto import (
+from feedhandler.wire import packet
+from feedhandler.session.protocol import (
     CLIENT_HEARTBEAT, DEBUG, HEARTBEAT_INTERVAL, LENGTH_PREFIX, LINK_TIMEOUT, LOGIN_ACCEPTED,
     LOGIN_REJECTED, LOGOUT_REQUEST, MAX_SERVER_FRAME_LENGTH, MIN_DATA_FRAME_LENGTH,
     PASSWORD_LENGTH, REJECT_REASONS, SEQUENCED_DATA, USERNAME_LENGTH, ProtocolError,

@@ -1,0 +1,1 @@
+"""The handler pipeline: frames in, parallel nogil decode, in-order publishing (`handler`)."""

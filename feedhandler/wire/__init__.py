@@ -1,0 +1,2 @@
+"""The feed's bytes: ITCH 5.0 messages (`itch`) and the frames that carry them as MoldUDP64
+packets (`packet`), decoded by the compiled `_decode` module (ext/decode.pyx)."""
