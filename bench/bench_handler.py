@@ -22,7 +22,8 @@ from brokers import kafka, topic_prefix  # noqa: F401 (fixtures)
 from feedhandler.exchange import orderflow
 from feedhandler.wire import itch, packet
 from feedhandler.pipeline.handler import BATCH_TICKS, Handler, HandlerConfig
-from feedhandler.kafka.producer import PRODUCER_DEFAULTS, ensure_topics
+from feedhandler.kafka.config import PRODUCER_DEFAULTS
+from feedhandler.kafka.topics import ensure_topics
 from feedhandler.kafka.routing import Routes, StockDirectory, batched_records
 from feedhandler.session import SessionClient
 from streams import split_block

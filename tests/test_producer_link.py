@@ -7,7 +7,9 @@ from confluent_kafka import KafkaException, Producer
 
 from feedhandler.kafka import _producer_link, consume
 from feedhandler.wire import packet
-from feedhandler.kafka.producer import DeliveryErrors, create_producer, ensure_topics
+from feedhandler.kafka.ledger import DeliveryErrors
+from feedhandler.kafka.producer import create_producer
+from feedhandler.kafka.topics import ensure_topics
 from feedhandler.kafka.routing import StockDirectory
 from streams import SESSION, split_block
 from feedhandler.exchange import orderflow

@@ -28,7 +28,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from feedhandler.wire import packet as packets
-from feedhandler.kafka.producer import PRODUCER_DEFAULTS, DeliveryErrors, create_producer, ensure_topics
+from feedhandler.kafka.config import PRODUCER_DEFAULTS
+from feedhandler.kafka.ledger import DeliveryErrors
+from feedhandler.kafka.producer import create_producer
+from feedhandler.kafka.topics import ensure_topics
 from feedhandler.kafka.routing import (BATCH_DTYPES, Routes, StockDirectory, batched_records,
                                  raw_blocks, tick_records)
 
