@@ -21,7 +21,9 @@ from confluent_kafka.admin import AdminClient
 from brokers import kafka, topic_prefix  # noqa: F401 (fixtures)
 from feedhandler.exchange import orderflow
 from feedhandler.wire import itch, packet
-from feedhandler.pipeline.handler import BATCH_TICKS, Handler, HandlerConfig
+from feedhandler.cli.run import DEFAULT_GIL_SWITCH_INTERVAL
+from feedhandler.kafka.sink import BATCH_TICKS
+from feedhandler.pipeline.handler import Handler, HandlerConfig
 from feedhandler.kafka.config import PRODUCER_DEFAULTS
 from feedhandler.kafka.topics import ensure_topics
 from feedhandler.kafka.routing import Routes, StockDirectory, batched_records
@@ -97,7 +99,12 @@ def new_handler(kafka, prefix, value_format, workers, **options):
 
 
 def run_handler(handler, port, expected):
-    account = handler.run(frames(port))
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(DEFAULT_GIL_SWITCH_INTERVAL)     # as `feedhandler run` sets it
+    try:
+        account = handler.run(frames(port))
+    finally:
+        sys.setswitchinterval(switch_interval)
     assert account.delivered == expected and account.lost == 0
 
 

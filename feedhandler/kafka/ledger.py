@@ -1,21 +1,35 @@
-"""Delivery accounting: failed deliveries counted by reason, from both delivery paths."""
+"""The delivery ledger: every count of what the sink handed to Kafka and what became of it.
+
+Successes are not reported one by one (no Python call per delivered record): librdkafka sends
+error-only delivery reports for records produced through the Producer, and the ProducerLink
+counts its own records in C. So delivered = produced - failed - still queued, and frames are
+acknowledged in the order they were produced."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
+
+import numpy as np
 
 from feedhandler.kafka._producer_link import ProducerLink
 
 log = logging.getLogger(__name__)
 
+LATENCY_SAMPLES = 1_000_000
+FAILURE_LOG_INTERVAL = 5.0      # seconds between log lines about one failure reason
+
 
 class DeliveryErrors:
     """Counts failed deliveries by reason: librdkafka's error-only delivery reports for records
-    produced through the Producer, plus the ProducerLink's own count for per-tick records.
+    produced through the Producer (this object is their `on_delivery` callback), records refused
+    before they were queued, plus the ProducerLink's own count for per-tick records.
 
-    Successes are not reported one by one: delivered = produced - failed - still queued."""
+    A failure is logged when its reason first appears and then at most every
+    FAILURE_LOG_INTERVAL seconds with the count so far, so an outage is visible as it happens
+    without one log line per record."""
 
     def __init__(self, units_of=lambda message: 1):
         self._units_of = units_of
@@ -23,17 +37,27 @@ class DeliveryErrors:
         self._records = 0
         self._units = 0
         self._reasons: Counter[str] = Counter()
+        self._logged_at: dict[str, float] = {}
         self.link: ProducerLink | None = None
 
     def __call__(self, error, message):
-        if error is None:
-            return
+        if error is not None:
+            self.count(error.str(), self._units_of(message), message.topic())
+
+    def count(self, reason: str, units: int = 1, topic: str = "") -> None:
+        """One failed record carrying `units` ticks."""
         with self._lock:
             self._records += 1
-            self._units += self._units_of(message)
-            self._reasons[error.str()] += 1
-        log.error("delivery failed for %s [%s]: %s", message.topic(), message.partition(),
-                  error.str())
+            self._units += units
+            self._reasons[reason] += 1
+            total = self._reasons[reason]
+            now = time.monotonic()
+            due = now - self._logged_at.get(reason, -FAILURE_LOG_INTERVAL) >= FAILURE_LOG_INTERVAL
+            if due:
+                self._logged_at[reason] = now
+        if due:
+            log.error("delivery failed (%d so far for this reason, latest on %s): %s", total,
+                      topic or "?", reason)
 
     @property
     def records(self) -> int:
@@ -48,3 +72,84 @@ class DeliveryErrors:
     @property
     def reasons(self) -> Counter[str]:
         return self._reasons + Counter(self.link.failures() if self.link else {})
+
+
+class Acknowledgements:
+    """Which frames Kafka has fully acknowledged, without a Python call per delivered record.
+
+    Records acknowledged = produced - failed - still queued in the producer. Frames are produced
+    in order, so a frame counts as acknowledged once that figure reaches the running total at its
+    end. This is conservative: a frame waits for every record before it, on any partition, and
+    its latency includes that wait."""
+
+    def __init__(self):
+        self.frames: deque = deque()    # (records produced through this frame, ticks, receipt ns)
+        self.ticks = 0
+        self.latencies_ns: list[int] = []
+
+    def frame_produced(self, records_total: int, ticks: int, received_ns: int) -> None:
+        self.frames.append((records_total, ticks, received_ns))
+
+    def update(self, acknowledged_records: int) -> None:
+        now = time.monotonic_ns()
+        while self.frames and self.frames[0][0] <= acknowledged_records:
+            _, ticks, received = self.frames.popleft()
+            self.ticks += ticks
+            if len(self.latencies_ns) < LATENCY_SAMPLES:
+                self.latencies_ns.append(now - received)
+
+    def oldest_age_ms(self) -> float:
+        return (time.monotonic_ns() - self.frames[0][2]) / 1e6 if self.frames else 0.0
+
+    def percentiles_ms(self) -> dict[str, float]:
+        if not self.latencies_ns:
+            return {}
+        values = np.percentile(np.array(self.latencies_ns), [50, 99, 99.9]) / 1e6
+        return {"p50": round(float(values[0]), 3), "p99": round(float(values[1]), 3),
+                "p99.9": round(float(values[2]), 3)}
+
+
+class DeliveryLedger:
+    """Records and ticks handed to the producer, their bytes, failures (`errors`), frame
+    acknowledgements (`acks`), dead letters and backpressure waits; `settle` turns them into
+    delivered, failed and undelivered ticks once the producer has been flushed."""
+
+    def __init__(self, errors: DeliveryErrors):
+        self.errors = errors
+        self.acks = Acknowledgements()
+        self.records = 0            # records handed to the producer, dead letters included
+        self.ticks = 0              # ticks in them (dead letters excluded)
+        self.dead_lettered = 0
+        self.backpressure_waits = 0
+        self.bytes = 0              # key and value bytes of the records handed over
+        # (records, bytes) running totals after each hand-over, oldest first: what lets
+        # queued_bytes() estimate the bytes still queued from the number of queued records.
+        self._marks: deque[tuple[int, int]] = deque()
+        self._bytes_out = 0         # running byte total at the newest mark known to have left
+
+    def handed_over(self, records: int, nbytes: int) -> None:
+        self.records += records
+        self.bytes += nbytes
+        self._marks.append((self.records, self.bytes))
+
+    def queued_bytes(self, queued_records: int) -> int:
+        """Bytes of the `queued_records` newest records, assuming they leave the queue in the
+        order they entered it; rounded up to whole hand-overs, so never an underestimate of
+        what those hand-overs hold."""
+        gone = self.records - queued_records
+        while self._marks and self._marks[0][0] <= gone:
+            self._bytes_out = self._marks.popleft()[1]
+        return self.bytes - self._bytes_out
+
+    def acknowledged_records(self, queued_records: int) -> int:
+        return self.records - queued_records - self.errors.records
+
+    def settle(self, queued_records: int) -> dict[str, int]:
+        """Delivered, failed and undelivered ticks, once nothing more will be produced and
+        `queued_records` were left in the producer by its final flush."""
+        self.acks.update(self.acknowledged_records(queued_records))
+        failed = self.errors.units
+        # Conservative: every tick of a frame not fully acknowledged counts as undelivered.
+        undelivered = max(0, self.ticks - self.acks.ticks - failed) if queued_records else 0
+        return {"delivered": max(0, self.ticks - failed - undelivered), "failed": failed,
+                "undelivered": undelivered}
