@@ -75,3 +75,15 @@ def test_a_producer_queue_limited_in_bytes_holds_the_reader_back(kafka, topic_pr
     assert account.delivered == COUNT and account.lost == 0, account.failure_reasons
     assert account.backpressure_waits > 0
     assert ticks_in_kafka(kafka, handler.config.routes, value_format) == COUNT
+
+
+def test_delivery_failures_are_logged_by_reason_with_counts_not_per_record(kafka, topic_prefix,
+                                                                            caplog):
+    """An outage fails thousands of records: the log says so with counts, not once each."""
+    handler = Handler(config(kafka, topic_prefix, linked_producer=False,
+                             producer_overrides={"message.timeout.ms": "1", "linger.ms": "0"}))
+    account = handler.run(iter(FRAMES[:8]))
+    assert account.failed > 100 and account.lost == account.failed
+    lines = [r for r in caplog.records if "delivery failed" in r.getMessage()]
+    assert 1 <= len(lines) <= len(account.failure_reasons) * 2
+    assert "so far" in lines[0].getMessage()
