@@ -188,10 +188,11 @@ def script_frame(first, count, session=SESSION):
     return packet.encode_block(data, count, session=session, sequence=first)
 
 
-def read_until_error(feed):
+def read_until_error(source):
+    """(frames, the error that ended the source or None)."""
     frames = []
     try:
-        for batch in feed.frame_batches():
+        for batch in source.batches():
             frames.extend(batch)
     except Exception as error:  # noqa: BLE001 - the test looks at which one
         return frames, error

@@ -15,6 +15,7 @@ from feedhandler.session import protocol as sessionproto
 from feedhandler.wire import packet
 from streams import SESSION, split_block
 from test_handler import final_account, run_cli
+from test_session import read_until_error
 
 OTHER_SESSION = b"OTHER00001"
 MESSAGES = split_block(orderflow.generate(2_000, symbols=20, seed=31).data)
@@ -37,25 +38,20 @@ GAP_FEED = [frame(1, 250), frame(251, 250), frame(1001, 500), frame(1501, 100, O
 
 # ---- the tracker ----------------------------------------------------------------------------------
 
-def test_tracker_drops_duplicates_trims_overlaps_and_records_gaps():
+def test_tracker_counts_gaps_duplicates_and_trims_overlaps():
+    # The same rules through the client: test_session.py's scripted-server tests.
     tracker = SequenceTracker()
-    delivered = [tracker.accept(f) for f in (
-        frame(1, 100),
-        frame(51, 100),                                 # 51..100 again, then 101..150
-        frame(1, 100),                                  # all seen
-        frame(201, 100),                                # 151..200 never sent
-        sessionproto.heartbeat(SESSION, 350),           # 301..349 never sent
-        frame(350, 51),
-    )]
-    assert [packet.peek(f)[1:] if f else None for f in delivered] == \
-        [(1, 100), (101, 50), None, (201, 100), None, (350, 51)]
-    assert sessionproto.message_block(delivered[1]) == block(101, 150)
-    assert tracker.session == SESSION and not tracker.ended
-    assert tracker.gaps == [(151, 200), (301, 349)] and tracker.missing == 99
-    assert tracker.duplicates == 150
-    assert tracker.frames == 4 and tracker.messages == 301 and tracker.next_sequence == 401
-    assert tracker.accept(sessionproto.end_of_session(SESSION, 450)) is None
-    assert tracker.ended and tracker.gaps[-1] == (401, 449) and tracker.next_sequence == 450
+    assert tracker.accept(frame(1, 100)) is not None
+    assert tracker.accept(sessionproto.heartbeat(SESSION, 151)) is None     # 101..150 missing
+    trimmed = tracker.accept(frame(141, 30))                # 141..150 repeat; 151..170 are new
+    assert packet.peek(trimmed)[1:] == (151, 20)
+    assert sessionproto.message_block(trimmed) == block(151, 170)
+    assert tracker.accept(frame(1, 100)) is None                            # all seen
+    assert not tracker.ended
+    assert tracker.accept(sessionproto.end_of_session(SESSION, 200)) is None  # 171..199 missing
+    assert tracker.ended and tracker.next_sequence == 200
+    assert tracker.gaps == [(101, 150), (171, 199)] and tracker.missing == 79
+    assert tracker.duplicates == 110 and tracker.frames == 2 and tracker.messages == 120
 
 
 def test_tracker_refuses_another_session_and_counts_it():
@@ -111,20 +107,10 @@ def listen(**settings) -> ListenSource:
     return source
 
 
-def read_all(source: ListenSource) -> tuple[list[bytes], Exception | None]:
-    frames = []
-    try:
-        for batch in source.batches():
-            frames.extend(batch)
-    except Exception as error:  # noqa: BLE001 - the test looks at which one
-        return frames, error
-    return frames, None
-
-
 def test_listen_records_the_gap_and_ends_at_a_frame_of_another_session():
     source = listen()
     feed = push(source.address[1], GAP_FEED)
-    frames, error = read_all(source)
+    frames, error = read_until_error(source)
     feed.join(5)
     # Everything before the foreign frame is delivered, then the source ends with the reason.
     assert [packet.peek(f)[1:] for f in frames] == [(1, 250), (251, 250), (1001, 500)]
@@ -143,7 +129,7 @@ def test_listen_survives_a_pause_inside_a_frame():
                                     frames[1][cut:], frames[2],
                                     sessionproto.heartbeat(SESSION, 901),
                                     sessionproto.end_of_session(SESSION, 901)])
-    received, error = read_all(source)
+    received, error = read_until_error(source)
     feed.join(5)
     assert error is None and source.ended
     assert received == frames
@@ -156,7 +142,7 @@ def test_listen_ends_with_a_clear_error_when_a_frame_stalls():
     started = time.monotonic()
     push(source.address[1], [frame(1, 100), frame(101, 100)[:40]], hold=hold)
     try:
-        frames, error = read_all(source)
+        frames, error = read_until_error(source)
     finally:
         hold.set()
     assert [packet.peek(f)[1:] for f in frames] == [(1, 100)]
@@ -168,7 +154,7 @@ def test_listen_ends_with_a_clear_error_when_a_frame_stalls():
 def test_listen_eof_between_frames_ends_without_end_of_session():
     source = listen()
     push(source.address[1], [frame(1, 100), frame(101, 100)])
-    frames, error = read_all(source)
+    frames, error = read_until_error(source)
     assert error is None and len(frames) == 2
     assert not source.ended and source.tracker.next_sequence == 201
 
@@ -181,7 +167,7 @@ def test_listen_eof_between_frames_ends_without_end_of_session():
 def test_listen_refuses_what_is_not_a_whole_feed(script, reason):
     source = listen()
     push(source.address[1], script)
-    _, error = read_all(source)
+    _, error = read_until_error(source)
     assert isinstance(error, ConnectionLost) and reason in str(error)
 
 

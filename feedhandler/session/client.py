@@ -29,6 +29,11 @@ _HEARTBEAT = empty_frame(CLIENT_HEARTBEAT)
 _LOGOUT = empty_frame(LOGOUT_REQUEST)
 
 
+def _from_tracker(name: str) -> property:
+    return property(lambda self: getattr(self.tracker, name),
+                    doc=f"The tracker's `{name}` (read only).")
+
+
 def _ascii(value: str | bytes) -> bytes:
     return value.encode("ascii") if isinstance(value, str) else bytes(value)
 
@@ -78,30 +83,13 @@ class SessionClient(FrameSource):
         self._logins = 0
         self._failures = 0          # consecutive failed attempts
 
-    # ---- the tracker's figures, under the names the client always had ---------------------------
-    @property
-    def session(self) -> bytes:
-        return self.tracker.session
-
-    @property
-    def next_sequence(self) -> int:
-        return self.tracker.next_sequence
-
-    @property
-    def gaps(self) -> list[tuple[int, int]]:
-        return self.tracker.gaps
-
-    @property
-    def duplicates(self) -> int:
-        return self.tracker.duplicates
-
-    @property
-    def frames_received(self) -> int:
-        return self.tracker.frames
-
-    @property
-    def messages_received(self) -> int:
-        return self.tracker.messages
+    # The tracker's figures, under the names the client always had.
+    session = _from_tracker("session")
+    next_sequence = _from_tracker("next_sequence")
+    gaps = _from_tracker("gaps")
+    duplicates = _from_tracker("duplicates")
+    frames_received = _from_tracker("frames")
+    messages_received = _from_tracker("messages")
 
     # ---- public ----------------------------------------------------------------------------------
     def open(self) -> None:
@@ -114,6 +102,9 @@ class SessionClient(FrameSource):
                 self._await_login()
             except (OSError, ProtocolError, _LinkDown) as error:
                 self._link_failed(error)
+            except SessionError:        # rejected, or another session: no retry
+                self._disconnect(logout=False)
+                raise
 
     def batches(self, max_frames: int = MAX_BATCH) -> Iterator[list[bytes]]:
         """Data frames in sequence order, a list per socket read (at most `max_frames`), so a
