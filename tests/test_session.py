@@ -11,7 +11,7 @@ import pytest
 from feedhandler.exchange import orderflow
 from feedhandler.wire import packet
 from feedhandler.session import protocol as sessionproto
-from feedhandler.session import ConnectionLost, LoginRejected, SessionClient
+from feedhandler.session import ConnectionLost, LoginRejected, SessionChanged, SessionClient
 from feedhandler.exchange.server import Simulator, SimulatorConfig
 
 SYMBOLS = 20
@@ -135,15 +135,15 @@ def test_sequence_zero_means_from_now_on():
     assert feed.ended and feed.next_sequence == 2_001 and feed.gaps == []
 
 
-def scripted_server(script):
-    """A one-connection server: it reads the login request, answers accepted from sequence 1,
-    sends the scripted frames and closes. Returns its port."""
+def scripted_server(script, login=sessionproto.login_accepted(SESSION, 1)):
+    """A one-connection server: it reads the login request, answers `login` (accepted from
+    sequence 1), sends the scripted frames and closes. Returns its port."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve():
         with listener, listener.accept()[0] as connection:
             connection.recv(64)
-            connection.sendall(sessionproto.login_accepted(SESSION, 1))
+            connection.sendall(login)
             for frame in script:
                 connection.sendall(frame)
             with contextlib.suppress(OSError):
@@ -180,6 +180,65 @@ def test_duplicates_are_dropped_overlaps_trimmed_and_gaps_recorded():
     assert feed.duplicates == 150
     assert feed.gaps == [(151, 200), (301, 349)]
     assert feed.next_sequence == 401 and feed.ended
+
+
+def script_frame(first, count, session=SESSION):
+    block = orderflow.generate(200, symbols=SYMBOLS, seed=15)
+    data = block.data[block.offsets[first - 1]:block.offsets[first - 1 + count]]
+    return packet.encode_block(data, count, session=session, sequence=first)
+
+
+def read_until_error(source):
+    """(frames, the error that ended the source or None)."""
+    frames = []
+    try:
+        for batch in source.batches():
+            frames.extend(batch)
+    except Exception as error:  # noqa: BLE001 - the test looks at which one
+        return frames, error
+    return frames, None
+
+
+def test_a_frame_of_another_session_ends_the_session_after_the_frames_before_it():
+    # All in one read: the frames before the foreign one must still be delivered.
+    port = scripted_server([b"".join([script_frame(1, 50), script_frame(51, 50),
+                                      script_frame(101, 50, session=b"OTHER00001"),
+                                      script_frame(151, 50)])])
+    feed = client(port)
+    frames, error = read_until_error(feed)
+    assert [packet.peek(f)[1:] for f in frames] == [(1, 50), (51, 50)]
+    assert isinstance(error, SessionChanged) and error.sequence == 101
+    assert feed.tracker.other_session_frames == 1 and feed.next_sequence == 101
+    assert feed.reconnects == 0
+
+
+def test_frames_read_before_a_protocol_error_are_not_lost():
+    # A broken frame right behind good ones in the same read: the good ones are delivered,
+    # then the link fails (and the client would resume after them).
+    port = scripted_server([script_frame(1, 50) + script_frame(51, 50) +
+                            sessionproto.empty_frame(ord("Z"))])
+    feed = client(port, reconnect=False)
+    frames, error = read_until_error(feed)
+    assert [packet.peek(f)[1:] for f in frames] == [(1, 50), (51, 50)]
+    assert isinstance(error, ConnectionLost) and "unknown frame type 0x5a" in str(error)
+    assert feed.next_sequence == 101
+
+
+def test_open_logs_in_and_keeps_what_came_with_the_login():
+    frames = [script_frame(1, 50), script_frame(51, 50)]
+    port = scripted_server([], login=b"".join([sessionproto.login_accepted(SESSION, 1), *frames,
+                                               sessionproto.end_of_session(SESSION, 101)]))
+    feed = client(port, reconnect=False)
+    feed.open()
+    feed.open()                     # idempotent
+    assert feed.session == SESSION and feed.next_sequence == 1
+    assert list(feed.frames()) == frames and feed.ended
+
+
+def test_open_raises_a_rejected_login():
+    port = scripted_server([], login=sessionproto.login_rejected(sessionproto.NOT_AUTHORIZED))
+    with pytest.raises(LoginRejected, match="not authorized"):
+        client(port).open()
 
 
 def test_silent_server_is_a_dead_link():

@@ -13,17 +13,14 @@ import datetime
 import json
 import logging
 import signal
-import socket
 import sys
 import threading
 import time
 from zoneinfo import ZoneInfo
 
-from feedhandler.wire import packet
 from feedhandler.pipeline.handler import Handler, HandlerConfig
 from feedhandler.kafka.routing import CATEGORIES, VALUE_FORMATS, Routes
-from feedhandler.session import SessionClient
-from feedhandler.session.protocol import LENGTH_PREFIX, MIN_DATA_FRAME_LENGTH, SEQUENCED_DATA
+from feedhandler.session import FrameSource, ListenSource, SessionClient, SessionError
 
 log = logging.getLogger("feedhandler.run")
 
@@ -105,50 +102,30 @@ def midnight_ms(trade_date: datetime.date | None) -> int:
     return int(midnight.timestamp() * 1000)
 
 
-def accept_frames(address: tuple[str, int], stop: threading.Event):
-    """Frames from the first connection to `address`, until end of session, EOF or stop."""
-    with socket.create_server(address) as server:
-        server.settimeout(0.5)
-        log.info("listening on %s:%d", *server.getsockname()[:2])
-        while not stop.is_set():
-            try:
-                connection, peer = server.accept()
-                break
-            except TimeoutError:
-                continue
-        else:
-            return
-    log.info("feed connected from %s:%d", *peer[:2])
-    with connection, connection.makefile("rb", buffering=1 << 20) as stream:
-        connection.settimeout(0.5)
-        while not stop.is_set():
-            try:
-                prefix = stream.read(4)
-            except TimeoutError:
-                continue
-            if len(prefix) < 4:
-                return
-            length = LENGTH_PREFIX.unpack(prefix)[0]
-            if not MIN_DATA_FRAME_LENGTH <= length <= packet.MAX_FRAME_LENGTH:
-                raise ConnectionError(f"frame length {length} out of range: not a feed")
-            body = stream.read(length)
-            if len(body) < length or body[0] != SEQUENCED_DATA:
-                raise ConnectionError("connection closed mid-frame or not a data frame")
-            frame = prefix + body
-            count = packet.peek(frame)[2]
-            if count == packet.END_OF_SESSION_COUNT:
-                return
-            if count != packet.HEARTBEAT_COUNT:
-                yield frame
+def frame_source(args: argparse.Namespace) -> FrameSource:
+    """The frame source of --connect or --listen."""
+    if args.connect:
+        return SessionClient(*args.connect, username=args.username, password=args.password,
+                             session=args.session, sequence=args.sequence)
+    return ListenSource(*args.listen, session=args.session, sequence=args.sequence)
+
+
+def read_until_failure(source: FrameSource, failure: list[SessionError]):
+    """The source's batches; an error that ends it is kept in `failure` rather than raised, so
+    that what was read before it is still published and accounted for."""
+    try:
+        yield from source.batches()
+    except SessionError as error:
+        failure.append(error)
 
 
 class StatusPrinter(threading.Thread):
     """One status line a second: rates in and out, queue depth and producer lag."""
 
-    def __init__(self, handler: Handler, client: SessionClient | None, as_json: bool):
+    def __init__(self, handler: Handler, source: FrameSource, as_json: bool):
         super().__init__(name="status", daemon=True)
         self.handler = handler
-        self.client = client
+        self.source = source
         self.as_json = as_json
         self.done = threading.Event()
 
@@ -165,7 +142,7 @@ class StatusPrinter(threading.Thread):
                 "in_producer": self.handler.outstanding(),
                 "lag_ms": round(acks.oldest_age_ms(), 1),
                 "quarantined": account.quarantined,
-                "gaps": len(self.client.gaps) if self.client else 0,
+                "gaps": len(self.source.tracker.gaps),
             }
             last = now
             if self.as_json:
@@ -180,6 +157,14 @@ class StatusPrinter(threading.Thread):
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        source = frame_source(args)
+        source.open()
+    except (ValueError, SessionError, OSError) as error:
+        print(f"feedhandler run: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:       # still waiting for the feed server
+        return 130
     config = HandlerConfig(
         bootstrap_servers=args.bootstrap_servers, value_format=args.format,
         workers=args.workers, routes=Routes.by_category(args.topic_prefix, dict(args.route)),
@@ -188,25 +173,17 @@ def run(args: argparse.Namespace) -> int:
         timestamp_base_ms=midnight_ms(args.trade_date), flush_timeout=args.flush_timeout,
         linked_producer=not args.python_produce)
     handler = Handler(config)
-    stop = threading.Event()
-    client = None
-    if args.connect:
-        client = SessionClient(*args.connect, username=args.username, password=args.password,
-                               session=args.session, sequence=args.sequence)
-        frames = client.frame_batches()
-    else:
-        frames = accept_frames(args.listen, stop)
+    failure: list[SessionError] = []
+    frames = read_until_failure(source, failure)
 
     def on_signal(signum, _frame):
         log.warning("%s: stop reading, drain and flush", signal.Signals(signum).name)
-        stop.set()
         handler.stop()
-        if client:
-            client.close()
+        source.close()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    status = None if args.quiet else StatusPrinter(handler, client, args.json_stats)
+    status = None if args.quiet else StatusPrinter(handler, source, args.json_stats)
     if status:
         status.start()
     sys.setswitchinterval(args.gil_switch_interval)
@@ -216,10 +193,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if status:
             status.done.set()
-    if client:
-        account.gaps = len(client.gaps)
-        account.missing = sum(last - first + 1 for first, last in client.gaps)
-        account.duplicates = client.duplicates
+    tracker = source.tracker
+    account.gaps = len(tracker.gaps)
+    account.missing = tracker.missing
+    account.duplicates = tracker.duplicates
     elapsed = time.monotonic() - started
     summary = {**account.as_dict(), "seconds": round(elapsed, 3),
                "ticks_per_s": round(account.delivered / elapsed) if elapsed else 0,
@@ -227,7 +204,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json_stats:
         print(json.dumps({"final": summary}), flush=True)
     print(format_account(summary), file=sys.stderr, flush=True)
-    return 0 if account.lost == 0 else 1
+    for error in failure:
+        print(f"feedhandler run: the feed ended early: {error}", file=sys.stderr, flush=True)
+    return 0 if account.lost == 0 and not failure else 1
 
 
 def format_account(summary: dict) -> str:

@@ -1,0 +1,129 @@
+"""`ListenSource`: the frame source of `--listen`. The feed connects to the handler and pushes
+data frames, with no login; everything else is as with the session client (`FrameSource`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator
+
+from feedhandler.session.errors import ConnectionLost
+from feedhandler.session.protocol import LINK_TIMEOUT, ProtocolError
+from feedhandler.session.source import MAX_BATCH, RECEIVE_BUFFER, FrameSource, _LinkDown
+from feedhandler.session.tracker import SequenceTracker
+
+# accept() and recv() wake up at least this often to notice close().
+WAKE_UP_INTERVAL = 0.5
+
+
+class ListenSource(FrameSource):
+    """Accepts one feed connection on (host, port) and yields its data frames.
+
+    session: the session expected, or b"" for whichever the first frame has; a frame of
+        another session ends the source with SessionChanged.
+    sequence: first sequence number wanted: 1 = the whole session (a first frame after it is
+        a gap), 0 = from whatever comes first.
+    stall_timeout: seconds without a byte inside a frame before the feed counts as dead
+        (ConnectionLost). Between frames the source waits however long the feed is quiet.
+
+    The stream holds data frames only (type S): messages, heartbeats (count 0) and end of
+    session. It ends at end of session (`ended`) or when the feed closes the connection
+    between frames (`ended` stays false: the session did not end); a connection closed or
+    stalled inside a frame, or anything that is not a data frame, raises ConnectionLost. After
+    that one connection the port is closed: a listener serves one feed session."""
+
+    peer = "feed"
+
+    def __init__(self, host: str, port: int, *, session: str | bytes = b"", sequence: int = 1,
+                 stall_timeout: float = LINK_TIMEOUT, receive_buffer: int = RECEIVE_BUFFER,
+                 logger: logging.Logger | None = None):
+        if stall_timeout <= 0:
+            raise ValueError("stall_timeout must be positive")
+        logger = logger or logging.getLogger(__name__)
+        self.address = (host, port)
+        super().__init__(SequenceTracker(session, sequence, name=f"feed on {host}:{port}",
+                                         logger=logger),
+                         receive_buffer=receive_buffer, logger=logger)
+        self.stall_timeout = stall_timeout
+        self._wake_up = min(WAKE_UP_INTERVAL, stall_timeout / 4)
+        self._server: socket.socket | None = None
+        self._opened = False
+
+    def open(self) -> None:
+        """Bind and listen (once). A port in use raises OSError naming the address; with port
+        0, `address` then holds the port the system picked."""
+        if self._opened:
+            return
+        host, port = self.address
+        try:
+            server = socket.create_server(self.address)
+        except OSError as error:
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            refused = OSError(f"cannot listen on {host}:{port}: {reason}")
+            refused.errno = error.errno
+            raise refused from None
+        server.settimeout(self._wake_up)
+        self._server, self._opened = server, True
+        self.address = server.getsockname()[:2]
+        self.tracker.name = f"feed on {self.address[0]}:{self.address[1]}"
+        self.log.info("listening on %s:%d", *self.address)
+
+    def batches(self, max_frames: int = MAX_BATCH) -> Iterator[list[bytes]]:
+        """Data frames in sequence order, a list per socket read (at most `max_frames`). Waits
+        for the feed to connect; ends at end of session, EOF between frames or `close()`;
+        raises ConnectionLost or SessionChanged (after every frame before the fault)."""
+        self.open()
+        if not self._accept():
+            return
+        try:
+            yield from self._receive(max_frames)
+        except _LinkDown as error:
+            if error.mid_frame:
+                raise ConnectionLost(f"{self.tracker.name}: {error}") from None
+            self.log.warning("%s: %s before end of session, at sequence %d", self.tracker.name,
+                             error, self.tracker.next_sequence)
+        except (OSError, ProtocolError) as error:
+            raise ConnectionLost(f"{self.tracker.name}: {error}") from error
+        finally:
+            sock, self._sock = self._sock, None
+            sock.close()
+
+    def close(self) -> None:
+        super().close()
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+
+    def _accept(self) -> bool:
+        """Wait for the feed's connection; False if `close()` came first or it was served."""
+        server = self._server
+        if server is None:
+            return False
+        try:
+            while True:
+                if self._closing.is_set():
+                    return False
+                try:
+                    connection, peer = server.accept()
+                    break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    if self._closing.is_set():      # close() closed the listening socket
+                        return False
+                    raise
+        finally:
+            server.close()
+            self._server = None
+        connection.settimeout(self._wake_up)
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, len(self._buffer))
+        self._attach(connection)
+        self.log.info("%s: feed connected from %s:%d", self.tracker.name, *peer[:2])
+        return True
+
+    # ---- FrameSource hooks -----------------------------------------------------------------------
+    def _waited(self, now: float, mid_frame: bool) -> None:
+        if mid_frame and now - self._quiet_since > self.stall_timeout:
+            raise ConnectionLost(f"{self.tracker.name}: feed stalled in the middle of a frame: "
+                                 f"nothing for {self.stall_timeout:g} s")

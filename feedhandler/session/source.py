@@ -1,0 +1,233 @@
+"""Frame sources: where the pipeline's frames come from, one class per transport.
+
+Every source reads length-prefixed frames from one TCP connection at a time into a large
+buffer with `recv_into`, copies each whole frame out once, and passes each data frame through
+its `SequenceTracker`, so gaps, duplicates and session changes mean the same for every
+transport. `SessionClient` (`feedhandler.session.client`) logs in to a feed server and
+reconnects; `ListenSource` (`feedhandler.session.listener`) accepts one connection that pushes
+data frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+from feedhandler.session.protocol import (
+    LENGTH_PREFIX, MAX_SERVER_FRAME_LENGTH, MIN_DATA_FRAME_LENGTH, SEQUENCED_DATA, ProtocolError,
+    check_server_frame,
+)
+from feedhandler.session.tracker import SequenceTracker
+
+RECEIVE_BUFFER = 4 << 20
+# Read into at least this much free space; a frame's unread tail is moved to the front of the
+# buffer when less is left.
+MIN_READ = 256 << 10
+# Frames per list from batches(): enough to spread a hand-off's cost, few enough to keep them
+# prompt.
+MAX_BATCH = 64
+
+_unpack_length = LENGTH_PREFIX.unpack_from
+
+
+class _LinkDown(Exception):
+    """The peer closed the current connection; `mid_frame` if it did so inside a frame."""
+
+    def __init__(self, reason: str, mid_frame: bool):
+        super().__init__(reason)
+        self.mid_frame = mid_frame
+
+
+class FrameSource:
+    """Yields the data frames of one feed session, each exactly one frame as a `bytes` object
+    (valid for as long as the caller keeps it, ready for `packet.decode` on any thread).
+
+    `open()` makes the source ready to read (connect and log in, or bind and listen) and raises
+    at once what would keep it from reading (LoginRejected, OSError, ConnectionLost); it is
+    idempotent, and `batches()` calls it if nobody did. `batches()` yields lists of frames in
+    sequence order, each list what one socket read brought in; it ends at end of session (then
+    `ended` is true), at `close()`, or when the peer goes away (for sources that do not
+    reconnect), and raises a SessionError when the session cannot go on, after yielding every
+    frame before the fault. `close()` may be called from any thread and stops `batches()`
+    promptly. `tracker` holds the sequence numbers: gaps, missing, duplicates, next_sequence.
+    """
+
+    peer = "peer"       # how errors and log lines name the other end
+
+    def __init__(self, tracker: SequenceTracker, *, receive_buffer: int = RECEIVE_BUFFER,
+                 logger: logging.Logger | None = None):
+        self.tracker = tracker
+        self.log = logger or logging.getLogger(type(self).__module__)
+        self._buffer = bytearray(max(receive_buffer, 2 * MIN_READ))
+        self._view = memoryview(self._buffer)
+        self._start = self._end = 0         # unread bytes: _buffer[_start:_end]
+        self._sock: socket.socket | None = None
+        self._quiet_since = 0.0             # when the source last heard from the peer
+        self._deferred: Exception | None = None
+        self._closing = threading.Event()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    @property
+    def ended(self) -> bool:
+        """End of session seen: the feed has nothing more to send."""
+        return self.tracker.ended
+
+    # ---- public ----------------------------------------------------------------------------------
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def batches(self, max_frames: int = MAX_BATCH) -> Iterator[list[bytes]]:
+        raise NotImplementedError
+
+    def frames(self) -> Iterator[bytes]:
+        """Like `batches()`, one frame at a time."""
+        for batch in self.batches(max_frames=1):
+            yield batch[0]
+
+    def close(self) -> None:
+        """Stop `batches()`; safe to call from another thread, and more than once."""
+        self._closing.set()
+        sock = self._sock
+        if sock is not None:
+            try:
+                # Wakes the reader thread out of recv().
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    # ---- what each transport decides -------------------------------------------------------------
+    def _check_prefix(self, frame_type: int, length: int) -> None:
+        """Refuse a frame from its 5-byte prefix (ProtocolError); called for every frame but a
+        data frame of a legal length. By default only data frames are allowed."""
+        if frame_type != SEQUENCED_DATA:
+            raise ProtocolError(f"frame type 0x{frame_type:02x} where only data frames are "
+                                "expected")
+        check_server_frame(frame_type, length)
+
+    def _control(self, frame_type: int, frame: bytes) -> bool:
+        """A frame that `_check_prefix` let through and is not data; True stops the reading of
+        the buffer after it (the frame changed what comes next, e.g. login accepted)."""
+        raise ProtocolError(f"unexpected frame type 0x{frame_type:02x}")
+
+    def _accept_data(self, frame: bytes) -> bytes | None:
+        return self.tracker.accept(frame)
+
+    def _waited(self, now: float, mid_frame: bool) -> None:
+        """After every wait for the socket (data or timeout): time-outs, heartbeats."""
+
+    # ---- reading ---------------------------------------------------------------------------------
+    def _attach(self, sock: socket.socket) -> None:
+        """Read from a new connection; whatever the last one left unread is dropped."""
+        self._sock = sock
+        self._start = self._end = 0
+        self._quiet_since = time.monotonic()
+
+    def _receive(self, max_frames: int) -> Iterator[list[bytes]]:
+        """Batches of the current connection until end of session or close() (return), or a
+        failure (raise, once the frames before it are yielded)."""
+        closing = self._closing.is_set
+        while not closing():
+            batch = self._parse(max_frames)
+            if batch:
+                yield batch
+                # Time spent in the consumer (backpressure) is not silence of the peer.
+                self._quiet_since = time.monotonic()
+            if self._deferred is not None:
+                error, self._deferred = self._deferred, None
+                raise error
+            if self.tracker.ended:
+                return
+            if not self._frame_buffered():
+                self._fill()
+
+    def _frame_buffered(self) -> bool:
+        start, end = self._start, self._end
+        return end - start >= 5 and start + 4 + _unpack_length(self._buffer, start)[0] <= end
+
+    def _parse(self, max_frames: int) -> list[bytes]:
+        """The data frames to deliver among the complete frames in the buffer (at most
+        `max_frames`; up to end of session or a control frame that stops reading). An error
+        after some frames were accepted is kept for `_receive` to raise once they are yielded,
+        since the tracker already counts them as delivered."""
+        buffer, view = self._buffer, self._view
+        start, end = self._start, self._end
+        accept = self._accept_data
+        batch: list[bytes] = []
+        needed = 0
+        try:
+            while end - start >= 5:
+                length = _unpack_length(buffer, start)[0]
+                frame_type = buffer[start + 4]
+                if frame_type != SEQUENCED_DATA or not (
+                        MIN_DATA_FRAME_LENGTH <= length <= MAX_SERVER_FRAME_LENGTH):
+                    self._check_prefix(frame_type, length)
+                stop = start + 4 + length
+                if stop > end:
+                    needed = stop - start
+                    break
+                frame = bytes(view[start:stop])
+                start = stop
+                if frame_type != SEQUENCED_DATA:
+                    if self._control(frame_type, frame):
+                        break
+                    continue
+                frame = accept(frame)
+                if frame is not None:
+                    batch.append(frame)
+                    if len(batch) == max_frames:
+                        break
+                elif self.tracker.ended:
+                    break
+        except Exception as error:
+            if not batch:
+                raise
+            self._deferred = error
+        finally:
+            self._start = start
+        if needed + MIN_READ > len(buffer):
+            self._grow(needed + MIN_READ)
+        return batch
+
+    def _grow(self, needed: int) -> None:
+        """A bigger buffer, for a frame longer than the free space a read needs after it."""
+        grown = bytearray(max(needed, 2 * len(self._buffer)))
+        start, end = self._start, self._end
+        grown[:end - start] = self._view[start:end]
+        self._view.release()
+        self._buffer, self._view = grown, memoryview(grown)
+        self._start, self._end = 0, end - start
+
+    def _fill(self) -> None:
+        """One read from the socket (or one socket timeout) into the buffer."""
+        buffer, start, end = self._buffer, self._start, self._end
+        if start == end:
+            start = end = 0
+        elif len(buffer) - end < MIN_READ:
+            # A copy first: the tail may overlap where it goes.
+            buffer[:end - start] = bytes(self._view[start:end])
+            start, end = 0, end - start
+        self._start, self._end = start, end
+        try:
+            received = self._sock.recv_into(self._view[end:])
+        except TimeoutError:
+            received = None
+        now = time.monotonic()
+        if self._closing.is_set():
+            return
+        if received == 0:
+            mid_frame = end > start
+            where = " in the middle of a frame" if mid_frame else ""
+            raise _LinkDown(f"{self.peer} closed the connection{where}", mid_frame)
+        if received:
+            self._end = end = end + received
+            self._quiet_since = now
+        self._waited(now, end > start)
+
