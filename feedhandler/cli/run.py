@@ -110,15 +110,6 @@ def frame_source(args: argparse.Namespace) -> FrameSource:
     return ListenSource(*args.listen, session=args.session, sequence=args.sequence)
 
 
-def read_until_failure(source: FrameSource, failure: list[SessionError]):
-    """The source's batches; an error that ends it is kept in `failure` rather than raised, so
-    that what was read before it is still published and accounted for."""
-    try:
-        yield from source.batches()
-    except SessionError as error:
-        failure.append(error)
-
-
 class StatusPrinter(threading.Thread):
     """One status line a second: rates in and out, queue depth and producer lag."""
 
@@ -173,8 +164,6 @@ def run(args: argparse.Namespace) -> int:
         timestamp_base_ms=midnight_ms(args.trade_date), flush_timeout=args.flush_timeout,
         linked_producer=not args.python_produce)
     handler = Handler(config)
-    failure: list[SessionError] = []
-    frames = read_until_failure(source, failure)
 
     def on_signal(signum, _frame):
         log.warning("%s: stop reading, drain and flush", signal.Signals(signum).name)
@@ -188,15 +177,15 @@ def run(args: argparse.Namespace) -> int:
         status.start()
     sys.setswitchinterval(args.gil_switch_interval)
     started = time.monotonic()
+    failure = None
     try:
-        account = handler.run(frames)
+        handler.run(source)     # settles the account before an error from the source surfaces
+    except SessionError as error:
+        failure = error
     finally:
         if status:
             status.done.set()
-    tracker = source.tracker
-    account.gaps = len(tracker.gaps)
-    account.missing = tracker.missing
-    account.duplicates = tracker.duplicates
+    account = handler.account
     elapsed = time.monotonic() - started
     summary = {**account.as_dict(), "seconds": round(elapsed, 3),
                "ticks_per_s": round(account.delivered / elapsed) if elapsed else 0,
@@ -204,8 +193,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json_stats:
         print(json.dumps({"final": summary}), flush=True)
     print(format_account(summary), file=sys.stderr, flush=True)
-    for error in failure:
-        print(f"feedhandler run: the feed ended early: {error}", file=sys.stderr, flush=True)
+    if failure:
+        print(f"feedhandler run: the feed ended early: {failure}", file=sys.stderr, flush=True)
     return 0 if account.lost == 0 and not failure else 1
 
 
