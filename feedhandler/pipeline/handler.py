@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from feedhandler.wire import packet as packets
-from feedhandler.kafka.config import PRODUCER_DEFAULTS
+from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig
 from feedhandler.kafka.ledger import DeliveryErrors
 from feedhandler.kafka.producer import create_producer
 from feedhandler.kafka.topics import ensure_topics
@@ -57,7 +57,7 @@ class HandlerConfig:
     timestamp_base_ms: int = 0
     flush_timeout: float = 60.0
     queue_reads: int = 0            # socket reads queued for the publisher; 0 = 4 per worker
-    linked_producer: bool = True    # struct/raw ticks produced from C (ProducerLink)
+    producer_link: str = "auto"     # struct/raw ticks from C (ProducerLink): auto, require, off
 
 
 @dataclass
@@ -80,6 +80,7 @@ class Account:
     missing: int = 0
     duplicates: int = 0
     failure_reasons: dict = field(default_factory=dict)
+    producer_path: str = ""         # per-tick records: "producer-link" or "produce-batch"
 
     @property
     def lost(self) -> int:
@@ -145,12 +146,13 @@ class Handler:
         routes = config.routes
         wanted = {topic: config.partitions for topic in routes.topics}
         wanted[routes.dead_letter] = 1
-        self.partitions = ensure_topics(config.bootstrap_servers, wanted, config.replication_factor)
+        # The producer first: a ProducerLink that is required but cannot be had leaves no topic.
+        client = KafkaClientConfig(config.bootstrap_servers, config.producer_overrides)
+        self.producer, self.link, self.account.producer_path = create_producer(
+            client, self.errors, config.producer_link)
+        self.partitions = ensure_topics(client, wanted, config.replication_factor)
         self.topics = routes.topics
         self.topic_index = {t: self.topics.index(topic) for t, topic in routes.topic_of_type.items()}
-        self.producer, self.link = create_producer(
-            config.bootstrap_servers, config.producer_overrides, self.errors,
-            linked=config.linked_producer)
         if self.link is not None:
             self.link.open_topics(self.topics, [self.partitions[t] for t in self.topics])
         self._queue_limit = int(config.producer_overrides.get(
