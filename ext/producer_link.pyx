@@ -27,9 +27,8 @@ Invariants its users keep (feedhandler.kafka.producer and the handler's publishe
   After it is gone, `produce_ticks` raises instead of touching the handle (`on_destroy`).
 - Fork: librdkafka's threads do not survive fork(), so in a child every link made before the
   fork refuses to produce (`os.register_at_fork`); the child makes its own Producer and link.
-- librdkafka version: the records are librdkafka's own structs (rdkafka.pxd), so the Python
-  side binds only to versions the tests ran on, unless told otherwise
-  (feedhandler.kafka.producer.TESTED_LIBRDKAFKA).
+- librdkafka version: the records are librdkafka's own structs (rdkafka.pxd), so links are
+  made only with the versions the tests ran on (feedhandler.kafka.producer.TESTED_LIBRDKAFKA).
 """
 
 import os

@@ -2,6 +2,7 @@
 and nothing created in Kafka. Each case runs the real command in its own process."""
 
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -137,3 +138,14 @@ def test_the_final_account_names_the_producer_path(kafka, topic_prefix, mode, pa
     assert handler.returncode == ExitCode.OK, stderr
     assert final_account(stdout)["producer_path"] == path
     assert re.search(rf"producer_path\s+{path}", stderr)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_startup_exits_130(kafka, topic_prefix, signal_number):
+    process = run_cli("run", "--listen", f"127.0.0.1:{free_port()}", "--bootstrap-servers",
+                      UNREACHABLE, "--topic-prefix", topic_prefix, "--quiet")
+    time.sleep(2)           # in the reachability probe, which lasts 5 s
+    process.send_signal(signal_number)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    assert stderr.splitlines() == ["feedhandler run: interrupted before the feed was read"]

@@ -3,6 +3,7 @@ the README's list is checked against it by the tests."""
 
 from __future__ import annotations
 
+import textwrap
 from enum import IntEnum
 
 
@@ -30,4 +31,6 @@ MEANING = {
 
 def epilog() -> str:
     """The exit statuses, for `feedhandler run --help`."""
-    return "exit status:\n" + "\n".join(f"  {code.value:<4} {MEANING[code]}" for code in ExitCode)
+    return "exit status:\n" + "\n".join(
+        textwrap.fill(MEANING[code], 79, initial_indent=f"  {code.value:<4} ",
+                      subsequent_indent=" " * 7) for code in ExitCode)

@@ -67,6 +67,8 @@ def create_producer(client: KafkaClientConfig, errors: DeliveryErrors,
             try:
                 producer, errors.link = _producer_link.linked_producer(
                     config, Producer, _producer_link.__file__)
+                log.info("per-tick records produced from C into the producer's handle "
+                         "(librdkafka %s)", _producer_link.bound_library())
                 return producer, errors.link, LINK_PATH
             except (KafkaException, RuntimeError) as error:     # the plugin did not load
                 problem = f"the ProducerLink plugin failed: {kafka_reason(error)}"
