@@ -24,7 +24,7 @@ from feedhandler.wire import itch, packet
 from feedhandler.cli.run import DEFAULT_GIL_SWITCH_INTERVAL
 from feedhandler.kafka.sink import BATCH_TICKS
 from feedhandler.pipeline.handler import Handler, HandlerConfig
-from feedhandler.kafka.config import PRODUCER_DEFAULTS
+from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig
 from feedhandler.kafka.topics import ensure_topics
 from feedhandler.kafka.routing import Routes, StockDirectory, batched_records
 from feedhandler.session import SessionClient
@@ -148,7 +148,7 @@ def test_struct(benchmark, kafka, topic_prefix, feed, workers):
 def test_struct_through_produce_batch(benchmark, kafka, topic_prefix, feed, workers):
     """The same records through confluent_kafka's produce_batch instead of the ProducerLink."""
     measure(benchmark, kafka, topic_prefix, feed, "struct", workers, TICKS,
-            ["test_pure_python_baseline"], linked_producer=False)
+            ["test_pure_python_baseline"], producer_link="off")
 
 
 @pytest.mark.benchmark(group="end-to-end")
@@ -234,7 +234,7 @@ def test_librdkafka_ceiling_for_batched(benchmark, kafka, topic_prefix, compress
 
     def setup():
         run_routes = Routes.by_category(f"{topic_prefix}{next(RUNS)}.")
-        ensure_topics(kafka, dict.fromkeys(run_routes.topics, PARTITIONS))
+        ensure_topics(KafkaClientConfig(kafka), dict.fromkeys(run_routes.topics, PARTITIONS))
         created.extend(run_routes.topics)
         renamed = {old: new for old, new in zip(routes.topics, run_routes.topics)}
         producer = Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": kafka,
@@ -253,7 +253,7 @@ def test_librdkafka_ceiling_for_batched(benchmark, kafka, topic_prefix, compress
 
 def pure_python_setup(kafka, topics):
     routes = Routes.by_category(topics)
-    ensure_topics(kafka, {topic: PARTITIONS for topic in routes.topics})
+    ensure_topics(KafkaClientConfig(kafka), {topic: PARTITIONS for topic in routes.topics})
     return routes, Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": kafka})
 
 

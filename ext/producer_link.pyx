@@ -11,20 +11,34 @@ per tick, into the very handle the one shared `confluent_kafka.Producer` owns:
   naming this file, so librdkafka calls `conf_init` below, then hands over the handle it
   creates (`on_new`) and reports every message's fate (`on_acknowledgement`). The handle comes
   through librdkafka's documented interceptor interface, not from confluent_kafka's internals.
-- librdkafka is not linked; its functions are looked up in the copy confluent_kafka loaded
-  (`bind_library`), since that is the copy the handle belongs to.
+- librdkafka is not linked; its functions are looked up through confluent_kafka.cimpl's own
+  handle (`bind_library`: dlopen with RTLD_NOLOAD, then dlsym, which searches cimpl and the
+  libraries it was linked against), so they belong to the copy that owns the handle even when
+  the process holds other copies of librdkafka.
 - Messages produced here carry no confluent_kafka state (`_private` is NULL), which its delivery
   callback skips without taking the GIL; `on_acknowledgement` counts them, by error, in C.
   Records the application produces through the Producer itself are left to its callbacks.
+
+Invariants its users keep (feedhandler.kafka.producer and the handler's publisher do):
+
+- One producing thread: `produce_ticks` is called by one thread at a time (it reuses no
+  buffers across calls, but the refused count and the order of a topic's records assume it).
+- No concurrent `close()`: the Producer is not closed or destroyed while `produce_ticks` runs.
+  After it is gone, `produce_ticks` raises instead of touching the handle (`on_destroy`).
+- Fork: librdkafka's threads do not survive fork(), so in a child every link made before the
+  fork refuses to produce (`os.register_at_fork`); the child makes its own Producer and link.
+- librdkafka version: the records are librdkafka's own structs (rdkafka.pxd), so links are
+  made only with the versions the tests ran on (feedhandler.kafka.producer.TESTED_LIBRDKAFKA).
 """
 
+import os
 import threading
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM
 from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uint8_t
-from libc.stdio cimport snprintf
+from libc.stdio cimport FILE, fclose, fread, rewind, snprintf, tmpfile
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
@@ -40,6 +54,9 @@ cdef extern from "<dlfcn.h>" nogil:
     void* dlsym(void* handle, const char* symbol)
     int RTLD_NOW
     int RTLD_NOLOAD
+    ctypedef struct Dl_info:
+        const char* dli_fname
+    int dladdr(const void* address, Dl_info* info)
 
 cdef enum:
     ERROR_BASE = 256        # librdkafka's error codes run from -200 to about 120
@@ -66,6 +83,16 @@ cdef bint api_bound = False
 # the Producer is being configured; `_creating` keeps two creations from crossing.
 cdef Tally* pending = NULL
 _creating = threading.Lock()
+# Links made before a fork() are dead in the child: their handle's threads did not come along.
+cdef int fork_generation = 0
+
+
+def _after_fork_in_child():
+    global fork_generation
+    fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 cdef void* symbol(void* library, const char* name) except NULL:
@@ -75,33 +102,73 @@ cdef void* symbol(void* library, const char* name) except NULL:
     return found
 
 
-def bind_library(str path, int expected_version):
-    """Look up librdkafka's functions in the copy already loaded from `path` (the one
-    confluent_kafka uses, whose version is `expected_version`)."""
-    global api_bound
-    cdef void* library = dlopen(path.encode(), RTLD_NOW | RTLD_NOLOAD)
+def bind_library(str owner_path):
+    """Look up librdkafka's functions through `owner_path`, a module already loaded that links
+    librdkafka (confluent_kafka.cimpl): dlsym() on its handle searches it and its own
+    dependencies, so the functions are those of the very copy that module calls, whatever
+    other copies the process holds. Returns that librdkafka's version (rd_kafka_version())."""
+    global api, api_bound
+    cdef void* library = dlopen(owner_path.encode(), RTLD_NOW | RTLD_NOLOAD)
     if library == NULL:
-        raise OSError(f"librdkafka is not loaded from {path}")
-    api.version = <version_f> symbol(library, b"rd_kafka_version")
-    if api.version() != expected_version:
-        raise OSError(f"{path} is librdkafka {api.version():#x}, confluent_kafka uses "
-                      f"{expected_version:#x}")
-    api.err2str = <err2str_f> symbol(library, b"rd_kafka_err2str")
-    api.topic_new = <topic_new_f> symbol(library, b"rd_kafka_topic_new")
-    api.topic_destroy = <topic_destroy_f> symbol(library, b"rd_kafka_topic_destroy")
-    api.produce_batch = <produce_batch_f> symbol(library, b"rd_kafka_produce_batch")
-    api.produceva = <produceva_f> symbol(library, b"rd_kafka_produceva")
-    api.error_code = <error_code_f> symbol(library, b"rd_kafka_error_code")
-    api.error_destroy = <error_destroy_f> symbol(library, b"rd_kafka_error_destroy")
-    api.conf_interceptor_add_on_new = <conf_add_on_new_f> symbol(
+        raise OSError(f"{owner_path} is not loaded")
+    cdef RdKafkaApi found
+    found.version = <version_f> symbol(library, b"rd_kafka_version")
+    found.err2str = <err2str_f> symbol(library, b"rd_kafka_err2str")
+    found.conf_properties_show = <conf_properties_show_f> symbol(
+        library, b"rd_kafka_conf_properties_show")
+    found.topic_new = <topic_new_f> symbol(library, b"rd_kafka_topic_new")
+    found.topic_destroy = <topic_destroy_f> symbol(library, b"rd_kafka_topic_destroy")
+    found.produce_batch = <produce_batch_f> symbol(library, b"rd_kafka_produce_batch")
+    found.produceva = <produceva_f> symbol(library, b"rd_kafka_produceva")
+    found.error_code = <error_code_f> symbol(library, b"rd_kafka_error_code")
+    found.error_destroy = <error_destroy_f> symbol(library, b"rd_kafka_error_destroy")
+    found.conf_interceptor_add_on_new = <conf_add_on_new_f> symbol(
         library, b"rd_kafka_conf_interceptor_add_on_new")
-    api.conf_interceptor_add_on_conf_destroy = <conf_add_on_conf_destroy_f> symbol(
+    found.conf_interceptor_add_on_conf_destroy = <conf_add_on_conf_destroy_f> symbol(
         library, b"rd_kafka_conf_interceptor_add_on_conf_destroy")
-    api.interceptor_add_on_acknowledgement = <add_on_acknowledgement_f> symbol(
+    found.interceptor_add_on_acknowledgement = <add_on_acknowledgement_f> symbol(
         library, b"rd_kafka_interceptor_add_on_acknowledgement")
-    api.interceptor_add_on_destroy = <add_on_destroy_f> symbol(
+    found.interceptor_add_on_destroy = <add_on_destroy_f> symbol(
         library, b"rd_kafka_interceptor_add_on_destroy")
+    # dlopen() of a loaded module only adds a reference, which stays: the functions must.
+    api = found
     api_bound = True
+    return api.version()
+
+
+def bound_library():
+    """The file the bound librdkafka functions were loaded from (for diagnosis, and the tests)."""
+    cdef Dl_info info
+    if not api_bound:
+        raise RuntimeError("bind_library() first")
+    if dladdr(<void*> api.version, &info) == 0 or info.dli_fname == NULL:
+        raise OSError("dladdr() does not know librdkafka's file")
+    return info.dli_fname.decode()
+
+
+def configuration_table():
+    """The bound librdkafka's table of configuration properties (rd_kafka_conf_properties_show:
+    name, C/P scope, range, default, description), as text."""
+    cdef FILE* out
+    cdef char chunk[65536]
+    cdef size_t n
+    if not api_bound:
+        raise RuntimeError("bind_library() first")
+    out = tmpfile()
+    if out == NULL:
+        raise OSError("no temporary file for librdkafka's configuration table")
+    try:
+        api.conf_properties_show(out)
+        rewind(out)
+        text = bytearray()
+        while True:
+            n = fread(chunk, 1, sizeof(chunk), out)
+            if n == 0:
+                break
+            text += chunk[:n]
+        return text.decode()
+    finally:
+        fclose(out)
 
 
 # ---- the plugin: called by librdkafka ---------------------------------------------------------
@@ -188,13 +255,15 @@ def linked_producer(dict config, factory, str plugin_path):
     if link.tally.rk == NULL:
         raise RuntimeError("librdkafka did not hand the producer's handle to the plugin")
     link.producer = producer
+    link.generation = fork_generation
     return producer, link
 
 
 cdef class ProducerLink:
     """The shared Producer's librdkafka handle: per-tick records from C, deliveries counted.
 
-    Only one thread may call `produce_ticks` at a time (the handler's publisher)."""
+    Only one thread may call `produce_ticks` at a time (the handler's publisher), and the
+    Producer must not be closed while it runs (see the module's invariants)."""
 
     cdef Tally* tally
     cdef object producer        # keeps the handle alive as long as this link
@@ -203,6 +272,7 @@ cdef class ProducerLink:
     cdef Py_ssize_t* bucket_start    # first (topic, partition) bucket of each topic, then the total
     cdef int n_topics
     cdef int64_t n_refused
+    cdef int generation         # fork_generation when the link was made
 
     def __cinit__(self):
         self.tally = <Tally*> calloc(1, sizeof(Tally))
@@ -246,6 +316,9 @@ cdef class ProducerLink:
     cdef int _require_handle(self) except -1:
         if self.tally.rk == NULL:
             raise RuntimeError("the producer's librdkafka handle is gone")
+        if self.generation != fork_generation:
+            raise RuntimeError("the producer's librdkafka handle belongs to the parent process "
+                               "(made before fork())")
         return 0
 
     def produce_ticks(self, dict messages, dict sequences, uint64_t first_sequence,

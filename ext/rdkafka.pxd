@@ -2,11 +2,12 @@
 #
 # librdkafka is not linked at build time: confluent_kafka ships its own copy (renamed by
 # auditwheel), and the handle we produce through belongs to that copy, so every function is
-# looked up in it at run time (producer_link.pyx, `bind_library`) and called through the
-# pointers of `RdKafkaApi`. The types below mirror rdkafka.h field for field; librdkafka has
+# looked up at run time through confluent_kafka.cimpl's handle (producer_link.pyx,
+# `bind_library`) and called through the pointers of `RdKafkaApi`. The types below mirror rdkafka.h field for field; librdkafka has
 # kept them unchanged since 1.0.
 
 from libc.stdint cimport int32_t, int64_t
+from libc.stdio cimport FILE
 
 cdef extern from *:
     """
@@ -118,6 +119,7 @@ ctypedef int (*on_destroy_f)(rd_kafka_t* rk, void* opaque) noexcept nogil
 ctypedef int (*on_conf_destroy_f)(void* opaque) noexcept nogil
 
 ctypedef int (*version_f)() noexcept nogil
+ctypedef void (*conf_properties_show_f)(FILE* out) noexcept nogil
 ctypedef const char* (*err2str_f)(int err) noexcept nogil
 ctypedef rd_kafka_topic_t* (*topic_new_f)(rd_kafka_t* rk, const char* topic,
                                           rd_kafka_topic_conf_t* conf) noexcept nogil
@@ -140,6 +142,7 @@ ctypedef int (*add_on_destroy_f)(rd_kafka_t* rk, const char* name, on_destroy_f 
 
 cdef struct RdKafkaApi:
     version_f version
+    conf_properties_show_f conf_properties_show
     err2str_f err2str
     topic_new_f topic_new
     topic_destroy_f topic_destroy

@@ -102,7 +102,8 @@ def assert_per_key_feed_order(kafka, routes, value_format):
 def test_seeded_run_lands_exactly_once_in_feed_order(kafka, topic_prefix, simulator,
                                                      value_format, workers, linked):
     handler, account = handle(kafka, topic_prefix, value_format, workers,
-                              session_frames(simulator), linked_producer=linked)
+                              session_frames(simulator),
+                              producer_link="require" if linked else "off")
     assert account.messages == COUNT and account.decoded == COUNT
     assert account.delivered == COUNT and account.lost == 0 and account.quarantined == 0
     # struct and raw ticks went through the ProducerLink, which saw every one acknowledged
@@ -143,7 +144,7 @@ def test_batched_format_holds_every_tick_once_per_key_partition(kafka, topic_pre
 def test_headers_carry_type_session_and_sequence(kafka, topic_prefix, simulator, linked):
     handler, account = handle(kafka, topic_prefix, "struct", 2, session_frames(simulator),
                               headers=True, timestamp_base_ms=1_700_000_000_000,
-                              linked_producer=linked)
+                              producer_link="require" if linked else "off")
     assert account.delivered == COUNT and account.lost == 0
     assert (handler.link.acknowledged if linked else COUNT) == COUNT
     topic = handler.config.routes.topic_of_type["A"]
@@ -192,7 +193,7 @@ def test_delivery_failures_are_counted_not_hidden(kafka, topic_prefix, linked):
     frames = [packet.encode(SOURCE_MESSAGES[:2000], session=SESSION, sequence=1)]
     handler, account = handle(kafka, topic_prefix, "struct", 1, iter(frames),
                               producer_overrides={"message.timeout.ms": "1", "linger.ms": "0"},
-                              linked_producer=linked)
+                              producer_link="require" if linked else "off")
     assert account.failed > 0 and account.lost == account.failed
     assert account.delivered == 2000 - account.failed
     assert any("timed out" in reason.lower() for reason in account.failure_reasons)

@@ -67,7 +67,8 @@ def test_a_producer_queue_limited_in_bytes_holds_the_reader_back(kafka, topic_pr
                                                                  value_format, linked):
     """queue.buffering.max.kbytes far below what the message limit allows: the publisher waits
     for room by bytes too, splits batched records to fit, and loses nothing."""
-    handler = Handler(config(kafka, topic_prefix, value_format, linked_producer=linked,
+    handler = Handler(config(kafka, topic_prefix, value_format,
+                             producer_link="require" if linked else "off",
                              producer_overrides={"queue.buffering.max.kbytes": "256",
                                                  "linger.ms": "500"}))
     account = handler.run(iter(FRAMES))
@@ -80,7 +81,7 @@ def test_a_producer_queue_limited_in_bytes_holds_the_reader_back(kafka, topic_pr
 def test_delivery_failures_are_logged_by_reason_with_counts_not_per_record(kafka, topic_prefix,
                                                                             caplog):
     """An outage fails thousands of records: the log says so with counts, not once each."""
-    handler = Handler(config(kafka, topic_prefix, linked_producer=False,
+    handler = Handler(config(kafka, topic_prefix, producer_link="off",
                              producer_overrides={"message.timeout.ms": "1", "linger.ms": "0"}))
     account = handler.run(iter(FRAMES[:8]))
     assert account.failed > 100 and account.lost == account.failed

@@ -1,14 +1,23 @@
 """The ProducerLink: per-tick records produced from C into the shared Producer's own handle."""
 
 import gc
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
 
+import confluent_kafka
 import pytest
 from confluent_kafka import KafkaException, Producer
 
-from feedhandler.kafka import _producer_link, consume
+from feedhandler.kafka import _producer_link, consume, producer as producers
 from feedhandler.wire import packet
+from feedhandler.kafka.config import KafkaClientConfig
 from feedhandler.kafka.ledger import DeliveryErrors
-from feedhandler.kafka.producer import create_producer
+from feedhandler.kafka.producer import (BATCH_PATH, LINK_PATH, ProducerLinkUnavailable,
+                                        create_producer)
 from feedhandler.kafka.topics import ensure_topics
 from feedhandler.kafka.routing import StockDirectory
 from streams import SESSION, split_block
@@ -21,10 +30,11 @@ PACKET = packet.decode(packet.encode(SOURCE_MESSAGES, session=SESSION, sequence=
 
 
 def linked(kafka, topic, **overrides):
-    ensure_topics(kafka, {topic: 2})
+    client = KafkaClientConfig(kafka, overrides)
+    ensure_topics(client, {topic: 2})
     errors = DeliveryErrors()
-    producer, link = create_producer(kafka, overrides, errors)
-    assert link is not None and errors.link is link
+    producer, link, path = create_producer(client, errors, "require")
+    assert link is not None and errors.link is link and path == LINK_PATH
     link.open_topics([topic], [2])
     return producer, link, errors
 
@@ -104,6 +114,8 @@ def test_a_failed_open_keeps_the_topics_it_had(kafka, topic_prefix):
     assert producer.flush(30) == 0 and link.acknowledged == len(SOURCE_MESSAGES)
 
 
+@pytest.mark.skipif(not hasattr(Producer, "close"),
+                    reason="Producer.close() came after confluent-kafka 2.12")
 def test_a_closed_producer_is_refused_not_crashed_into(kafka, topic_prefix):
     topic = topic_prefix + "closed"
     producer, link, errors = linked(kafka, topic)
@@ -140,4 +152,96 @@ def test_records_in_flight_when_the_producer_goes_are_counted_into_a_live_tally(
     del producer            # destroyed with records still in flight
     gc.collect()            # producer -> on_delivery -> errors -> link -> producer
     producer, link, errors = linked(kafka, topic)
+    assert produce(link) == len(SOURCE_MESSAGES) and producer.flush(30) == 0
+
+
+def test_librdkafka_is_bound_through_confluent_kafkas_own_module():
+    """The functions come from the library cimpl itself links, found through cimpl's handle."""
+    version = _producer_link.bind_library(confluent_kafka.cimpl.__file__)
+    # libversion() is (text, int) in most releases, the text alone in 2.12.0
+    assert f"{version >> 24}.{version >> 16 & 0xFF}.{version >> 8 & 0xFF}" in \
+        str(confluent_kafka.libversion())
+    with pytest.raises(OSError, match="not loaded"):
+        _producer_link.bind_library("/nonexistent/cimpl.so")
+
+
+def test_a_second_copy_of_librdkafka_in_the_process_is_not_used(kafka, topic_prefix, tmp_path):
+    """Another copy of librdkafka loaded after confluent_kafka's (as another extension bundling
+    its own would be) maps at a lower address, so it came first in /proc/self/maps, where the
+    link used to look: it called the copy's functions with the other copy's handle."""
+    maps = open("/proc/self/maps").read().split()
+    library = next(path for path in maps if os.path.basename(path).startswith("librdkafka"))
+    copy = tmp_path / "librdkafka-second-copy.so.1"
+    shutil.copy(library, copy)
+    script = textwrap.dedent(f"""
+        import ctypes, sys
+        sys.path[:0] = {[os.getcwd(), os.path.dirname(__file__)]!r}
+        import confluent_kafka
+        ctypes.CDLL({str(copy)!r})
+        from feedhandler.kafka import _producer_link
+        from test_producer_link import linked, produce, SOURCE_MESSAGES
+        producer, link, errors = linked({kafka!r}, {topic_prefix + "copy"!r})
+        assert produce(link) == len(SOURCE_MESSAGES)
+        assert producer.flush(30) == 0 and link.acknowledged == len(SOURCE_MESSAGES)
+        print(_producer_link.bound_library())
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert os.path.samefile(result.stdout.strip(), library)
+
+
+@pytest.fixture
+def untested_librdkafka(monkeypatch):
+    """confluent_kafka's librdkafka reports a version the link was never tested with."""
+    monkeypatch.setattr(producers, "bind_librdkafka", lambda: 0x63000000 | 0xff)
+
+
+def test_require_refuses_an_untested_librdkafka(kafka, untested_librdkafka):
+    with pytest.raises(ProducerLinkUnavailable, match="librdkafka 99.0 is not among"):
+        create_producer(KafkaClientConfig(kafka), DeliveryErrors(), "require")
+
+
+def test_auto_falls_back_with_one_warning_on_an_untested_librdkafka(kafka, untested_librdkafka,
+                                                                    caplog):
+    with caplog.at_level(logging.WARNING, logger=producers.__name__):
+        producer, link, path = create_producer(KafkaClientConfig(kafka), DeliveryErrors(),
+                                               "auto")
+    assert link is None and path == BATCH_PATH and isinstance(producer, Producer)
+    assert len(caplog.records) == 1 and "99.0" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize("mode", ["auto", "require"])
+def test_a_plugin_that_fails_to_load(kafka, monkeypatch, caplog, mode):
+    """auto: the Producer API, one warning; require: a refusal naming librdkafka's reason."""
+    monkeypatch.setattr(producers._producer_link, "__file__", "/nonexistent/_producer_link.so")
+    errors = DeliveryErrors()
+    if mode == "require":
+        with pytest.raises(ProducerLinkUnavailable, match="plugin failed.*nonexistent"):
+            create_producer(KafkaClientConfig(kafka), errors, mode)
+        return
+    with caplog.at_level(logging.WARNING, logger=producers.__name__):
+        producer, link, path = create_producer(KafkaClientConfig(kafka), errors, mode)
+    assert link is None and errors.link is None and path == BATCH_PATH
+    assert [r.getMessage() for r in caplog.records if "nonexistent" in r.getMessage()] == \
+        [caplog.records[0].getMessage()] and len(caplog.records) == 1
+
+
+def test_off_never_binds(kafka, untested_librdkafka):
+    producer, link, path = create_producer(KafkaClientConfig(kafka), DeliveryErrors(), "off")
+    assert link is None and path == BATCH_PATH
+
+
+def test_a_link_made_before_fork_refuses_to_produce_in_the_child(kafka, topic_prefix):
+    producer, link, errors = linked(kafka, topic_prefix + "fork")
+    child = os.fork()
+    if child == 0:          # librdkafka's threads did not come along: the handle is dead here
+        try:
+            produce(link)
+            os._exit(1)
+        except RuntimeError as error:
+            os._exit(0 if "before fork" in str(error) else 2)
+        except BaseException:
+            os._exit(3)
+    assert os.waitpid(child, 0)[1] == 0
     assert produce(link) == len(SOURCE_MESSAGES) and producer.flush(30) == 0

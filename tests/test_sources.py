@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from feedhandler.cli.exit_codes import ExitCode
 from feedhandler.exchange import orderflow
 from feedhandler.session import ConnectionLost, ListenSource, SequenceTracker, SessionChanged
 from feedhandler.session import protocol as sessionproto
@@ -233,12 +234,12 @@ def test_run_listen_survives_a_pause_inside_a_frame(kafka, topic_prefix):
     assert account["delivered"] == 1000 and account["lost"] == 0 and account["gaps"] == 0
 
 
-def test_run_listen_on_a_port_in_use_is_one_line():
+@pytest.mark.kafka
+def test_run_listen_on_a_port_in_use_is_one_line(kafka):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        handler = run_cli("run", "--listen", f"127.0.0.1:{port}",
-                          "--bootstrap-servers", "127.0.0.1:1")
+        handler = run_cli("run", "--listen", f"127.0.0.1:{port}", "--bootstrap-servers", kafka)
         _, stderr = handler.communicate(timeout=60)
-    assert handler.returncode == 2
+    assert handler.returncode == ExitCode.COULD_NOT_START
     assert stderr.strip() == \
         f"feedhandler run: cannot listen on 127.0.0.1:{port}: Address already in use"

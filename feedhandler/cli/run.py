@@ -3,7 +3,12 @@
 Reads the feed on the main thread (as a session client with --connect, or accepting one feed
 connection with --listen), decodes on --workers threads and publishes through one producer.
 Prints a status line a second on stderr and a final account; exits 0 only if every tick
-accepted from the feed was acknowledged by Kafka and the feed had no unfilled gap.
+accepted from the feed was acknowledged by Kafka and the feed had no unfilled gap (exit codes:
+feedhandler.cli.exit_codes).
+
+Startup checks everything it can before it creates anything: arguments and Kafka settings
+(`validate`), then whether Kafka answers, then the feed (login, or the --listen port); only
+then the producer and the topics. Each failure is one line on stderr and its exit code.
 """
 
 from __future__ import annotations
@@ -18,9 +23,14 @@ import threading
 import time
 from zoneinfo import ZoneInfo
 
+from feedhandler.cli import validate
+from feedhandler.cli.exit_codes import ExitCode, epilog
+from feedhandler.kafka.producer import PRODUCER_LINK_MODES, ProducerLinkUnavailable, link_problem
+from feedhandler.kafka.routing import CATEGORIES, VALUE_FORMATS
+from feedhandler.kafka.topics import KafkaStartError, check_reachable
 from feedhandler.pipeline.handler import Handler, HandlerConfig
-from feedhandler.kafka.routing import CATEGORIES, VALUE_FORMATS, Routes
-from feedhandler.session import FrameSource, ListenSource, SessionClient, SessionError
+from feedhandler.session import (FrameSource, ListenSource, LoginRejected, SessionClient,
+                                 SessionError)
 
 log = logging.getLogger("feedhandler.run")
 
@@ -46,6 +56,8 @@ def _route(text: str) -> tuple[str, str]:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
+    parser.epilog = epilog()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     feed = parser.add_mutually_exclusive_group(required=True)
     feed.add_argument("--connect", type=host_port, metavar="HOST:PORT",
                       help="log in to a feed server (e.g. `feedhandler simulate`)")
@@ -69,9 +81,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
     parser.add_argument("--headers", action="store_true",
                         help="per-tick formats: type, session and sequence headers and the "
                              "ITCH time as record timestamp on every record (about half the rate)")
-    parser.add_argument("--python-produce", action="store_true",
-                        help="struct/raw: produce per-tick records through produce_batch "
-                             "instead of from C into the same producer (slower; see docs/kafka.md)")
+    parser.add_argument("--producer-link", choices=PRODUCER_LINK_MODES, default="auto",
+                        help="struct/raw: produce per-tick records from C into the producer's "
+                             "handle: auto = where it can be had, else produce_batch with a "
+                             "warning (default); require = or exit 3; off = always produce_batch "
+                             "(slower; see docs/kafka.md)")
+    parser.add_argument("--python-produce", dest="producer_link", action="store_const",
+                        const="off", help="same as --producer-link off")
     parser.add_argument("--trade-date", type=datetime.date.fromisoformat,
                         help="date of the ITCH timestamps, for record timestamps with --headers "
                              "(default today, New York)")
@@ -148,22 +164,55 @@ class StatusPrinter(threading.Thread):
 
 
 def run(args: argparse.Namespace) -> int:
+    # Until the handler's own handlers take over, SIGTERM stops startup as SIGINT does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:       # before the signal handlers are in place: nothing read
+        print("feedhandler run: interrupted before the feed was read", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+
+
+def _fail(code: ExitCode, problem) -> ExitCode:
+    print(f"feedhandler run: {problem}", file=sys.stderr, flush=True)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        validate.counts(args)
+        routes = validate.routes(args.topic_prefix, args.route)
+        kafka = validate.kafka_client(args.bootstrap_servers, args.producer_settings)
+    except validate.UsageError as error:
+        return _fail(ExitCode.USAGE, error)
+    if args.producer_link == "require" and (problem := link_problem()):
+        return _fail(ExitCode.COULD_NOT_START, f"--producer-link require: {problem}")
+    try:
+        check_reachable(kafka)
+    except KafkaStartError as error:
+        return _fail(ExitCode.COULD_NOT_START, error)
+    config = HandlerConfig(
+        bootstrap_servers=kafka.bootstrap_servers, value_format=args.format,
+        workers=args.workers, routes=routes, partitions=args.partitions,
+        replication_factor=args.replication_factor, producer_overrides=kafka.settings,
+        headers=args.headers, timestamp_base_ms=midnight_ms(args.trade_date),
+        flush_timeout=args.flush_timeout, producer_link=args.producer_link)
+    # The feed is opened before any Kafka resource exists: a refused login or a port in use
+    # must not leave topics behind.
     try:
         source = frame_source(args)
         source.open()
-    except (ValueError, SessionError, OSError) as error:
-        print(f"feedhandler run: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:       # still waiting for the feed server
-        return 130
-    config = HandlerConfig(
-        bootstrap_servers=args.bootstrap_servers, value_format=args.format,
-        workers=args.workers, routes=Routes.by_category(args.topic_prefix, dict(args.route)),
-        partitions=args.partitions, replication_factor=args.replication_factor,
-        producer_overrides=dict(args.producer_settings), headers=args.headers,
-        timestamp_base_ms=midnight_ms(args.trade_date), flush_timeout=args.flush_timeout,
-        linked_producer=not args.python_produce)
-    handler = Handler(config)
+    except ValueError as error:             # a username, password or session too long
+        return _fail(ExitCode.USAGE, error)
+    except LoginRejected as error:
+        return _fail(ExitCode.COULD_NOT_START, f"the feed refused the login: {error}")
+    except (SessionError, OSError) as error:
+        return _fail(ExitCode.COULD_NOT_START, error)
+    try:
+        handler = Handler(config)
+    except (KafkaStartError, ProducerLinkUnavailable) as error:
+        source.close()
+        return _fail(ExitCode.COULD_NOT_START, error)
 
     def on_signal(signum, _frame):
         log.warning("%s: stop reading, drain and flush", signal.Signals(signum).name)
@@ -193,16 +242,22 @@ def run(args: argparse.Namespace) -> int:
     if args.json_stats:
         print(json.dumps({"final": summary}), flush=True)
     print(format_account(summary), file=sys.stderr, flush=True)
+    if account.lost:
+        code = ExitCode.TICKS_LOST
+    elif failure:
+        code = ExitCode.FEED_FAILED
+    else:
+        code = ExitCode.OK
     if failure:
         print(f"feedhandler run: the feed ended early: {failure}", file=sys.stderr, flush=True)
-    return 0 if account.lost == 0 and not failure else 1
+    return code
 
 
 def format_account(summary: dict) -> str:
-    lines = ["final account:", f"  {'delivery path':<20} {summary['delivery_path']}"]
-    for key in ("frames", "messages", "decoded", "quarantined", "quarantined_frames",
-                "dead_lettered", "produced", "delivered", "failed", "undelivered", "gaps",
-                "missing", "duplicates", "lost", "seconds", "ticks_per_s"):
+    lines = ["final account:"]
+    for key in ("producer_path", "frames", "messages", "decoded", "quarantined",
+                "quarantined_frames", "dead_lettered", "produced", "delivered", "failed",
+                "undelivered", "gaps", "missing", "duplicates", "lost", "seconds", "ticks_per_s"):
         lines.append(f"  {key:<20} {summary[key]}")
     if summary["failure_reasons"]:
         lines.append(f"  failure reasons      {summary['failure_reasons']}")

@@ -23,9 +23,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from feedhandler.kafka.config import PRODUCER_DEFAULTS
+from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig
 from feedhandler.kafka.ledger import DeliveryErrors, DeliveryLedger
-from feedhandler.kafka.producer import create_producer
+from feedhandler.kafka.producer import BATCH_PATH, LINK_PATH, create_producer
 from feedhandler.kafka.routing import (BATCH_DTYPES, Routes, StockDirectory, batched_records,
                                        raw_blocks, tick_records)
 from feedhandler.kafka.topics import ensure_topics
@@ -54,15 +54,13 @@ class SinkConfig:
     headers: bool = False
     timestamp_base_ms: int = 0
     flush_timeout: float = 60.0
-    linked_producer: bool = True    # struct/raw ticks produced from C (ProducerLink)
+    producer_link: str = "auto"     # struct/raw ticks from C (ProducerLink): auto, require, off
 
 
 def open_sink(config: SinkConfig) -> KafkaSink:
-    """Create the missing topics and the producer, and the sink for the configured path."""
-    partitions = ensure_topics(config.bootstrap_servers,
-                               {**{topic: config.partitions for topic in config.routes.topics},
-                                config.routes.dead_letter: 1},
-                               config.replication_factor)
+    """Create the producer, then the missing topics (a ProducerLink that is required but cannot
+    be had leaves no topic), and the sink for the configured path."""
+    client = KafkaClientConfig(config.bootstrap_servers, config.producer_overrides)
     dead_letter = config.routes.dead_letter
     if config.value_format == "batched":
         def ticks_in(message) -> int:
@@ -74,8 +72,11 @@ def open_sink(config: SinkConfig) -> KafkaSink:
         errors = DeliveryErrors(ticks_in)
     else:
         errors = DeliveryErrors()
-    producer, link = create_producer(config.bootstrap_servers, config.producer_overrides,
-                                     errors, linked=config.linked_producer)
+    producer, link, _ = create_producer(client, errors, config.producer_link)
+    partitions = ensure_topics(client,
+                               {**{topic: config.partitions for topic in config.routes.topics},
+                                dead_letter: 1},
+                               config.replication_factor)
     if config.value_format == "batched":
         sink_class = BatchedSink
     elif link is not None and config.value_format in ("struct", "raw"):
@@ -215,7 +216,7 @@ class KafkaSink:
 class LinkedTickSink(KafkaSink):
     """Per-tick struct/raw records produced from C through the ProducerLink."""
 
-    path = "producer-link"
+    path = LINK_PATH
 
     def _publish_ticks(self, packet, ticks, received_ns):
         config = self.config
@@ -237,7 +238,7 @@ class ProducerTickSink(KafkaSink):
     one produce() per tick carrying type, session and sequence headers and the ITCH time as
     timestamp."""
 
-    path = "produce-batch"
+    path = BATCH_PATH
 
     def _publish_ticks(self, packet, ticks, received_ns):
         headers = self.config.headers

@@ -62,7 +62,7 @@ class Account:
     missing: int = 0
     duplicates: int = 0
     failure_reasons: dict = field(default_factory=dict)
-    delivery_path: str = ""
+    producer_path: str = ""         # the sink's delivery path (feedhandler.kafka.sink)
 
     @property
     def lost(self) -> int:
@@ -86,7 +86,7 @@ class Handler:
         self._pending: queue.Queue = queue.Queue(config.queue_reads or 4 * config.workers)
         self._publisher_error: BaseException | None = None
         self.sink = open_sink(config)
-        self.account.delivery_path = self.sink.path
+        self.account.producer_path = self.sink.path
 
     @property
     def link(self):
