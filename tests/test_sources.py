@@ -225,6 +225,18 @@ def test_run_listen_reports_the_gap_and_the_session_change(kafka, topic_prefix):
 
 
 @pytest.mark.kafka
+def test_run_listen_ends_with_the_feed_failed_code_when_nothing_was_lost(kafka, topic_prefix):
+    """A session change with no gap before it: every tick read is delivered, and the exit
+    status still tells the operator that the feed broke off (4), not that all is well."""
+    code, stdout, stderr = run_listening(
+        kafka, topic_prefix, [frame(1, 500), frame(501, 100, OTHER_SESSION)])
+    account = final_account(stdout)
+    assert (account["delivered"], account["lost"], account["gaps"]) == (500, 0, 0), stderr
+    assert code == ExitCode.FEED_FAILED
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.kafka
 def test_run_listen_survives_a_pause_inside_a_frame(kafka, topic_prefix):
     frames = [frame(1, 500), frame(501, 500), sessionproto.end_of_session(SESSION, 1001)]
     code, stdout, stderr = run_listening(kafka, topic_prefix,
