@@ -39,11 +39,12 @@ from cpython.list cimport PyList_GET_ITEM
 from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uint8_t
 from libc.stdio cimport FILE, fclose, fread, rewind, snprintf, tmpfile
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 cimport numpy as cnp
 from rdkafka cimport *
+from record_layout cimport SESSION_LENGTH, TICK_HEADER_SIZE, write_tick_value
 from tick_order cimport (LOCATES, MAX_TYPES, TickSlot, TypeRows, load_types, locate_of,
                          order_ticks, partition_of, record_timestamp_ms)
 
@@ -323,15 +324,16 @@ cdef class ProducerLink:
 
     def produce_ticks(self, dict messages, dict sequences, uint64_t first_sequence,
                       Py_ssize_t count, dict topic_of_type, list keys,
-                      const uint32_t[::1] key_hashes, dict raw_blocks=None,
-                      bytes session=None, int64_t timestamp_base_ms=0):
+                      const uint32_t[::1] key_hashes, bytes session, dict raw_blocks=None,
+                      bint headers=False, int64_t timestamp_base_ms=0):
         """One record per tick of a decoded packet: key `keys[locate]`, partition from the
-        key's murmur2 `key_hashes[locate]`, value the struct (or the `raw_blocks` wire bytes),
-        to topic `topic_of_type[type]` (an index into the open topics). Per partition, records
-        keep feed order. Returns how many records were made; any librdkafka refused at once
-        are counted as failed.
+        key's murmur2 `key_hashes[locate]`, to topic `topic_of_type[type]` (an index into the
+        open topics). The value is the tick header (`session`, the tick's sequence number)
+        and the struct, or the wire message from `raw_blocks`. Per partition, records keep
+        feed order. Returns how many records were made; any librdkafka refused at once are
+        counted as failed.
 
-        With a `session`, every record also carries headers `type`, `session` and `sequence`
+        With `headers`, every record also carries headers `type`, `session` and `sequence`
         (ASCII decimal) and the ITCH time as its timestamp (`timestamp_base_ms` plus the
         nanoseconds since midnight): one rd_kafka_produceva() per record, since
         rd_kafka_produce_batch() takes neither headers nor timestamps."""
@@ -346,14 +348,21 @@ cdef class ProducerLink:
         cdef TickSlot* order = NULL
         cdef rd_kafka_message_t* out = NULL
         cdef RecordMetadata* metadata = NULL
+        cdef uint8_t* values = NULL
+        cdef Py_ssize_t value_stride = 0
+        cdef const uint8_t* message
         cdef const Py_ssize_t* bucket_start = self.bucket_start
         self._require_handle()
         if self.n_topics == 0:
             raise RuntimeError("open_topics() first")
         if len(keys) != LOCATES or key_hashes.shape[0] != LOCATES:
             raise ValueError(f"keys and key hashes need one entry per stock locate ({LOCATES})")
+        if len(session) != SESSION_LENGTH:
+            raise ValueError(f"session must be {SESSION_LENGTH} bytes")
         n_types = load_types(messages, sequences, topic_of_type, self.n_topics, raw_blocks,
                              types, MAX_TYPES)
+        for t in range(n_types):    # every value fits a slot of the longest struct
+            value_stride = max(value_stride, TICK_HEADER_SIZE + types[t].itemsize)
         # Buckets per (topic, partition), in topic order: librdkafka looks a partition up again
         # whenever consecutive messages change partition, so each topic's records go in
         # partition runs, feed order inside each run.
@@ -363,10 +372,11 @@ cdef class ProducerLink:
             bucket_of = <int32_t*> calloc(max(count, 1), sizeof(int32_t))
             out = <rd_kafka_message_t*> calloc(max(count, 1), sizeof(rd_kafka_message_t))
             fill = <Py_ssize_t*> calloc(buckets + 1, sizeof(Py_ssize_t))
-            if session is not None:
+            values = <uint8_t*> malloc(max(count, 1) * value_stride)
+            if headers:
                 metadata = <RecordMetadata*> calloc(max(count, 1), sizeof(RecordMetadata))
             if order == NULL or bucket_of == NULL or out == NULL or fill == NULL \
-                    or (session is not None and metadata == NULL):
+                    or values == NULL or (headers and metadata == NULL):
                 raise MemoryError()
             order_ticks(types, n_types, first_sequence, count, order)
             for slot in range(count):       # each tick's bucket, and how many each holds
@@ -393,11 +403,14 @@ cdef class ProducerLink:
                 out[at].key_len = PyBytes_GET_SIZE(<object> key)
                 out[at].partition = <int32_t>(bucket_of[slot] - bucket_start[tr.topic])
                 if tr.raw != NULL:
-                    out[at].payload = <void*> (tr.raw + order[slot].row * tr.itemsize + 2)
+                    message = tr.raw + order[slot].row * tr.itemsize + 2
                     out[at].len = tr.itemsize - 2
                 else:
-                    out[at].payload = <void*> row_ptr
+                    message = row_ptr
                     out[at].len = tr.itemsize
+                out[at].payload = values + slot * value_stride
+                out[at].len = write_tick_value(<uint8_t*> out[at].payload, session,
+                                               first_sequence + slot, message, out[at].len)
                 if metadata != NULL:
                     metadata[at].sequence = first_sequence + slot
                     metadata[at].timestamp_ms = record_timestamp_ms(row_ptr, timestamp_base_ms)
@@ -416,6 +429,7 @@ cdef class ProducerLink:
             free(bucket_of)
             free(out)
             free(metadata)
+            free(values)
             free(fill)
 
     cdef int _produce_topic(self, int t, rd_kafka_message_t* records, RecordMetadata* metadata,

@@ -21,6 +21,13 @@ from tick_order cimport (LOCATE_OFFSET, LOCATES, MAX_TYPES, TickSlot, TypeRows, 
 
 cnp.import_array()
 
+from record_layout cimport SESSION_LENGTH, TICK_HEADER_SIZE, TickHeader, write_tick_value
+
+if sizeof(TickHeader) != TICK_HEADER_SIZE:
+    raise ImportError("TickHeader is not packed: the per-tick value layout would be wrong")
+TICK_HEADER_SIZE_BYTES = TICK_HEADER_SIZE
+"""Bytes before the message in a per-tick `struct` or `raw` value (docs/kafka.md)."""
+
 cdef inline uint32_t murmur2_hash(const uint8_t* data, size_t length) noexcept nogil:
     """Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), seed 0x9747b28c."""
     cdef uint32_t m = 0x5bd1e995U, h = 0x9747b28cU ^ <uint32_t>length, k
@@ -66,25 +73,29 @@ def partition_for(key, int partitions) -> int:
 
 
 def tick_records(dict messages, dict sequences, uint64_t first_sequence, Py_ssize_t count,
-                 dict topic_of_type, Py_ssize_t topics, list keys, int64_t timestamp_base_ms,
-                 dict raw_blocks=None, bint with_metadata=False):
+                 dict topic_of_type, Py_ssize_t topics, list keys, bytes session,
+                 int64_t timestamp_base_ms, dict raw_blocks=None, bint with_metadata=False):
     """One produce_batch dict per tick, grouped by topic, each group in feed order.
 
-    `keys[locate]` is the record key of a stock locate code; `raw_blocks[t]`, when given,
-    holds the wire messages of type t in NASDAQ file framing and becomes the values instead
-    of the struct bytes. `with_metadata` adds the message "type", "sequence" and record
-    "timestamp" (`timestamp_base_ms` plus the ITCH timestamp), which produce_batch cannot take
-    but produce() can, as headers and timestamp."""
+    `keys[locate]` is the record key of a stock locate code. Each value is a tick header
+    (`session`, the tick's sequence number) followed by the struct, or, when `raw_blocks[t]`
+    holds the wire messages of type t in NASDAQ file framing, by the wire message.
+    `with_metadata` adds the message "type", "sequence" and record "timestamp"
+    (`timestamp_base_ms` plus the ITCH timestamp), which produce_batch cannot take but
+    produce() can, as headers and timestamp."""
     cdef list out = [[] for _ in range(topics)]
-    cdef Py_ssize_t n_types, slot
+    cdef Py_ssize_t n_types, slot, length
     cdef TypeRows types[MAX_TYPES]
     cdef TypeRows* tr
     cdef const uint8_t* row_ptr
+    cdef const uint8_t* message
     cdef object value
     cdef dict record
     cdef int row
     if len(keys) != LOCATES:
         raise ValueError(f"keys must have one entry per stock locate ({LOCATES})")
+    if len(session) != SESSION_LENGTH:
+        raise ValueError(f"session must be {SESSION_LENGTH} bytes")
     n_types = load_types(messages, sequences, topic_of_type, topics, raw_blocks, types,
                          MAX_TYPES)
     cdef TickSlot* order = <TickSlot*> calloc(max(count, 1), sizeof(TickSlot))
@@ -99,10 +110,14 @@ def tick_records(dict messages, dict sequences, uint64_t first_sequence, Py_ssiz
             row = order[slot].row
             row_ptr = tr.rows + row * tr.itemsize
             if tr.raw != NULL:
-                value = PyBytes_FromStringAndSize(
-                    <const char*> tr.raw + row * tr.itemsize + 2, tr.itemsize - 2)
+                message = tr.raw + row * tr.itemsize + 2
+                length = tr.itemsize - 2
             else:
-                value = PyBytes_FromStringAndSize(<const char*> row_ptr, tr.itemsize)
+                message = row_ptr
+                length = tr.itemsize
+            value = PyBytes_FromStringAndSize(NULL, TICK_HEADER_SIZE + length)
+            write_tick_value(<uint8_t*> PyBytes_AS_STRING(value), session,
+                             first_sequence + slot, message, length)
             record = {"value": value, "key": keys[locate_of(row_ptr)]}
             if with_metadata:
                 record["timestamp"] = record_timestamp_ms(row_ptr, timestamp_base_ms)

@@ -18,7 +18,7 @@ from feedhandler.exchange import orderflow
 from feedhandler.kafka import _records, consume
 from feedhandler.wire import itch, packet
 from feedhandler.pipeline.handler import Handler, HandlerConfig
-from feedhandler.kafka.routing import Routes, StockDirectory
+from feedhandler.kafka.routing import TICK_HEADER_SIZE, Routes, StockDirectory
 from feedhandler.session import SessionClient
 from feedhandler.exchange.server import Simulator, SimulatorConfig
 from streams import SESSION, split_block
@@ -82,18 +82,21 @@ def assert_per_key_feed_order(kafka, routes, value_format):
             got_by_key[record.key()].append(record.value())
             assert record.partition() == _records.partition_for(record.key(), PARTITIONS)
         want_by_key = defaultdict(list)
-        for _, message in expected:
-            want_by_key[keys[int.from_bytes(message[1:3], "big")]].append(message)
+        for sequence, message in expected:
+            want_by_key[keys[int.from_bytes(message[1:3], "big")]].append((sequence, message))
         assert got_by_key.keys() == want_by_key.keys()
         for key, values in got_by_key.items():
             arrays = consume.to_arrays(values, value_format)
-            wanted = itch.parse(b"".join(len(m).to_bytes(2, "big") + m for m in want_by_key[key]))
+            wanted = itch.parse(b"".join(len(m).to_bytes(2, "big") + m
+                                         for _, m in want_by_key[key]))
             assert arrays.keys() == wanted.keys(), (topic, key)
             for t in wanted:
-                assert np.array_equal(arrays[t], wanted[t]), (topic, key, t)
+                assert np.array_equal(consume.messages(arrays[t]), wanted[t]), (topic, key, t)
+            sequences = sorted(s for a in arrays.values() for s in a["sequence"].tolist())
+            assert sequences == [s for s, _ in want_by_key[key]], (topic, key)
             if value_format != "json":
-                types = [chr(v[0]) for v in values]
-                assert types == [chr(m[0]) for m in want_by_key[key]], (topic, key)
+                types = [chr(v[TICK_HEADER_SIZE]) for v in values]
+                assert types == [chr(m[0]) for _, m in want_by_key[key]], (topic, key)
 
 
 @pytest.mark.parametrize("value_format, workers, linked", [
@@ -153,7 +156,9 @@ def test_headers_carry_type_session_and_sequence(kafka, topic_prefix, simulator,
     for record in records[:2000]:
         headers = dict(record.headers())
         sequence = int(headers["sequence"])
-        assert record.value()[:1] == headers["type"] == by_sequence[sequence][:1]
+        assert record.value()[TICK_HEADER_SIZE:][:1] == headers["type"] == \
+            by_sequence[sequence][:1]
+        assert int.from_bytes(record.value()[10:18], "little") == sequence
         assert headers["session"] == simulator.session
         timestamp_ns = int.from_bytes(by_sequence[sequence][5:11], "big")
         assert record.timestamp()[1] == 1_700_000_000_000 + timestamp_ns // 1_000_000

@@ -43,7 +43,7 @@ def produce(link, directory=None):
     directory = directory or StockDirectory()
     return link.produce_ticks(PACKET.messages, PACKET.sequences, PACKET.sequence, PACKET.count,
                               dict.fromkeys(PACKET.messages, 0), directory.keys,
-                              directory.hashes)
+                              directory.hashes, PACKET.session)
 
 
 def test_every_tick_lands_and_is_acknowledged_in_c(kafka, topic_prefix):
@@ -53,8 +53,13 @@ def test_every_tick_lands_and_is_acknowledged_in_c(kafka, topic_prefix):
     assert producer.flush(30) == 0
     assert link.acknowledged == len(SOURCE_MESSAGES) and link.failed == 0
     records = consume.read_topic(kafka, topic)
-    assert sorted(r.value()[:1] + r.value()[1:3] for r in records) == \
-        sorted(m[:1] + m[1:3][::-1] for m in SOURCE_MESSAGES)   # type, then locate (LE)
+    values = sorted((r.value() for r in records), key=lambda v: v[10:18][::-1])
+    assert [v[:10] for v in values] == [PACKET.session] * len(SOURCE_MESSAGES)
+    assert [int.from_bytes(v[10:18], "little") for v in values] == \
+        list(range(PACKET.sequence, PACKET.sequence + len(SOURCE_MESSAGES)))
+    # then the struct: type, then locate (LE)
+    assert [v[18:19] + v[19:21] for v in values] == \
+        [m[:1] + m[1:3][::-1] for m in SOURCE_MESSAGES]
 
 
 def test_records_produced_through_the_producer_itself_are_left_to_its_callbacks(kafka,
@@ -89,15 +94,17 @@ def test_bad_arguments_are_refused_before_anything_is_produced(kafka, topic_pref
     with pytest.raises(ValueError, match="stock locate"):
         link.produce_ticks(PACKET.messages, PACKET.sequences, PACKET.sequence, PACKET.count,
                            dict.fromkeys(PACKET.messages, 0), directory.keys[:10],
-                           directory.hashes)
+                           directory.hashes, PACKET.session)
     with pytest.raises(ValueError, match="topic index"):
         link.produce_ticks(PACKET.messages, PACKET.sequences, PACKET.sequence, PACKET.count,
-                           dict.fromkeys(PACKET.messages, 1), directory.keys, directory.hashes)
+                           dict.fromkeys(PACKET.messages, 1), directory.keys, directory.hashes,
+                           PACKET.session)
     keys = list(directory.keys)
     keys[int(next(iter(PACKET.messages.values()))["stock_locate"][0])] = "not bytes"
     with pytest.raises(TypeError, match="not bytes"):
         link.produce_ticks(PACKET.messages, PACKET.sequences, PACKET.sequence, PACKET.count,
-                           dict.fromkeys(PACKET.messages, 0), keys, directory.hashes)
+                           dict.fromkeys(PACKET.messages, 0), keys, directory.hashes,
+                           PACKET.session)
     assert producer.flush(30) == 0 and link.acknowledged == 0
     unlinked = _producer_link.ProducerLink()
     unlinked.open_topics([topic], [2])

@@ -6,8 +6,9 @@ import pytest
 from feedhandler.exchange import synthetic
 from feedhandler.kafka import _records, consume
 from feedhandler.wire import itch, packet
-from feedhandler.kafka.routing import (BATCH_DTYPES, CATEGORIES, Routes, StockDirectory,
-                                 batched_records, tick_records)
+from feedhandler.kafka.routing import (BATCH_DTYPES, CATEGORIES, TICK_HEADER_DTYPE,
+                                       TICK_HEADER_SIZE, Routes, StockDirectory,
+                                       batched_records, tick_records)
 from streams import SESSION, split_block
 
 # Kafka's own murmur2 test vectors (Java client, Utils.murmur2).
@@ -65,15 +66,36 @@ def test_tick_records_keep_feed_order_and_round_trip(value_format):
         wanted = itch.parse(b"".join(len(m).to_bytes(2, "big") + m for _, m in expected))
         assert arrays.keys() == wanted.keys()
         for t in wanted:
-            assert np.array_equal(arrays[t], wanted[t]), t
+            assert np.array_equal(consume.messages(arrays[t]), wanted[t]), t
+            assert np.all(arrays[t]["session"] == PACKET.session)
+            assert arrays[t]["sequence"].tolist() == \
+                [s for s, m in expected if m[:1] == t.encode()]
 
 
 def test_raw_values_are_the_original_bytes():
     routes = Routes.by_category()
     index = {t: routes.topics.index(topic) for t, topic in routes.topic_of_type.items()}
     groups = tick_records(PACKET, "raw", index, len(routes.topics), directory_for(PACKET), 0)
-    got = sorted(r["value"] for records in groups for r in records)
+    got = sorted(r["value"][TICK_HEADER_SIZE:] for records in groups for r in records)
     assert got == sorted(MESSAGES)
+
+
+@pytest.mark.parametrize("value_format", ["struct", "raw"])
+def test_per_tick_values_start_with_session_and_little_endian_sequence(value_format):
+    """The tick header, byte for byte: 10 bytes of session, then the sequence number as u64
+    little-endian; the tick header dtype and the C layout agree."""
+    routes = Routes.by_category()
+    index = {t: routes.topics.index(topic) for t, topic in routes.topic_of_type.items()}
+    groups = tick_records(PACKET, value_format, index, len(routes.topics), directory_for(PACKET), 0)
+    values = sorted((r["value"] for records in groups for r in records),
+                    key=lambda v: int.from_bytes(v[10:18], "little"))
+    assert TICK_HEADER_SIZE == TICK_HEADER_DTYPE.itemsize == 18
+    assert [v[:10] for v in values] == [PACKET.session] * len(MESSAGES)
+    assert [int.from_bytes(v[10:18], "little") for v in values] == \
+        list(range(PACKET.sequence, PACKET.sequence + len(MESSAGES)))
+    for value, message in zip(values, MESSAGES):
+        body = value[TICK_HEADER_SIZE:]
+        assert body == message if value_format == "raw" else body[:1] == message[:1]
 
 
 def test_directory_keys_are_trimmed_symbols_and_unknown_locates_stable():
@@ -113,7 +135,8 @@ def test_record_builders_refuse_rows_too_small_for_their_fields():
     sequences = np.arange(1, 4, dtype=np.uint64)
     directory = StockDirectory()
     with pytest.raises(ValueError, match="too small"):
-        _records.tick_records({"A": tiny}, {"A": sequences}, 1, 3, {"A": 0}, 1, directory.keys, 0)
+        _records.tick_records({"A": tiny}, {"A": sequences}, 1, 3, {"A": 0}, 1, directory.keys,
+                              b"SESSION001", 0)
     one_byte = np.zeros(3, np.dtype([("message_type", "S1")]))
     with pytest.raises(ValueError, match="group_rows"):
         _records.group_rows([(one_byte, sequences)], directory.hashes, 2)

@@ -3,8 +3,10 @@
     values = [message.value() for message in consumer_messages]
     arrays = feedhandler.consume.to_arrays(values, "struct")   # {"A": array, "D": array, ...}
 
-`struct` and `raw` values carry their message type in their first byte, `json` values in their
-`message_type` field, and `batched` values in their ninth byte (after the sequence number).
+Every tick comes back with its feed session and sequence number: per-tick `struct` and `raw`
+values start with the tick header (session, sequence), `json` values carry both as fields, and
+`batched` rows start with the sequence (the session is the record's `session` header).
+`messages(array)` drops those fields again, leaving the ITCH message structs.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from collections import defaultdict
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from feedhandler.kafka.routing import (BATCH_DTYPES, TICK_DTYPES, TICK_HEADER_DTYPE,
+                                       TICK_HEADER_SIZE)
 from feedhandler.wire.itch import DTYPES, parse
-from feedhandler.kafka.routing import BATCH_DTYPES
 
-__all__ = ["read_topic", "to_arrays"]
+__all__ = ["messages", "read_topic", "to_arrays"]
 
 
 def _by_type(values, type_offset: int) -> dict[str, list[bytes]]:
@@ -36,7 +39,7 @@ def _from_json(values) -> dict[str, np.ndarray]:
         rows[fields["message_type"]].append(fields)
     arrays = {}
     for message_type, objects in rows.items():
-        dtype = DTYPES[message_type]
+        dtype = TICK_DTYPES[message_type]
         array = np.zeros(len(objects), dtype)
         for name in dtype.names:
             column = [o[name] for o in objects]
@@ -49,23 +52,54 @@ def _from_json(values) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _from_raw(values) -> dict[str, np.ndarray]:
+    headers = np.frombuffer(b"".join(v[:TICK_HEADER_SIZE] for v in values), TICK_HEADER_DTYPE)
+    by_type = defaultdict(list)
+    for index, value in enumerate(values):
+        by_type[chr(value[TICK_HEADER_SIZE])].append(index)
+    arrays = {}
+    for message_type, indices in by_type.items():
+        wire = parse(b"".join((len(values[i]) - TICK_HEADER_SIZE).to_bytes(2, "big")
+                              + values[i][TICK_HEADER_SIZE:] for i in indices))[message_type]
+        array = np.empty(len(indices), TICK_DTYPES[message_type])
+        for name in TICK_HEADER_DTYPE.names:
+            array[name] = headers[name][indices]
+        for name in DTYPES[message_type].names:
+            array[name] = wire[name]
+        arrays[message_type] = array
+    return arrays
+
+
 def to_arrays(values, value_format: str) -> dict[str, np.ndarray]:
     """Record values of one format -> {message type: structured array}, in the given order.
 
-    For `batched` the arrays have BATCH_DTYPES (a `sequence` field first); for `json` alpha
-    fields come back space-padded to their width, as on the wire."""
+    `struct`, `raw` and `json` give TICK_DTYPES (`session` and `sequence`, then the message),
+    `batched` gives BATCH_DTYPES (`sequence`, then the message); for `json` alpha fields come
+    back space-padded to their width, as on the wire."""
     values = list(values)
     if value_format == "struct":
-        return {t: np.frombuffer(b"".join(v), DTYPES[t])
-                for t, v in _by_type(values, 0).items()}
+        return {t: np.frombuffer(b"".join(v), TICK_DTYPES[t])
+                for t, v in _by_type(values, TICK_HEADER_SIZE).items()}
     if value_format == "raw":
-        return parse(b"".join(len(v).to_bytes(2, "big") + v for v in values))
+        return _from_raw(values)
     if value_format == "batched":
         return {t: np.frombuffer(b"".join(v), BATCH_DTYPES[t])
                 for t, v in _by_type(values, 8).items()}
     if value_format == "json":
         return _from_json(values)
     raise ValueError(f"unknown value format {value_format!r}")
+
+
+def messages(array: np.ndarray) -> np.ndarray:
+    """The ITCH message structs of `to_arrays` rows, without session and sequence (a copy with
+    the dtype of feedhandler.itch.DTYPES)."""
+    message_type = chr(array["message_type"][0][0]) if len(array) else None
+    if message_type is None:
+        raise ValueError("no rows")
+    out = np.empty(len(array), DTYPES[message_type])
+    for name in out.dtype.names:
+        out[name] = array[name]
+    return out
 
 
 def read_topic(bootstrap_servers: str, topic: str, timeout: float = 30.0) -> list:

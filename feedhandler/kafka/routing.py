@@ -20,15 +20,27 @@ CATEGORIES = {
 VALUE_FORMATS = ("struct", "json", "raw", "batched")
 LOCATES = 65536
 
-BATCH_DTYPES = {
-    message_type: np.dtype({
-        "names": ["sequence", *dtype.names],
-        "formats": [np.dtype("<u8")] + [dtype.fields[n][0] for n in dtype.names],
-        "offsets": [0] + [8 + dtype.fields[n][1] for n in dtype.names],
-        "itemsize": 8 + dtype.itemsize})
-    for message_type, dtype in DTYPES.items()
-}
+
+def _behind(header: np.dtype) -> dict[str, np.dtype]:
+    """Each message type's struct dtype with `header`'s fields in front of it."""
+    def fields(dtype: np.dtype, shift: int = 0) -> list[tuple[str, np.dtype, int]]:
+        return [(name, dtype.fields[name][0], shift + dtype.fields[name][1])
+                for name in dtype.names]
+    return {message_type: np.dtype({
+        "names": [f[0] for f in fields(header) + fields(dtype)],
+        "formats": [f[1] for f in fields(header) + fields(dtype)],
+        "offsets": [f[2] for f in fields(header) + fields(dtype, header.itemsize)],
+        "itemsize": header.itemsize + dtype.itemsize}) for message_type, dtype in DTYPES.items()}
+
+
+BATCH_DTYPES = _behind(np.dtype([("sequence", "<u8")]))
 """Rows of the batched value format: the sequence number, then the message's struct."""
+
+TICK_HEADER_SIZE = _records.TICK_HEADER_SIZE_BYTES
+TICK_HEADER_DTYPE = np.dtype([("session", "S10"), ("sequence", "<u8")])
+"""The tick header in front of every per-tick `struct` and `raw` value (ext/record_layout.pxd)."""
+TICK_DTYPES = _behind(TICK_HEADER_DTYPE)
+"""Per-tick `struct` values: the tick header, then the message's struct."""
 
 
 @dataclass(frozen=True)
@@ -119,8 +131,8 @@ def tick_records(packet: Packet, value_format: str, topic_index: dict[str, int],
                             with_metadata)
     raw = raw_blocks(packet) if value_format == "raw" else None
     return _records.tick_records(packet.messages, packet.sequences, packet.sequence, packet.count,
-                                 topic_index, topics, directory.keys, timestamp_base_ms, raw,
-                                 with_metadata)
+                                 topic_index, topics, directory.keys, packet.session,
+                                 timestamp_base_ms, raw, with_metadata)
 
 
 def batched_records(packets: list[Packet], topic_of_type: dict[str, str],

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig
 from feedhandler.kafka.ledger import DeliveryErrors, DeliveryLedger
 from feedhandler.kafka.producer import BATCH_PATH, LINK_PATH, create_producer
-from feedhandler.kafka.routing import (BATCH_DTYPES, Routes, StockDirectory, batched_records,
-                                       raw_blocks, tick_records)
+from feedhandler.kafka.routing import (BATCH_DTYPES, TICK_HEADER_SIZE, Routes, StockDirectory,
+                                       batched_records, raw_blocks, tick_records)
 from feedhandler.kafka.topics import ensure_topics
 from feedhandler.wire.packet import Packet
 
@@ -220,15 +220,16 @@ class LinkedTickSink(KafkaSink):
 
     def _publish_ticks(self, packet, ticks, received_ns):
         config = self.config
-        # The structs are at least as long as the values, raw or struct.
-        nbytes = sum(rows.nbytes for rows in packet.messages.values()) + KEY_BYTES * ticks
+        # The structs are at least as long as the messages, raw or struct.
+        nbytes = sum(rows.nbytes for rows in packet.messages.values()) + \
+            (TICK_HEADER_SIZE + KEY_BYTES) * ticks
         self._make_room(ticks, nbytes)
         records_before = self.ledger.records
         records = self.link.produce_ticks(
             packet.messages, packet.sequences, packet.sequence, packet.count, self.topic_index,
-            self.directory.keys, self.directory.hashes,
-            raw_blocks(packet) if config.value_format == "raw" else None,
-            packet.session if config.headers else None, config.timestamp_base_ms)
+            self.directory.keys, self.directory.hashes, packet.session,
+            raw_blocks(packet) if config.value_format == "raw" else None, config.headers,
+            config.timestamp_base_ms)
         self.ledger.handed_over(records, nbytes)
         self._frame_produced(ticks, received_ns, records_before)
 
