@@ -283,3 +283,21 @@ def test_sigterm_mid_run_leaves_no_accepted_tick_undelivered(kafka, topic_prefix
     routes = Routes.by_category(topic_prefix)
     landed = sum(kcat_count(kafka, topic) for topic in routes.topics)
     assert landed == account["delivered"]
+
+
+def test_a_mid_session_join_keys_messages_by_their_own_stock(kafka, topic_prefix):
+    """Joining after the Stock Directory messages: every message that names its stock is keyed
+    by it (not `#<locate>`), so a symbol's ticks stay on one partition across restarts."""
+    late = SOURCE_MESSAGES[COUNT // 2:]
+    frames = [packet.encode(late[i:i + 500], session=SESSION, sequence=1 + COUNT // 2 + i)
+              for i in range(0, len(late), 500)]
+    handler, account = handle(kafka, topic_prefix, "struct", 2, iter(frames))
+    assert account.delivered == len(late) and account.lost == 0
+    keys = source_keys()
+    named = 0
+    for record in consume.read_topic(kafka, handler.config.routes.topic_of_type["A"]):
+        message = record.value()[TICK_HEADER_SIZE:]
+        if message[:1] in (b"A", b"F"):
+            assert record.key() == keys[int.from_bytes(message[1:3], "little")]
+            named += 1
+    assert named > 1000

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from feedhandler.exchange import synthetic
+from feedhandler.exchange import orderflow, synthetic
 from feedhandler.kafka import _records, consume
 from feedhandler.wire import itch, packet
-from feedhandler.kafka.routing import (BATCH_DTYPES, CATEGORIES, TICK_HEADER_DTYPE,
-                                       TICK_HEADER_SIZE, Routes, StockDirectory,
+from feedhandler.kafka.routing import (BATCH_DTYPES, CATEGORIES, STOCK_TYPES,
+                                       TICK_HEADER_DTYPE, TICK_HEADER_SIZE, Routes,
+                                       StockDirectory,
                                        batched_records, tick_records)
 from streams import SESSION, split_block
 
@@ -140,3 +141,27 @@ def test_record_builders_refuse_rows_too_small_for_their_fields():
     one_byte = np.zeros(3, np.dtype([("message_type", "S1")]))
     with pytest.raises(ValueError, match="group_rows"):
         _records.group_rows([(one_byte, sequences)], directory.hashes, 2)
+
+
+def test_keys_do_not_depend_on_when_the_handler_joined():
+    """A handler that joins mid-session (after the Stock Directory messages) keys every message
+    that carries its stock's name exactly as one that saw the whole session, and the order
+    messages of a stock once any such message has named it."""
+    day = split_block(orderflow.generate(20_000, symbols=30, seed=5).data)
+    half = len(day) // 2
+    whole, joined = StockDirectory(), StockDirectory()
+    whole.learn(packet.decode(packet.encode(day, session=SESSION, sequence=1)).messages)
+    late = packet.decode(packet.encode(day[half:], session=SESSION, sequence=1 + half))
+    assert "R" not in late.messages
+    joined.learn(late.messages)
+    named = set()
+    for message_type in STOCK_TYPES:
+        if message_type in late.messages:
+            named.update(late.messages[message_type]["stock_locate"].tolist())
+    assert len(named) > 20
+    assert all(joined.keys[locate] == whole.keys[locate] for locate in named)
+    assert all(not key.startswith(b"#") for key in (whole.keys[locate] for locate in named))
+    assert joined.entries() == {locate: whole.keys[locate] for locate in named}
+    restored = StockDirectory()
+    restored.restore(joined.entries())
+    assert restored.keys == joined.keys and np.array_equal(restored.hashes, joined.hashes)

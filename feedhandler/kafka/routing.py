@@ -71,21 +71,51 @@ class Routes:
         return sorted(set(self.topic_of_type.values()))
 
 
-class StockDirectory:
-    """Record key of every stock locate code, from the feed's Stock Directory messages.
+STOCK_TYPES = tuple(t for t, dtype in DTYPES.items() if "stock" in dtype.names)
+"""Message types that carry their stock's name as well as its locate code."""
 
-    Until a locate's directory message has been seen its key is `#<locate>` (stable, so its
-    ticks still share one partition); system-wide messages use locate 0, key `#0`."""
+
+class StockDirectory:
+    """Record key of every stock locate code: the stock's name, as every message that carries
+    one reveals it (Stock Directory `R`, but also adds, trades, NOII, ...), so that a handler
+    joining mid-session keys a stock's ticks the same as one that saw the directory.
+
+    Until a locate's name has been seen its key is `#<locate>` (stable, so its ticks still
+    share one partition); system-wide messages use locate 0, key `#0`. `entries()` and
+    `restore()` carry the learned names across a restart."""
 
     def __init__(self):
         self.keys: list[bytes] = [b"#%d" % locate for locate in range(LOCATES)]
         self.hashes = np.array([_records.murmur2(k) & 0xFFFFFFFF for k in self.keys], np.uint32)
+        self.known = np.zeros(LOCATES, bool)
+
+    def learn(self, messages) -> None:
+        """Learn the names that a packet's messages (`Packet.messages`) carry."""
+        for message_type in STOCK_TYPES:
+            rows = messages.get(message_type)
+            if rows is None:
+                continue
+            unknown = ~self.known[rows["stock_locate"]]
+            if unknown.any():
+                self.update(rows[unknown])
 
     def update(self, directory: np.ndarray) -> None:
+        """Rows with `stock_locate` and `stock` fields name their locates."""
         for locate, stock in zip(directory["stock_locate"].tolist(), directory["stock"].tolist()):
-            key = stock.rstrip(b" ")
-            self.keys[locate] = key
-            self.hashes[locate] = _records.murmur2(key) & 0xFFFFFFFF
+            self._name(locate, stock.rstrip(b" "))
+
+    def entries(self) -> dict[int, bytes]:
+        """Every locate whose name is known."""
+        return {int(locate): self.keys[locate] for locate in np.flatnonzero(self.known)}
+
+    def restore(self, entries: dict[int, bytes]) -> None:
+        for locate, key in entries.items():
+            self._name(locate, key)
+
+    def _name(self, locate: int, key: bytes) -> None:
+        self.keys[locate] = key
+        self.hashes[locate] = _records.murmur2(key) & 0xFFFFFFFF
+        self.known[locate] = True
 
 
 def json_value(row: tuple, names: tuple, session: bytes, sequence: int) -> bytes:

@@ -123,8 +123,7 @@ class KafkaSink:
         """Produce a decoded packet's ticks (and its quarantined input as dead letters)."""
         if packet.quarantined:
             self._dead_letter(packet)
-        if "R" in packet.messages:
-            self.directory.update(packet.messages["R"])
+        self.directory.learn(packet.messages)
         ticks = ticks_of(packet)
         if ticks:
             self._publish_ticks(packet, ticks, received_ns)
