@@ -125,7 +125,7 @@ def measure(benchmark, kafka, prefix, port, value_format, workers, ticks, agains
 
 
 def delete_topics(kafka, handlers):
-    delete_topic_names(kafka, [t for h in handlers for t in [*h.config.routes.topics, h.config.routes.dead_letter]])
+    delete_topic_names(kafka, [t for h in handlers for t in h.config.routes.every_topic])
 
 
 def delete_topic_names(kafka, topics):

@@ -23,14 +23,18 @@ import threading
 import time
 from zoneinfo import ZoneInfo
 
+from confluent_kafka import KafkaException
+
 from feedhandler.cli import validate
 from feedhandler.cli.exit_codes import ExitCode, epilog
 from feedhandler.kafka.producer import PRODUCER_LINK_MODES, ProducerLinkUnavailable, link_problem
+from feedhandler.kafka.resume import Checkpoint, latest_checkpoint, read_checkpoints
 from feedhandler.kafka.routing import CATEGORIES, VALUE_FORMATS
 from feedhandler.kafka.topics import KafkaStartError, check_reachable
 from feedhandler.pipeline.handler import Handler, HandlerConfig
 from feedhandler.session import (FrameSource, ListenSource, LoginRejected, SessionClient,
                                  SessionError)
+from feedhandler.session.protocol import SESSION_LENGTH, SESSION_NOT_AVAILABLE
 
 log = logging.getLogger("feedhandler.run")
 
@@ -66,9 +70,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
     parser.add_argument("--username", default="feed", help="login username (default feed)")
     parser.add_argument("--password", default="feed", help="login password (default feed)")
     parser.add_argument("--session", default="", help="session to join (default: current)")
-    parser.add_argument("--sequence", type=int, default=1,
-                        help="first sequence number wanted: 1 = whole session (default), "
-                             "0 = from now on")
+    parser.add_argument("--sequence", type=int, default=None,
+                        help="first sequence number wanted: 1 = whole session, 0 = from now on; "
+                             "default: resume where Kafka's data ends (the checkpoint topic), "
+                             "else 1. Ticks Kafka already holds are never written twice")
     parser.add_argument("--bootstrap-servers", default=DEFAULT_BOOTSTRAP,
                         help=f"Kafka bootstrap servers (default {DEFAULT_BOOTSTRAP}, the broker "
                              "of scripts/kafka.sh)")
@@ -118,12 +123,41 @@ def midnight_ms(trade_date: datetime.date | None) -> int:
     return int(midnight.timestamp() * 1000)
 
 
-def frame_source(args: argparse.Namespace) -> FrameSource:
+def frame_source(args: argparse.Namespace, session: str | bytes, sequence: int) -> FrameSource:
     """The frame source of --connect or --listen."""
     if args.connect:
         return SessionClient(*args.connect, username=args.username, password=args.password,
-                             session=args.session, sequence=args.sequence)
-    return ListenSource(*args.listen, session=args.session, sequence=args.sequence)
+                             session=session, sequence=sequence)
+    return ListenSource(*args.listen, session=session, sequence=sequence)
+
+
+def open_source(args: argparse.Namespace, checkpoints: dict[bytes, Checkpoint]) -> FrameSource:
+    """The frame source, opened. Without --sequence, a --connect run logs in to the session of
+    the newest checkpoint (or --session's) at its position; when the exchange no longer has
+    that session (a new day), to the current session from its start."""
+    if args.sequence is not None or not args.connect:
+        source = frame_source(args, args.session, 1 if args.sequence is None else args.sequence)
+        source.open()
+        return source
+    wanted = args.session.encode("ascii").ljust(SESSION_LENGTH) if args.session else None
+    checkpoint = checkpoints.get(wanted) if wanted else latest_checkpoint(checkpoints)
+    if checkpoint is None:
+        source = frame_source(args, args.session, 1)
+        source.open()
+        return source
+    log.info("resuming session %s at sequence %d (checkpoint)",
+             checkpoint.session.decode().strip(), checkpoint.next_sequence)
+    source = frame_source(args, checkpoint.session, checkpoint.next_sequence)
+    try:
+        source.open()
+    except LoginRejected as error:
+        if wanted or error.reason != SESSION_NOT_AVAILABLE:
+            raise
+        log.info("session %s is over: starting the current session",
+                 checkpoint.session.decode().strip())
+        source = frame_source(args, "", 1)
+        source.open()
+    return source
 
 
 class StatusPrinter(threading.Thread):
@@ -197,17 +231,23 @@ def _run(args: argparse.Namespace) -> int:
         replication_factor=args.replication_factor, producer_overrides=kafka.settings,
         headers=args.headers, timestamp_base_ms=midnight_ms(args.trade_date),
         flush_timeout=args.flush_timeout, producer_link=args.producer_link)
+    try:
+        checkpoints = read_checkpoints(kafka, routes)
+    except (KafkaException, TimeoutError, RuntimeError) as error:
+        return _fail(ExitCode.COULD_NOT_START, f"cannot read {routes.checkpoint}: {error}")
     # The feed is opened before any Kafka resource exists: a refused login or a port in use
     # must not leave topics behind.
     try:
-        source = frame_source(args)
-        source.open()
+        source = open_source(args, checkpoints)
     except ValueError as error:             # a username, password or session too long
         return _fail(ExitCode.USAGE, error)
     except LoginRejected as error:
         return _fail(ExitCode.COULD_NOT_START, f"the feed refused the login: {error}")
     except (SessionError, OSError) as error:
         return _fail(ExitCode.COULD_NOT_START, error)
+    if args.connect:
+        session = source.tracker.session
+        config.resume = checkpoints.get(session) or Checkpoint(session)
     try:
         handler = Handler(config)
     except (KafkaStartError, ProducerLinkUnavailable) as error:

@@ -25,7 +25,7 @@ def counts(args: argparse.Namespace) -> None:
                          f"default, not {args.replication_factor}")
     if args.flush_timeout < 0:
         raise UsageError(f"--flush-timeout must not be negative, not {args.flush_timeout:g}")
-    if args.sequence < 0:
+    if args.sequence is not None and args.sequence < 0:
         raise UsageError("--sequence must be 0 (from now on) or a sequence number, "
                          f"not {args.sequence}")
 
@@ -36,7 +36,7 @@ def routes(prefix: str, overrides: list[tuple[str, str]]) -> Routes:
         chosen = Routes.by_category(prefix, dict(overrides))
     except ValueError as error:
         raise UsageError(f"--route: {error}") from None
-    for topic in (*chosen.topics, chosen.dead_letter):
+    for topic in chosen.every_topic:
         problem = topic_name_problem(topic)
         if problem:
             raise UsageError(f"--topic-prefix/--route: {problem}")

@@ -80,26 +80,35 @@ class Acknowledgements:
     Records acknowledged = produced - failed - still queued in the producer. Frames are produced
     in order, so a frame counts as acknowledged once that figure reaches the running total at its
     end. This is conservative: a frame waits for every record before it, on any partition, and
-    its latency includes that wait."""
+    its latency includes that wait. `next_sequence` is the sequence number after the newest
+    acknowledged frame: every tick before it is acknowledged (or failed, and counted)."""
 
     def __init__(self):
-        self.frames: deque = deque()    # (records produced through this frame, ticks, receipt ns)
+        # (records produced through this frame, ticks, receipt ns or None, next sequence)
+        self.frames: deque = deque()
         self.ticks = 0
+        self.next_sequence = 0
         self.latencies_ns: list[int] = []
 
-    def frame_produced(self, records_total: int, ticks: int, received_ns: int) -> None:
-        self.frames.append((records_total, ticks, received_ns))
+    def frame_produced(self, records_total: int, ticks: int, received_ns: int | None,
+                       next_sequence: int | None) -> None:
+        """A frame whose records end at `records_total`; without `received_ns` it made no
+        record of its own and adds no latency sample."""
+        self.frames.append((records_total, ticks, received_ns, next_sequence))
 
     def update(self, acknowledged_records: int) -> None:
         now = time.monotonic_ns()
         while self.frames and self.frames[0][0] <= acknowledged_records:
-            _, ticks, received = self.frames.popleft()
+            _, ticks, received, next_sequence = self.frames.popleft()
             self.ticks += ticks
-            if len(self.latencies_ns) < LATENCY_SAMPLES:
+            if next_sequence is not None:
+                self.next_sequence = next_sequence
+            if received is not None and len(self.latencies_ns) < LATENCY_SAMPLES:
                 self.latencies_ns.append(now - received)
 
     def oldest_age_ms(self) -> float:
-        return (time.monotonic_ns() - self.frames[0][2]) / 1e6 if self.frames else 0.0
+        oldest = next((frame[2] for frame in self.frames if frame[2] is not None), None)
+        return (time.monotonic_ns() - oldest) / 1e6 if oldest is not None else 0.0
 
     def percentiles_ms(self) -> dict[str, float]:
         if not self.latencies_ns:
@@ -120,6 +129,7 @@ class DeliveryLedger:
         self.records = 0            # records handed to the producer, dead letters included
         self.ticks = 0              # ticks in them (dead letters excluded)
         self.dead_lettered = 0
+        self.already_in_kafka = 0   # ticks skipped on resume: their partitions held them
         self.backpressure_waits = 0
         self.bytes = 0              # key and value bytes of the records handed over
         # (records, bytes) running totals after each hand-over, oldest first: what lets

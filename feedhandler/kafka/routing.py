@@ -45,14 +45,16 @@ TICK_DTYPES = _behind(TICK_HEADER_DTYPE)
 
 @dataclass(frozen=True)
 class Routes:
-    """Message type -> topic, plus the dead-letter topic for quarantined input."""
+    """Message type -> topic, plus the dead-letter topic for quarantined input and the
+    compacted checkpoint topic that lets a restarted handler resume (feedhandler.kafka.resume)."""
 
     topic_of_type: dict[str, str]
     dead_letter: str
+    checkpoint: str
 
     @classmethod
     def by_category(cls, prefix: str = "itch.", overrides: dict[str, str] | None = None,
-                    dead_letter: str = "deadletter") -> Routes:
+                    dead_letter: str = "deadletter", checkpoint: str = "checkpoint") -> Routes:
         """Topics `<prefix><category>`; `overrides` maps a message type or a category name to
         another category or topic suffix (e.g. {"I": "orders", "noii": "reference"})."""
         overrides = overrides or {}
@@ -64,11 +66,17 @@ class Routes:
         unknown = set(overrides) - set(DTYPES) - set(CATEGORIES)
         if unknown:
             raise ValueError(f"unknown message types or categories in routes: {sorted(unknown)}")
-        return cls(topic_of_type, prefix + dead_letter)
+        return cls(topic_of_type, prefix + dead_letter, prefix + checkpoint)
 
     @property
     def topics(self) -> list[str]:
+        """The topics that ticks go to."""
         return sorted(set(self.topic_of_type.values()))
+
+    @property
+    def every_topic(self) -> list[str]:
+        """Tick topics, the dead-letter topic and the checkpoint topic."""
+        return [*self.topics, self.dead_letter, self.checkpoint]
 
 
 STOCK_TYPES = tuple(t for t, dtype in DTYPES.items() if "stock" in dtype.names)

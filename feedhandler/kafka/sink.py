@@ -23,12 +23,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from confluent_kafka import KafkaException
+
 from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig
 from feedhandler.kafka.ledger import DeliveryErrors, DeliveryLedger
 from feedhandler.kafka.producer import BATCH_PATH, LINK_PATH, create_producer
+from feedhandler.kafka.resume import (CHECKPOINT_INTERVAL, CHECKPOINT_SETTINGS, Checkpoint,
+                                      ResumeFilter, directory_key, directory_value,
+                                      partition_ends, position_key, position_value)
 from feedhandler.kafka.routing import (BATCH_DTYPES, TICK_HEADER_SIZE, Routes, StockDirectory,
                                        batched_records, raw_blocks, tick_records)
-from feedhandler.kafka.topics import ensure_topics
+from feedhandler.kafka.topics import KafkaStartError, ensure_topics
 from feedhandler.wire.packet import Packet
 
 POLL_INTERVAL = 0.005         # seconds between polls of the producer while records flow
@@ -55,6 +60,9 @@ class SinkConfig:
     timestamp_base_ms: int = 0
     flush_timeout: float = 60.0
     producer_link: str = "auto"     # struct/raw ticks from C (ProducerLink): auto, require, off
+    # Resume a feed session where Kafka's data ends: skip the ticks the partitions hold, and
+    # key stocks as before (feedhandler.kafka.resume); None for a session of its own.
+    resume: Checkpoint | None = None
 
 
 def open_sink(config: SinkConfig) -> KafkaSink:
@@ -73,17 +81,27 @@ def open_sink(config: SinkConfig) -> KafkaSink:
     else:
         errors = DeliveryErrors()
     producer, link, _ = create_producer(client, errors, config.producer_link)
+    routes = config.routes
     partitions = ensure_topics(client,
-                               {**{topic: config.partitions for topic in config.routes.topics},
-                                dead_letter: 1},
-                               config.replication_factor)
+                               {**{topic: config.partitions for topic in routes.topics},
+                                dead_letter: 1, routes.checkpoint: 1},
+                               config.replication_factor,
+                               settings={routes.checkpoint: CHECKPOINT_SETTINGS})
     if config.value_format == "batched":
         sink_class = BatchedSink
     elif link is not None and config.value_format in ("struct", "raw"):
         sink_class = LinkedTickSink
     else:
         sink_class = ProducerTickSink
-    return sink_class(config, producer, link, partitions, DeliveryLedger(errors))
+    sink = sink_class(config, producer, link, partitions, DeliveryLedger(errors))
+    if config.resume is not None:
+        try:
+            ends = partition_ends(client, routes, config.value_format, config.resume.session,
+                                  config.resume.next_sequence)
+        except (KafkaException, TimeoutError, RuntimeError) as error:
+            raise KafkaStartError(f"cannot read where the topics end: {error}") from None
+        sink.resume(config.resume, ends)
+    return sink
 
 
 def ticks_of(packet: Packet) -> int:
@@ -115,18 +133,37 @@ class KafkaSink:
         self.max_record_bytes = min(int(settings["message.max.bytes"]) - RECORD_OVERHEAD,
                                     self.max_queued_bytes // 4)
         self._next_poll = 0.0
+        self.resume_filter: ResumeFilter | None = None
+        self.session: bytes | None = None     # of the newest packet, for checkpoints
+        self._next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
+        self._checkpointed = (0, 0)         # (position, stocks known) written last
         if link is not None:
             link.open_topics(self.topics, [partitions[t] for t in self.topics])
 
     # ---- what the pipeline calls ----------------------------------------------------------------
+    def resume(self, checkpoint: Checkpoint, ends: dict) -> None:
+        """Continue `checkpoint`'s session: its stock names, and a filter for the ticks that
+        the partitions already hold (`ends`, from resume.partition_ends)."""
+        self.directory.restore(checkpoint.stocks)
+        self.session = checkpoint.session
+        resume_filter = ResumeFilter(ends, self.routes, self.partitions)
+        self.resume_filter = resume_filter if resume_filter.through else None
+
     def publish(self, packet: Packet, received_ns: int) -> None:
         """Produce a decoded packet's ticks (and its quarantined input as dead letters)."""
+        self.directory.learn(packet.messages)
+        if self.resume_filter is not None and self.resume_filter.covers(packet):
+            packet = self.resume_filter.apply(packet, self.directory)
+            self.ledger.already_in_kafka = self.resume_filter.skipped
         if packet.quarantined:
             self._dead_letter(packet)
-        self.directory.learn(packet.messages)
+        if packet.session is not None:
+            self.session = packet.session
         ticks = ticks_of(packet)
         if ticks:
             self._publish_ticks(packet, ticks, received_ns)
+        elif packet.next_sequence is not None:
+            self._frame_without_ticks(packet)
 
     def idle(self) -> None:
         """Nothing arrived for a while: serve the producer."""
@@ -140,11 +177,33 @@ class KafkaSink:
             self.producer.poll(0)
             self._next_poll = now + POLL_INTERVAL
         self._update_acks()
+        if now >= self._next_checkpoint:
+            self._next_checkpoint = now + CHECKPOINT_INTERVAL
+            self._checkpoint()
 
     def finish(self) -> dict[str, int]:
-        """Produce what is held, flush, and settle the ledger (delivered, failed, undelivered)."""
+        """Produce what is held, flush, settle the ledger (delivered, failed, undelivered), and
+        write the final checkpoint."""
         remaining = self.producer.flush(self.config.flush_timeout)
-        return self.ledger.settle(remaining)
+        settled = self.ledger.settle(remaining)
+        if not remaining:
+            self._checkpoint()
+            self.producer.flush(self.config.flush_timeout)
+        return settled
+
+    def _checkpoint(self) -> None:
+        """Write the position the acknowledgements have reached, and first the stock names
+        if more are known than the last checkpoint had."""
+        position, stocks = self.ledger.acks.next_sequence, int(self.directory.known.sum())
+        if self.session is None or (position, stocks) <= self._checkpointed or not position:
+            return
+        if stocks > self._checkpointed[1]:
+            self._produce(self.routes.checkpoint, directory_value(self.session,
+                                                                  self.directory.entries()),
+                          key=directory_key(self.session))
+        self._produce(self.routes.checkpoint, position_value(self.session, position),
+                      key=position_key(self.session))
+        self._checkpointed = (position, stocks)
 
     def outstanding(self) -> int:
         """Records in the producer, not yet acknowledged or failed."""
@@ -153,6 +212,10 @@ class KafkaSink:
     # ---- for the delivery paths ------------------------------------------------------------------
     def _publish_ticks(self, packet: Packet, ticks: int, received_ns: int) -> None:
         raise NotImplementedError
+
+    def _frame_without_ticks(self, packet: Packet) -> None:
+        """A frame that made no record still moves the acknowledged position, in turn."""
+        self.ledger.acks.frame_produced(self.ledger.records, 0, None, packet.next_sequence)
 
     def _update_acks(self) -> None:
         self.ledger.acks.update(self.ledger.acknowledged_records(len(self.producer)))
@@ -194,12 +257,12 @@ class KafkaSink:
                 self._update_acks()
         self.ledger.handed_over(1, nbytes)
 
-    def _frame_produced(self, ticks: int, received_ns: int, records_before: int) -> None:
+    def _frame_produced(self, packet: Packet, ticks: int, received_ns: int,
+                        records_before: int) -> None:
         self.ledger.ticks += ticks
-        if self.ledger.records > records_before:
-            self.ledger.acks.frame_produced(self.ledger.records, ticks, received_ns)
-        else:
-            self.ledger.acks.ticks += ticks
+        self.ledger.acks.frame_produced(
+            self.ledger.records, ticks,
+            received_ns if self.ledger.records > records_before else None, packet.next_sequence)
 
     def _dead_letter(self, packet: Packet) -> None:
         for entry in packet.quarantined:
@@ -230,7 +293,7 @@ class LinkedTickSink(KafkaSink):
             raw_blocks(packet) if config.value_format == "raw" else None, config.headers,
             config.timestamp_base_ms)
         self.ledger.handed_over(records, nbytes)
-        self._frame_produced(ticks, received_ns, records_before)
+        self._frame_produced(packet, ticks, received_ns, records_before)
 
 
 class ProducerTickSink(KafkaSink):
@@ -264,7 +327,7 @@ class ProducerTickSink(KafkaSink):
                 for record in records:
                     if "_error" in record:
                         self.ledger.errors.count(record["_error"].str(), 1, topic)
-        self._frame_produced(ticks, received_ns, records_before)
+        self._frame_produced(packet, ticks, received_ns, records_before)
 
 
 class BatchedSink(KafkaSink):
@@ -291,6 +354,12 @@ class BatchedSink(KafkaSink):
                 time.monotonic_ns() - self._held_since >= BATCH_LINGER_NS:
             self._release_held()
 
+    def _frame_without_ticks(self, packet):
+        if self._held:
+            self._held.append((packet, 0, None))
+        else:
+            super()._frame_without_ticks(packet)
+
     def idle(self):
         self._release_held()
         super().idle()
@@ -303,8 +372,11 @@ class BatchedSink(KafkaSink):
         if not self._held:
             return
         held, self._held, self._held_ticks = self._held, [], 0
-        first = held[0][0]
-        common_headers = [("session", first.session), ("first", b"%d" % first.sequence)]
+        first, last = held[0][0], held[-1][0]
+        # `first` and `next` bound the release's sequence numbers: a resumed run finds the
+        # records that may hold ticks past its checkpoint by them (feedhandler.kafka.resume).
+        common_headers = [("session", first.session), ("first", b"%d" % first.sequence),
+                          ("next", b"%d" % last.next_sequence)]
         for topic, partition, message_type, rows in batched_records(
                 [packet for packet, _, _ in held], self.routes.topic_of_type, self.partitions,
                 self.directory):
@@ -314,5 +386,6 @@ class BatchedSink(KafkaSink):
             for start in range(0, len(rows), step):
                 self._produce(topic, rows[start:start + step] if len(rows) > step else rows,
                               partition=partition, headers=headers)
-        for _, ticks, received in held:
-            self.ledger.acks.frame_produced(self.ledger.records, ticks, received)
+        for packet, ticks, received in held:
+            self.ledger.acks.frame_produced(self.ledger.records, ticks, received,
+                                            packet.next_sequence)

@@ -59,14 +59,17 @@ def check_reachable(client: KafkaClientConfig, timeout: float = REACHABILITY_TIM
 
 
 def ensure_topics(client: KafkaClientConfig, partitions: dict[str, int],
-                  replication_factor: int = -1, timeout: float = 30.0) -> dict[str, int]:
-    """Create the topics that are missing; return every topic's actual partition count
-    (an existing topic keeps its own). The cluster first validates every missing topic
+                  replication_factor: int = -1, timeout: float = 30.0,
+                  settings: dict[str, dict[str, str]] | None = None) -> dict[str, int]:
+    """Create the topics that are missing (with `settings[name]` as topic configuration, e.g.
+    cleanup.policy); return every topic's actual partition count (an existing topic keeps its
+    own). The cluster first validates every missing topic
     (validate_only), so a refusal leaves none of them created; KafkaStartError then, or when
     the cluster stops answering."""
     admin = AdminClient(client.admin())
     existing = _topics(admin, timeout)
-    missing = [NewTopic(name, count, replication_factor)
+    settings = settings or {}
+    missing = [NewTopic(name, count, replication_factor, config=settings.get(name, {}))
                for name, count in partitions.items() if name not in existing]
     if missing:
         _settle(admin.create_topics(missing, operation_timeout=timeout, validate_only=True))

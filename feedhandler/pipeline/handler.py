@@ -57,6 +57,7 @@ class Account:
     failed: int = 0
     undelivered: int = 0
     dead_lettered: int = 0
+    already_in_kafka: int = 0       # ticks a resumed run skipped: their partitions held them
     backpressure_waits: int = 0     # times the publisher waited for room in the producer queue
     gaps: int = 0
     missing: int = 0
@@ -212,5 +213,6 @@ class Handler:
         account.records = ledger.records
         account.produced = ledger.ticks
         account.dead_lettered = ledger.dead_lettered
+        account.already_in_kafka = ledger.already_in_kafka
         account.backpressure_waits = ledger.backpressure_waits
         account.failure_reasons = dict(ledger.errors.reasons)
