@@ -28,7 +28,8 @@ from confluent_kafka import KafkaException
 from feedhandler.cli import validate
 from feedhandler.cli.exit_codes import ExitCode, epilog
 from feedhandler.kafka.producer import PRODUCER_LINK_MODES, ProducerLinkUnavailable, link_problem
-from feedhandler.kafka.resume import Checkpoint, latest_checkpoint, read_checkpoints
+from feedhandler.kafka.resume import (Checkpoint, fence_previous, latest_checkpoint,
+                                      read_checkpoints)
 from feedhandler.kafka.routing import CATEGORIES, VALUE_FORMATS
 from feedhandler.kafka.topics import KafkaStartError, check_reachable
 from feedhandler.pipeline.handler import Handler, HandlerConfig
@@ -83,6 +84,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
     parser.add_argument("--workers", type=int, default=2, help="decode threads (default 2)")
     parser.add_argument("--format", choices=VALUE_FORMATS, default="struct",
                         help="record value format (default struct); see docs/kafka.md")
+    parser.add_argument("--exactly-once", action="store_true",
+                        help="Kafka transactions: ticks and the checkpoint that covers them "
+                             "commit together about every 100 ms, so read_committed consumers "
+                             "see every tick exactly once across any crash (transactional.id "
+                             "feedhandler-<topic prefix> unless -X transactional.id is given)")
     parser.add_argument("--headers", action="store_true",
                         help="per-tick formats: type, session and sequence headers and the "
                              "ITCH time as record timestamp on every record (about half the rate)")
@@ -216,7 +222,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         validate.counts(args)
         routes = validate.routes(args.topic_prefix, args.route)
-        kafka = validate.kafka_client(args.bootstrap_servers, args.producer_settings)
+        settings = list(args.producer_settings)
+        if args.exactly_once and not any(key == "transactional.id" for key, _ in settings):
+            settings.append(("transactional.id", f"feedhandler-{args.topic_prefix}"))
+        kafka = validate.kafka_client(args.bootstrap_servers, settings)
     except validate.UsageError as error:
         return _fail(ExitCode.USAGE, error)
     if args.producer_link == "require" and (problem := link_problem()):
@@ -232,6 +241,8 @@ def _run(args: argparse.Namespace) -> int:
         headers=args.headers, timestamp_base_ms=midnight_ms(args.trade_date),
         flush_timeout=args.flush_timeout, producer_link=args.producer_link)
     try:
+        if "transactional.id" in kafka.settings:
+            fence_previous(kafka)
         checkpoints = read_checkpoints(kafka, routes)
     except (KafkaException, TimeoutError, RuntimeError) as error:
         return _fail(ExitCode.COULD_NOT_START, f"cannot read {routes.checkpoint}: {error}")

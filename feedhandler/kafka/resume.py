@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from feedhandler.kafka.config import KafkaClientConfig
 from feedhandler.kafka.routing import BATCH_DTYPES, TICK_HEADER_SIZE, Routes, StockDirectory
@@ -128,10 +128,22 @@ def _watermarks(consumer: Consumer, partition: TopicPartition, timeout: float) -
             time.sleep(0.1)
 
 
-def read_checkpoints(client: KafkaClientConfig, routes: Routes,
-                     timeout: float = READ_TIMEOUT) -> dict[bytes, Checkpoint]:
-    """The checkpoint topic's latest state per feed session (space-padded session name)."""
-    consumer = _consumer(client)
+def fence_previous(client: KafkaClientConfig, timeout: float = READ_TIMEOUT) -> None:
+    """Exactly-once: fence an earlier instance with the same transactional.id and abort the
+    transaction it left open, so that what is committed cannot change while the checkpoint is
+    read (and a read_committed read does not wait for that transaction to time out)."""
+    producer = Producer(client.producer())
+    try:
+        producer.init_transactions(timeout)
+    finally:
+        producer.flush(0)
+
+
+def read_checkpoints(client: KafkaClientConfig, routes: Routes, timeout: float = READ_TIMEOUT,
+                     isolation: str = "read_committed") -> dict[bytes, Checkpoint]:
+    """The checkpoint topic's latest state per feed session (space-padded session name); only
+    committed checkpoints by default (exactly-once)."""
+    consumer = _consumer(client, isolation)
     try:
         partitions = [TopicPartition(routes.checkpoint, p, low)
                       for p, low, high in _ends(consumer, routes.checkpoint, timeout)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
 
-from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig
+from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig, kafka_reason
 from feedhandler.kafka.ledger import DeliveryErrors, DeliveryLedger
 from feedhandler.kafka.producer import BATCH_PATH, LINK_PATH, create_producer
 from feedhandler.kafka.resume import (CHECKPOINT_INTERVAL, CHECKPOINT_SETTINGS, Checkpoint,
@@ -43,6 +43,9 @@ BATCH_LINGER_NS = 5_000_000   # and for at most this long
 # queued is an estimate (records leave partitions at different paces).
 QUEUE_BYTES_SHARE = 0.75
 KEY_BYTES = 8                 # what a per-tick record's key is counted as (stock symbols)
+# Exactly-once: a transaction (ticks and the checkpoint that covers them) stays open at most
+# this long; its commit waits for every record in it to be acknowledged.
+TRANSACTION_INTERVAL = 0.1
 RECORD_OVERHEAD = 1024        # headers and framing a record carries besides its value
 
 
@@ -94,13 +97,20 @@ def open_sink(config: SinkConfig) -> KafkaSink:
     else:
         sink_class = ProducerTickSink
     sink = sink_class(config, producer, link, partitions, DeliveryLedger(errors))
-    if config.resume is not None:
-        try:
-            ends = partition_ends(client, routes, config.value_format, config.resume.session,
-                                  config.resume.next_sequence)
-        except (KafkaException, TimeoutError, RuntimeError) as error:
-            raise KafkaStartError(f"cannot read where the topics end: {error}") from None
-        sink.resume(config.resume, ends)
+    try:
+        if sink.transactional:
+            # Fences an earlier instance with the same transactional.id and aborts what it
+            # left open.
+            producer.init_transactions(config.flush_timeout)
+        if config.resume is not None:
+            # Exactly-once: nothing past the committed checkpoint is visible, so there is
+            # nothing to skip.
+            ends = {} if sink.transactional else partition_ends(
+                client, routes, config.value_format, config.resume.session,
+                config.resume.next_sequence)
+            sink.resume(config.resume, ends)
+    except (KafkaException, TimeoutError, RuntimeError) as error:
+        raise KafkaStartError(f"cannot resume: {kafka_reason(error)}") from None
     return sink
 
 
@@ -137,8 +147,17 @@ class KafkaSink:
         self.session: bytes | None = None     # of the newest packet, for checkpoints
         self._next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
         self._checkpointed = (0, 0)         # (position, stocks known) written last
+        self.transactional = "transactional.id" in settings
+        self._in_transaction = False
+        self._next_commit = 0.0
+        self._produced_through = 0          # sequence after the newest frame handed over
         if link is not None:
             link.open_topics(self.topics, [partitions[t] for t in self.topics])
+            # The producer learns each topic's partitions now: a record the link produces to a
+            # topic it does not know yet waits on its unassigned partition, which a
+            # transaction would register instead of the real one (and never commit).
+            for topic in self.topics:
+                producer.list_topics(topic, timeout=config.flush_timeout)
 
     # ---- what the pipeline calls ----------------------------------------------------------------
     def resume(self, checkpoint: Checkpoint, ends: dict) -> None:
@@ -166,7 +185,8 @@ class KafkaSink:
             self._frame_without_ticks(packet)
 
     def idle(self) -> None:
-        """Nothing arrived for a while: serve the producer."""
+        """Nothing arrived for a while: produce what is held, serve the producer."""
+        self._release_held()
         self.service()
 
     def service(self) -> None:
@@ -177,25 +197,31 @@ class KafkaSink:
             self.producer.poll(0)
             self._next_poll = now + POLL_INTERVAL
         self._update_acks()
-        if now >= self._next_checkpoint:
+        if self.transactional:
+            if self._in_transaction and now >= self._next_commit:
+                self._commit()
+        elif now >= self._next_checkpoint:
             self._next_checkpoint = now + CHECKPOINT_INTERVAL
-            self._checkpoint()
+            self._write_checkpoint(self.ledger.acks.next_sequence)
 
     def finish(self) -> dict[str, int]:
-        """Produce what is held, flush, settle the ledger (delivered, failed, undelivered), and
-        write the final checkpoint."""
+        """Produce what is held, flush (committing the open transaction), settle the ledger
+        (delivered, failed, undelivered), and write the final checkpoint."""
+        self._release_held()
+        if self._in_transaction:
+            self._commit()
         remaining = self.producer.flush(self.config.flush_timeout)
         settled = self.ledger.settle(remaining)
-        if not remaining:
-            self._checkpoint()
+        if not remaining and not self.transactional:
+            self._write_checkpoint(self.ledger.acks.next_sequence)
             self.producer.flush(self.config.flush_timeout)
         return settled
 
-    def _checkpoint(self) -> None:
-        """Write the position the acknowledgements have reached, and first the stock names
-        if more are known than the last checkpoint had."""
-        position, stocks = self.ledger.acks.next_sequence, int(self.directory.known.sum())
-        if self.session is None or (position, stocks) <= self._checkpointed or not position:
+    def _write_checkpoint(self, position: int) -> None:
+        """Checkpoint `position`, and first the stock names if more are known than the last
+        checkpoint had."""
+        stocks = int(self.directory.known.sum())
+        if self.session is None or not position or (position, stocks) <= self._checkpointed:
             return
         if stocks > self._checkpointed[1]:
             self._produce(self.routes.checkpoint, directory_value(self.session,
@@ -204,6 +230,21 @@ class KafkaSink:
         self._produce(self.routes.checkpoint, position_value(self.session, position),
                       key=position_key(self.session))
         self._checkpointed = (position, stocks)
+
+    def _commit(self) -> None:
+        """Commit the open transaction: its ticks and the checkpoint just past them become
+        visible to read_committed consumers together, or (on failure) not at all."""
+        self._release_held()
+        self._write_checkpoint(self._produced_through)
+        try:
+            self.producer.commit_transaction(self.config.flush_timeout)
+        except KafkaException as error:
+            if error.args[0].txn_requires_abort():
+                self.producer.abort_transaction(self.config.flush_timeout)
+            raise
+        finally:
+            self._in_transaction = False
+        self._update_acks()
 
     def outstanding(self) -> int:
         """Records in the producer, not yet acknowledged or failed."""
@@ -216,6 +257,7 @@ class KafkaSink:
     def _frame_without_ticks(self, packet: Packet) -> None:
         """A frame that made no record still moves the acknowledged position, in turn."""
         self.ledger.acks.frame_produced(self.ledger.records, 0, None, packet.next_sequence)
+        self._produced_through = packet.next_sequence
 
     def _update_acks(self) -> None:
         self.ledger.acks.update(self.ledger.acknowledged_records(len(self.producer)))
@@ -225,8 +267,16 @@ class KafkaSink:
         return (queued + records <= self.max_queued_records
                 and self.ledger.queued_bytes(queued) + nbytes <= self.max_queued_bytes)
 
+    def _release_held(self) -> None:
+        """Produce what a delivery path holds back (batched); nothing by default."""
+
     def _make_room(self, records: int, nbytes: int) -> None:
-        """Wait until the producer queue can take `records` more of `nbytes` in all."""
+        """Wait until the producer queue can take `records` more of `nbytes` in all (in an
+        open transaction, for exactly-once)."""
+        if self.transactional and not self._in_transaction:
+            self.producer.begin_transaction()
+            self._in_transaction = True
+            self._next_commit = time.monotonic() + TRANSACTION_INTERVAL
         records = min(records, self.max_queued_records)
         nbytes = min(nbytes, self.max_queued_bytes)
         if self._has_room(records, nbytes):
@@ -263,6 +313,7 @@ class KafkaSink:
         self.ledger.acks.frame_produced(
             self.ledger.records, ticks,
             received_ns if self.ledger.records > records_before else None, packet.next_sequence)
+        self._produced_through = packet.next_sequence
 
     def _dead_letter(self, packet: Packet) -> None:
         for entry in packet.quarantined:
@@ -360,14 +411,6 @@ class BatchedSink(KafkaSink):
         else:
             super()._frame_without_ticks(packet)
 
-    def idle(self):
-        self._release_held()
-        super().idle()
-
-    def finish(self):
-        self._release_held()
-        return super().finish()
-
     def _release_held(self) -> None:
         if not self._held:
             return
@@ -389,3 +432,4 @@ class BatchedSink(KafkaSink):
         for packet, ticks, received in held:
             self.ledger.acks.frame_produced(self.ledger.records, ticks, received,
                                             packet.next_sequence)
+        self._produced_through = held[-1][0].next_sequence
