@@ -28,6 +28,7 @@ from feedhandler.kafka.ledger import DeliveryErrors, DeliveryLedger
 from feedhandler.kafka.producer import BATCH_PATH, LINK_PATH, create_producer
 from feedhandler.kafka.routing import (BATCH_DTYPES, Routes, StockDirectory, batched_records,
                                        raw_blocks, tick_records)
+from feedhandler.kafka.timestamps import TimestampWindow
 from feedhandler.kafka.topics import ensure_topics
 from feedhandler.wire.packet import Packet
 
@@ -108,6 +109,7 @@ class KafkaSink:
         self.topic_index = {t: self.topics.index(topic)
                             for t, topic in config.routes.topic_of_type.items()}
         self.directory = StockDirectory()
+        self.timestamps = TimestampWindow()     # ITCH record timestamps the broker accepts
         settings = {**PRODUCER_DEFAULTS, **config.producer_overrides}
         self.max_queued_records = int(settings["queue.buffering.max.messages"])
         self.max_queued_bytes = int(int(settings["queue.buffering.max.kbytes"]) * 1024
@@ -250,6 +252,7 @@ class ProducerTickSink(KafkaSink):
             if not records:
                 continue
             if headers:
+                self.timestamps.apply(records)
                 for record in records:
                     self._produce(topic, record["value"], key=record["key"],
                                   timestamp=record["timestamp"],
