@@ -74,13 +74,20 @@ cluster_broker_port() { echo $((CLUSTER_PORT + 100 * ($1 - 1))); }
 cluster_controller_port() { echo $((CLUSTER_PORT + 100 * ($1 - 1) + 1)); }
 
 single_bootstrap() { echo "$HOST:$PORT"; }
-cluster_bootstrap() {
+
+# cluster_list broker|voter: every node's HOST:BROKER_PORT, or its N@HOST:CONTROLLER_PORT
+# (controller.quorum.voters), comma-separated.
+cluster_list() {
     local n out=""
     for ((n = 1; n <= CLUSTER_NODES; n++)); do
-        out+="${out:+,}$HOST:$(cluster_broker_port "$n")"
+        case "$1" in
+            broker) out+="${out:+,}$HOST:$(cluster_broker_port "$n")" ;;
+            voter) out+="${out:+,}$n@$HOST:$(cluster_controller_port "$n")" ;;
+        esac
     done
     echo "$out"
 }
+cluster_bootstrap() { cluster_list broker; }
 
 # Refuse to rm -rf something silly if the env var is misconfigured.
 check_state_dir() {
@@ -428,20 +435,12 @@ start_single() { # KEEP (1: keep the data of a formatted node)
     single_bootstrap
 }
 
-cluster_voters() {
-    local n voters=""
-    for ((n = 1; n <= CLUSTER_NODES; n++)); do
-        voters+="${voters:+,}$n@$HOST:$(cluster_controller_port "$n")"
-    done
-    echo "$voters"
-}
-
 start_cluster() { # KEEP (1: keep the data if every node was formatted)
     local keep=$1
     cmd_fetch
     lock_state
     local n dirs=() ports=() voters running=0 all_formatted=1
-    voters=$(cluster_voters)
+    voters=$(cluster_list voter)
     for ((n = 1; n <= CLUSTER_NODES; n++)); do
         dirs+=("$(node_dir "$n")")
         ports+=("$(cluster_broker_port "$n")" "$(cluster_controller_port "$n")")

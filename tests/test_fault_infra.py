@@ -367,10 +367,17 @@ def test_cluster_leader_and_controller_kill_leave_new_ones(tmp_path):
         assert len(before.replicas) == 3 and len(before.isr) == 3
         produce_values(cluster.bootstrap, "replicated", [b"before"] * 100)
         cluster.kill_node(before.leader)
+        killed = time.monotonic()
+        producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all",
+                             "enable.idempotence": True})
+        producer.produce("replicated", b"after", partition=0)
+        assert producer.flush(60) == 0
+        acked = time.monotonic() - killed
         leader, failover = cluster.wait_for_leader("replicated", 0,
                                                    lambda node: node not in (-1, before.leader))
-        print(f"partition leader failover: {failover:.1f} s (node {before.leader} -> {leader})")
-        produce_values(cluster.bootstrap, "replicated", [b"after"] * 100)
+        print(f"partition leader failover: an acks=all write {acked:.1f} s after the SIGKILL; "
+              f"metadata names node {leader} (was {before.leader}) {failover + acked:.1f} s after")
+        produce_values(cluster.bootstrap, "replicated", [b"after"] * 99)
         cluster.start_node(before.leader)
         controller = cluster.controller()
         started = time.monotonic()

@@ -131,7 +131,11 @@ class KafkaNodes:
         return True
 
     def __enter__(self) -> KafkaNodes:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()             # whatever did start
+            raise
         return self
 
     def __exit__(self, *exc_info) -> None:
