@@ -373,6 +373,7 @@ def test_cluster_leader_and_controller_kill_leave_new_ones(tmp_path):
         producer.produce("replicated", b"after", partition=0)
         assert producer.flush(60) == 0
         acked = time.monotonic() - killed
+        del producer                # no client left retrying the nodes once they stop
         leader, failover = cluster.wait_for_leader("replicated", 0,
                                                    lambda node: node not in (-1, before.leader))
         print(f"partition leader failover: an acks=all write {acked:.1f} s after the SIGKILL; "
