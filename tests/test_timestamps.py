@@ -49,7 +49,13 @@ def test_the_window_keeps_timestamps_inside_and_falls_back_to_produce_time_outsi
 
 
 def test_the_default_window_stays_inside_what_a_default_broker_accepts():
+    """Ahead: short of the broker's hour. Behind: unbounded, as the broker's default."""
     assert 0 < DEFAULT_MAX_AHEAD_MS < BROKER_AFTER_MAX_MS
+    window = TimestampWindow(clock=lambda: 1_800_000_000)
+    records = [{"timestamp": 1}, {"timestamp": 1_800_000_000_000 + DEFAULT_MAX_AHEAD_MS}]
+    window.apply(records)
+    assert [r["timestamp"] for r in records] == [1, 1_800_000_000_000 + DEFAULT_MAX_AHEAD_MS]
+    assert window.fallbacks == 0
     with pytest.raises(ValueError):
         TimestampWindow(max_ahead_ms=-1)
 
