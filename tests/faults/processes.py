@@ -215,6 +215,7 @@ class SimulatorProcess(ChildProcess):
             if self.poll() is not None:
                 raise AssertionError(f"simulate exited {self.returncode}:\n{self.tail()}")
             if time.monotonic() > deadline:
+                self.close()        # nobody else holds it yet
                 raise TimeoutError(f"simulate not listening within {timeout} s:\n{self.tail()}")
             time.sleep(0.05)
 
