@@ -37,7 +37,7 @@ import threading
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM
 from cpython.object cimport PyObject
-from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uint8_t
+from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint32_t, uint64_t, uint8_t
 from libc.stdio cimport FILE, fclose, fread, rewind, snprintf, tmpfile
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
@@ -273,6 +273,7 @@ cdef class ProducerLink:
     cdef Py_ssize_t* bucket_start    # first (topic, partition) bucket of each topic, then the total
     cdef int n_topics
     cdef int64_t n_refused
+    cdef int64_t n_timestamp_fallbacks
     cdef int generation         # fork_generation when the link was made
 
     def __cinit__(self):
@@ -325,7 +326,8 @@ cdef class ProducerLink:
     def produce_ticks(self, dict messages, dict sequences, uint64_t first_sequence,
                       Py_ssize_t count, dict topic_of_type, list keys,
                       const uint32_t[::1] key_hashes, bytes session, dict raw_blocks=None,
-                      bint headers=False, int64_t timestamp_base_ms=0):
+                      bint headers=False, int64_t timestamp_base_ms=0,
+                      int64_t timestamp_min_ms=1, int64_t timestamp_max_ms=INT64_MAX):
         """One record per tick of a decoded packet: key `keys[locate]`, partition from the
         key's murmur2 `key_hashes[locate]`, to topic `topic_of_type[type]` (an index into the
         open topics). The value is the tick header (`session`, the tick's sequence number)
@@ -336,7 +338,9 @@ cdef class ProducerLink:
         With `headers`, every record also carries headers `type`, `session` and `sequence`
         (ASCII decimal) and the ITCH time as its timestamp (`timestamp_base_ms` plus the
         nanoseconds since midnight): one rd_kafka_produceva() per record, since
-        rd_kafka_produce_batch() takes neither headers nor timestamps."""
+        rd_kafka_produce_batch() takes neither headers nor timestamps. A timestamp outside
+        [`timestamp_min_ms`, `timestamp_max_ms`] (what the brokers accept) becomes 0, the
+        produce time, and is counted in `timestamp_fallbacks`."""
         cdef TypeRows types[MAX_TYPES]
         cdef Py_ssize_t n_types, slot, t, at, in_topic
         cdef TypeRows* tr
@@ -414,6 +418,9 @@ cdef class ProducerLink:
                 if metadata != NULL:
                     metadata[at].sequence = first_sequence + slot
                     metadata[at].timestamp_ms = record_timestamp_ms(row_ptr, timestamp_base_ms)
+                    if not timestamp_min_ms <= metadata[at].timestamp_ms <= timestamp_max_ms:
+                        metadata[at].timestamp_ms = 0
+                        self.n_timestamp_fallbacks += 1
                     metadata[at].message_type = row_ptr[0]
             # After the fill, bucket b's records end at fill[b]; topic t's span from the end of
             # the bucket before its first to the end of its last.
@@ -519,6 +526,11 @@ cdef class ProducerLink:
     def failed(self) -> int:
         """Records produced here that failed: refused at once or failed delivery."""
         return fh_atomic_load(&self.tally.failed)
+
+    @property
+    def timestamp_fallbacks(self) -> int:
+        """Records sent with the produce time because their ITCH time was out of range."""
+        return self.n_timestamp_fallbacks
 
     @property
     def refused(self) -> int:

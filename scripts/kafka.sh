@@ -4,13 +4,25 @@
 #   scripts/kafka.sh fetch                     download broker jars (once) into the cache dir
 #   scripts/kafka.sh start  [--cluster]        fresh broker(s): wipe, format, start, wait until ready;
 #                                              prints the bootstrap string on stdout (restarts if running)
-#   scripts/kafka.sh stop   [--cluster]        SIGTERM, up to 30 s, then SIGKILL (exit 0 if nothing runs)
+#   scripts/kafka.sh start  --keep [--cluster] the same, but keeping the data of a node formatted
+#                                              before (topics, records, offsets); fresh if there is none
+#   scripts/kafka.sh restart [--cluster]       = start --keep: stop (if running), start with the data kept
+#   scripts/kafka.sh stop   [--cluster]        SIGTERM, up to 30 s, then SIGKILL (exit 0 if nothing runs);
+#                                              stop never deletes data (only a fresh start does)
+#   scripts/kafka.sh kill   [--cluster]        SIGKILL the broker(s) at once; the data stays (restart)
+#   scripts/kafka.sh pause | resume            SIGSTOP / SIGCONT the single node (a hung broker)
 #   scripts/kafka.sh status [--cluster]        exit 0 if ready, 1 otherwise
 #   scripts/kafka.sh bootstrap [--cluster]     print the bootstrap string only
 #   scripts/kafka.sh kill-node N               3-node cluster only: SIGKILL node N (1..3)
 #   scripts/kafka.sh start-node N              3-node cluster only: restart node N, keeping its data
-#   scripts/kafka.sh create-topic [--cluster] NAME [PARTITIONS [REPLICATION]]
-#                                              (needs python3 + confluent_kafka; default RF = broker default)
+#   scripts/kafka.sh pause-node N | resume-node N   3-node cluster only: SIGSTOP / SIGCONT node N
+#   scripts/kafka.sh controller [--cluster]    print the node id of the active KRaft controller
+#                                              (the metadata quorum's leader, asked with Kafka's own tool)
+#   scripts/kafka.sh leaders [--cluster] TOPIC print one line per partition: PARTITION LEADER REPLICAS ISR
+#                                              (node ids; lists comma-separated; leader -1 = none)
+#   scripts/kafka.sh create-topic [--cluster] NAME [PARTITIONS [REPLICATION [MIN_ISR]]]
+#                                              (needs python3 + confluent_kafka; default RF = broker default,
+#                                              MIN_ISR sets the topic's min.insync.replicas)
 #
 # Environment:
 #   FEEDHANDLER_KAFKA_VERSION          Kafka version to fetch/run (default below)
@@ -62,13 +74,20 @@ cluster_broker_port() { echo $((CLUSTER_PORT + 100 * ($1 - 1))); }
 cluster_controller_port() { echo $((CLUSTER_PORT + 100 * ($1 - 1) + 1)); }
 
 single_bootstrap() { echo "$HOST:$PORT"; }
-cluster_bootstrap() {
+
+# cluster_list broker|voter: every node's HOST:BROKER_PORT, or its N@HOST:CONTROLLER_PORT
+# (controller.quorum.voters), comma-separated.
+cluster_list() {
     local n out=""
     for ((n = 1; n <= CLUSTER_NODES; n++)); do
-        out+="${out:+,}$HOST:$(cluster_broker_port "$n")"
+        case "$1" in
+            broker) out+="${out:+,}$HOST:$(cluster_broker_port "$n")" ;;
+            voter) out+="${out:+,}$n@$HOST:$(cluster_controller_port "$n")" ;;
+        esac
     done
     echo "$out"
 }
+cluster_bootstrap() { cluster_list broker; }
 
 # Refuse to rm -rf something silly if the env var is misconfigured.
 check_state_dir() {
@@ -190,7 +209,7 @@ message.max.bytes=16777216
 replica.fetch.max.bytes=16777216
 socket.request.max.bytes=104857600
 
-# retention: 7 days, no size limit (the state dir is wiped on every start anyway)
+# retention: 7 days, no size limit (a fresh start wipes the state dir anyway)
 log.retention.hours=168
 log.retention.bytes=-1
 log.segment.bytes=1073741824
@@ -383,55 +402,76 @@ check_ports_free() {
 
 # ---------------------------------------------------------------- commands
 
-start_single() {
+# A node dir that was formatted and can start with its data.
+formatted() { [[ -f "$1/server.properties" && -f "$1/data/meta.properties" ]]; }
+
+start_single() { # KEEP (1: keep the data of a formatted node)
+    local keep=$1
     cmd_fetch
     lock_state
     if [[ -n "$(node_pid "$SINGLE_DIR")" ]]; then
-        log "single-node Kafka already running: restarting it (fresh)"
+        log "single-node Kafka already running: restarting it ($( ((keep)) && echo "keeping its data" || echo "fresh"))"
         stop_dirs "$SINGLE_DIR"
     fi
     check_ports_free "$PORT" "$CONTROLLER_PORT"
-    local t0ns heap="${FEEDHANDLER_KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}"
+    local t0ns heap="${FEEDHANDLER_KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}" how="fresh"
     t0ns=$(date +%s%N)
-    rm -rf "$SINGLE_DIR"
-    write_config "$SINGLE_DIR" 1 "$PORT" "$CONTROLLER_PORT" "1@$HOST:$CONTROLLER_PORT" 1 1
-    format_storage "$SINGLE_DIR" "$(gen_uuid)" || die "storage format failed"
+    if ((keep)) && formatted "$SINGLE_DIR"; then
+        how="with its data kept"
+        # The ports may differ from the run that formatted it; the data stays.
+        write_config "$SINGLE_DIR" 1 "$PORT" "$CONTROLLER_PORT" "1@$HOST:$CONTROLLER_PORT" 1 1
+        echo "----- restarted by kafka.sh at $(date -Is), data kept -----" >>"$SINGLE_DIR/server.log"
+    else
+        rm -rf "$SINGLE_DIR"
+        write_config "$SINGLE_DIR" 1 "$PORT" "$CONTROLLER_PORT" "1@$HOST:$CONTROLLER_PORT" 1 1
+        format_storage "$SINGLE_DIR" "$(gen_uuid)" || die "storage format failed"
+    fi
     launch "$SINGLE_DIR" "$heap"
     if ! wait_ready "$SINGLE_DIR"; then
         stop_dirs "$SINGLE_DIR"
         die "single-node Kafka did not become ready"
     fi
-    log "Kafka $KAFKA_VERSION single node ready in $(elapsed "$t0ns") (pid $(node_pid "$SINGLE_DIR"), state $SINGLE_DIR)"
+    log "Kafka $KAFKA_VERSION single node ready $how in $(elapsed "$t0ns") (pid $(node_pid "$SINGLE_DIR"), state $SINGLE_DIR)"
     single_bootstrap
 }
 
-start_cluster() {
+start_cluster() { # KEEP (1: keep the data if every node was formatted)
+    local keep=$1
     cmd_fetch
     lock_state
-    local n dirs=() ports=() voters="" running=0
+    local n dirs=() ports=() voters running=0 all_formatted=1
+    voters=$(cluster_list voter)
     for ((n = 1; n <= CLUSTER_NODES; n++)); do
         dirs+=("$(node_dir "$n")")
         ports+=("$(cluster_broker_port "$n")" "$(cluster_controller_port "$n")")
-        voters+="${voters:+,}$n@$HOST:$(cluster_controller_port "$n")"
         [[ -n "$(node_pid "$(node_dir "$n")")" ]] && running=1
+        formatted "$(node_dir "$n")" || all_formatted=0
     done
+    ((keep && all_formatted)) || keep=0
     if ((running)); then
-        log "Kafka cluster already running: restarting it (fresh)"
+        log "Kafka cluster already running: restarting it ($( ((keep)) && echo "keeping its data" || echo "fresh"))"
         stop_dirs "${dirs[@]}"
     fi
     check_ports_free "${ports[@]}"
     local t0ns heap="${FEEDHANDLER_KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}" cid pids=() rc=0
     t0ns=$(date +%s%N)
-    cid=$(gen_uuid)
-    rm -rf "$CLUSTER_DIR"
-    for ((n = 1; n <= CLUSTER_NODES; n++)); do
-        write_config "$(node_dir "$n")" "$n" "$(cluster_broker_port "$n")" "$(cluster_controller_port "$n")" "$voters" 3 2
-        echo "$cid" >"$(node_dir "$n")/cluster.id"
-        format_storage "$(node_dir "$n")" "$cid" &
-        pids+=($!)
-    done
-    for n in "${pids[@]}"; do wait "$n" || rc=1; done
-    ((rc == 0)) || die "storage format failed"
+    if ((keep)); then
+        for ((n = 1; n <= CLUSTER_NODES; n++)); do
+            write_config "$(node_dir "$n")" "$n" "$(cluster_broker_port "$n")" "$(cluster_controller_port "$n")" "$voters" 3 2
+            echo "----- restarted by kafka.sh at $(date -Is), data kept -----" >>"$(node_dir "$n")/server.log"
+        done
+    else
+        cid=$(gen_uuid)
+        rm -rf "$CLUSTER_DIR"
+        for ((n = 1; n <= CLUSTER_NODES; n++)); do
+            write_config "$(node_dir "$n")" "$n" "$(cluster_broker_port "$n")" "$(cluster_controller_port "$n")" "$voters" 3 2
+            echo "$cid" >"$(node_dir "$n")/cluster.id"
+            format_storage "$(node_dir "$n")" "$cid" &
+            pids+=($!)
+        done
+        for n in "${pids[@]}"; do wait "$n" || rc=1; done
+        ((rc == 0)) || die "storage format failed"
+    fi
     for ((n = 1; n <= CLUSTER_NODES; n++)); do
         launch "$(node_dir "$n")" "$heap"
     done
@@ -439,7 +479,7 @@ start_cluster() {
         stop_dirs "${dirs[@]}"
         die "Kafka cluster did not become ready"
     fi
-    log "Kafka $KAFKA_VERSION $CLUSTER_NODES-node cluster ready in $(elapsed "$t0ns") (state $CLUSTER_DIR)"
+    log "Kafka $KAFKA_VERSION $CLUSTER_NODES-node cluster ready $( ((keep)) && echo "with its data kept" || echo "fresh") in $(elapsed "$t0ns") (state $CLUSTER_DIR)"
     cluster_bootstrap
 }
 
@@ -509,25 +549,47 @@ cluster_node_arg() {
     fi
 }
 
-cmd_kill_node() {
-    cluster_node_arg "${1:-}"
-    lock_state
-    local dir pid
-    dir=$(node_dir "$1")
+# kill_dir DIR WHAT: SIGKILL the node in DIR and wait until it is gone; its data stays.
+kill_dir() {
+    local dir=$1 what=$2 pid i
     pid=$(node_pid "$dir")
     if [[ -z "$pid" ]]; then
         rm -f "$dir/kafka.pid"
-        log "node $1 not running"
+        log "$what not running"
         return 0
     fi
     kill -KILL "$pid" 2>/dev/null || true
-    local i
     for ((i = 0; i < 100; i++)); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
     rm -f "$dir/kafka.pid"
-    log "killed node $1 (pid $pid, SIGKILL)"
+    log "killed $what (pid $pid, SIGKILL)"
+}
+
+# signal_dir DIR STOP|CONT WHAT: pause or resume the node's JVM (a broker that hangs).
+signal_dir() {
+    local dir=$1 sig=$2 what=$3 pid
+    pid=$(node_pid "$dir")
+    [[ -n "$pid" ]] || die "$what not running"
+    kill -"$sig" "$pid"
+    log "$( [[ $sig == STOP ]] && echo paused || echo resumed) $what (pid $pid, SIG$sig)"
+}
+
+cmd_kill() {
+    local cluster=$1 n
+    lock_state
+    if ((cluster)); then
+        for ((n = 1; n <= CLUSTER_NODES; n++)); do kill_dir "$(node_dir "$n")" "node $n"; done
+    else
+        kill_dir "$SINGLE_DIR" "single-node Kafka"
+    fi
+}
+
+cmd_kill_node() {
+    cluster_node_arg "${1:-}"
+    lock_state
+    kill_dir "$(node_dir "$1")" "node $1"
 }
 
 cmd_start_node() {
@@ -536,7 +598,7 @@ cmd_start_node() {
     lock_state
     local n=$1 dir t0ns
     dir=$(node_dir "$n")
-    [[ -f "$dir/server.properties" && -f "$dir/data/meta.properties" ]] ||
+    formatted "$dir" ||
         die "node $n was never formatted; run 'scripts/kafka.sh start --cluster' first"
     if [[ -n "$(node_pid "$dir")" ]]; then
         log "node $n already running (pid $(node_pid "$dir"))"
@@ -551,40 +613,118 @@ cmd_start_node() {
 }
 
 cmd_create_topic() {
-    local cluster=$1 name=${2:-} parts=${3:-1} rf=${4:--1} bs
-    [[ -n "$name" ]] || die "usage: kafka.sh create-topic [--cluster] NAME [PARTITIONS [REPLICATION]]"
+    local cluster=$1 name=${2:-} parts=${3:-1} rf=${4:--1} min_isr=${5:-} bs
+    [[ -n "$name" ]] || die "usage: kafka.sh create-topic [--cluster] NAME [PARTITIONS [REPLICATION [MIN_ISR]]]"
     if ((cluster)); then bs=$(cluster_bootstrap); else bs=$(single_bootstrap); fi
-    python3 - "$bs" "$name" "$parts" "$rf" <<'EOF'
+    python3 - "$bs" "$name" "$parts" "$rf" "$min_isr" <<'EOF'
 import sys
 from confluent_kafka.admin import AdminClient, NewTopic
-bs, name, parts, rf = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+bs, name, parts, rf, min_isr = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+config = {"min.insync.replicas": min_isr} if min_isr else {}
 admin = AdminClient({"bootstrap.servers": bs})  # keep a reference while the future is pending
-fut = admin.create_topics([NewTopic(name, num_partitions=parts, replication_factor=rf)], operation_timeout=30)
+fut = admin.create_topics([NewTopic(name, num_partitions=parts, replication_factor=rf, config=config)],
+                          operation_timeout=30)
 try:
     fut[name].result(60)
 except Exception as e:  # noqa: BLE001
     sys.exit(f"kafka.sh: create-topic {name} failed: {e}")
-print(f"kafka.sh: created topic {name} (partitions={parts}, replication={'default' if rf < 0 else rf})", file=sys.stderr)
+print(f"kafka.sh: created topic {name} (partitions={parts}, replication={'default' if rf < 0 else rf}"
+      f"{', min.insync.replicas=' + min_isr if min_isr else ''})", file=sys.stderr)
 EOF
+}
+
+# The partitions of TOPIC as the cluster's metadata has them: PARTITION LEADER REPLICAS ISR.
+cmd_leaders() {
+    local cluster=$1 topic=${2:-} bs
+    [[ -n "$topic" ]] || die "usage: kafka.sh leaders [--cluster] TOPIC"
+    if ((cluster)); then bs=$(cluster_bootstrap); else bs=$(single_bootstrap); fi
+    python3 - "$bs" "$topic" <<'EOF'
+import sys
+from confluent_kafka.admin import AdminClient
+bs, topic = sys.argv[1], sys.argv[2]
+try:
+    metadata = AdminClient({"bootstrap.servers": bs, "log_level": 0}).list_topics(topic, timeout=10)
+except Exception as e:  # noqa: BLE001
+    sys.exit(f"kafka.sh: leaders {topic}: {e}")
+described = metadata.topics[topic]
+if described.error is not None:
+    sys.exit(f"kafka.sh: leaders {topic}: {described.error.str()}")
+for p in sorted(described.partitions.values(), key=lambda p: p.id):
+    print(p.id, p.leader, ",".join(map(str, p.replicas)), ",".join(map(str, p.isrs)))
+EOF
+}
+
+# The active controller: the KRaft metadata quorum's leader, from DescribeQuorum sent to the
+# controllers' own listeners (DescribeCluster through a broker names a random broker instead,
+# KIP-919). The broker jars have no CLI for it, so a few lines of Java run against
+# kafka-clients (Java's single-file source launcher; about 3 s).
+cmd_controller() {
+    local cluster=$1 controllers="" n out src="$KAFKA_HOME/QuorumLeader.java"
+    cmd_fetch
+    if ((cluster)); then
+        for ((n = 1; n <= CLUSTER_NODES; n++)); do
+            port_in_use "$(cluster_controller_port "$n")" && controllers+="${controllers:+,}$HOST:$(cluster_controller_port "$n")"
+        done
+    else
+        port_in_use "$CONTROLLER_PORT" && controllers="$HOST:$CONTROLLER_PORT"
+    fi
+    [[ -n "$controllers" ]] || die "no controller listening"
+    cat >"$src.$$" <<'EOF'
+import java.util.Properties;
+import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.clients.admin.AdminClientConfig;
+
+public class QuorumLeader {
+    public static void main(String[] args) throws Exception {
+        Properties props = new Properties();
+        props.put(AdminClientConfig.BOOTSTRAP_CONTROLLERS_CONFIG, args[0]);
+        props.put(AdminClientConfig.REQUEST_TIMEOUT_MS_CONFIG, "10000");
+        props.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "20000");
+        try (Admin admin = Admin.create(props)) {
+            System.out.println("leader " + admin.describeMetadataQuorum().quorumInfo().get().leaderId());
+        }
+    }
+}
+EOF
+    mv "$src.$$" "$src"
+    out=$(timeout 60 java -Xmx128m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "$LIBS/*" \
+        "$src" "$controllers" 2>&1) || die "could not describe the metadata quorum: $(tail -n 3 <<<"$out")"
+    out=$(sed -n 's/^leader \(-\{0,1\}[0-9][0-9]*\)$/\1/p' <<<"$out")
+    [[ -n "$out" ]] || die "no leader in the metadata quorum's description"
+    echo "$out"
 }
 
 # ---------------------------------------------------------------- main
 
 main() {
-    local cmd=${1:-} cluster=0 args=() a
+    local cmd=${1:-} cluster=0 keep=0 args=() a
     [[ -n "$cmd" ]] || usage 2
     shift
     for a in "$@"; do
         case "$a" in
             --cluster) cluster=1 ;;
+            --keep) keep=1 ;;
             -h | --help) usage 0 ;;
             *) args+=("$a") ;;
         esac
     done
     case "$cmd" in
         fetch) cmd_fetch ;;
-        start) if ((cluster)); then start_cluster; else start_single; fi ;;
+        start | restart)
+            [[ "$cmd" == restart ]] && keep=1
+            if ((cluster)); then start_cluster "$keep"; else start_single "$keep"; fi ;;
         stop) cmd_stop "$cluster" ;;
+        kill) cmd_kill "$cluster" ;;
+        pause | resume)
+            ((cluster)) && die "$cmd is for the single node; use $cmd-node N on the cluster"
+            lock_state
+            signal_dir "$SINGLE_DIR" "$([[ $cmd == pause ]] && echo STOP || echo CONT)" "single-node Kafka" ;;
+        pause-node | resume-node)
+            cluster_node_arg "${args[0]:-}"
+            lock_state
+            signal_dir "$(node_dir "${args[0]}")" "$([[ $cmd == pause-node ]] && echo STOP || echo CONT)" "node ${args[0]}" ;;
+        controller) cmd_controller "$cluster" ;;
+        leaders) cmd_leaders "$cluster" "${args[0]:-}" ;;
         status) cmd_status "$cluster" ;;
         bootstrap) if ((cluster)); then cluster_bootstrap; else single_bootstrap; fi ;;
         kill-node) cmd_kill_node "${args[0]:-}" ;;

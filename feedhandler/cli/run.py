@@ -307,8 +307,8 @@ def _run(args: argparse.Namespace) -> int:
 def format_account(summary: dict) -> str:
     lines = ["final account:"]
     for key in ("producer_path", "frames", "messages", "decoded", "quarantined",
-                "quarantined_frames", "dead_lettered", "produced", "delivered", "failed",
-                "undelivered", "gaps", "missing", "duplicates", "lost", "seconds", "ticks_per_s"):
+                "quarantined_frames", "dead_lettered", "already_in_kafka", "produced",
+                "delivered", "failed", "undelivered", "timestamp_fallbacks", "gaps", "missing", "duplicates", "lost", "seconds", "ticks_per_s"):
         lines.append(f"  {key:<20} {summary[key]}")
     if summary["failure_reasons"]:
         lines.append(f"  failure reasons      {summary['failure_reasons']}")

@@ -33,7 +33,11 @@ class SimulatorConfig:
         peak-to-average ratio with a rate. speed: replay paced by the ITCH timestamps.
     retain_bytes: frames kept for retransmission by an endless or replay session (a --count
         synthetic session keeps all of its frames).
-    status_interval: seconds between status lines on stderr; None for none."""
+    status_interval: seconds between status lines on stderr; None for none.
+    live_clock: stamp messages with the New York time of day at which their packet goes out
+        (`feedhandler.exchange.clock`) instead of the synthetic day's clock (09:30 at the
+        start); None (default) = for a paced synthetic session (rate), which stands in for a
+        live feed. It needs one."""
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
@@ -57,6 +61,7 @@ class SimulatorConfig:
     max_clients: int = MAX_CLIENTS
     retain_bytes: int = DEFAULT_RETAIN_BYTES
     status_interval: float | None = 1.0
+    live_clock: bool | None = None
 
     def __post_init__(self):
         if not 1 <= self.messages_per_packet < packet.END_OF_SESSION_COUNT:
@@ -69,11 +74,20 @@ class SimulatorConfig:
             raise ValueError("speed must be positive and needs replay")
         if self.speed is not None and self.rate:
             raise ValueError("pace by rate or by timestamps (speed), not both")
+        if self.live_clock and not (self.rate and self.replay is None):
+            raise ValueError("a live clock needs a paced synthetic session (a rate, no replay)")
         if self.count is not None and self.count < 0:
             raise ValueError("count must not be negative")
         self.padded_session                     # validates the session name
         pad(self.username, USERNAME_LENGTH, "username")
         pad(self.password, PASSWORD_LENGTH, "password")
+
+    @property
+    def stamps_live(self) -> bool:
+        """Whether messages carry the time of day they go out at (see live_clock)."""
+        if self.live_clock is None:
+            return bool(self.rate) and self.replay is None
+        return self.live_clock
 
     @property
     def padded_session(self) -> bytes:

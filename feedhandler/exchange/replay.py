@@ -73,9 +73,24 @@ def read_blocks(path, read_size: int = READ_SIZE) -> Iterator[MessageBlock]:
         raise ReplayError(f"file ends inside a message at file offset {consumed}")
 
 
+_TIMESTAMP_SHIFTS = np.array([40, 32, 24, 16, 8, 0], np.uint64)   # the 6 bytes, big-endian
+
+
+def _timestamp_bytes(block: MessageBlock) -> np.ndarray:
+    """Index of each message's 6 timestamp bytes in block.data, one row per message."""
+    return block.offsets[:-1, None] + _TIMESTAMP_OFFSET + np.arange(6)
+
+
 def message_timestamps(block: MessageBlock) -> np.ndarray:
     """ITCH timestamp (ns since midnight) of every message of the block, as uint64."""
-    data = np.frombuffer(block.data, np.uint8)
-    at = block.offsets[:-1, None] + _TIMESTAMP_OFFSET + np.arange(6)
-    digits = data[at].astype(np.uint64)
-    return (digits << np.array([40, 32, 24, 16, 8, 0], np.uint64)).sum(axis=1, dtype=np.uint64)
+    digits = np.frombuffer(block.data, np.uint8)[_timestamp_bytes(block)].astype(np.uint64)
+    return (digits << _TIMESTAMP_SHIFTS).sum(axis=1, dtype=np.uint64)
+
+
+def with_timestamps(block: MessageBlock, timestamps: np.ndarray) -> MessageBlock:
+    """The block with each message's ITCH timestamp replaced (ns since midnight, one per
+    message)."""
+    data = np.frombuffer(block.data, np.uint8).copy()
+    stamps = np.asarray(timestamps, np.uint64)[:, None]
+    data[_timestamp_bytes(block)] = ((stamps >> _TIMESTAMP_SHIFTS) & np.uint64(0xFF)).astype(np.uint8)
+    return MessageBlock(data.tobytes(), block.offsets)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 
 from feedhandler.exchange import orderflow, replay
+from feedhandler.exchange.clock import LiveClock
 from feedhandler.exchange.config import SimulatorConfig
 from feedhandler.exchange.frame_store import FrameChunk, FrameStore, frame_block
 from feedhandler.exchange.orderflow import MessageBlock
@@ -103,6 +104,7 @@ class Simulator:
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._next_sequence = 1
+        self._clock = LiveClock() if config.stamps_live else None
         self._prepare()
 
     # ---- preparation -----------------------------------------------------------------------------
@@ -144,6 +146,8 @@ class Simulator:
 
     def _frame(self, block: MessageBlock) -> FrameChunk:
         boundaries, due = self._pacing.cut(block)
+        if self._clock is not None:
+            block = self._clock.stamp(block, boundaries, due)
         chunk = frame_block(block, boundaries, session=self.session,
                             sequence=self._next_sequence, codec=self.config.codec, due=due)
         self._next_sequence += block.count

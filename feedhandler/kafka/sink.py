@@ -33,6 +33,7 @@ from feedhandler.kafka.resume import (CHECKPOINT_INTERVAL, CHECKPOINT_SETTINGS, 
                                       partition_ends, position_key, position_value)
 from feedhandler.kafka.routing import (BATCH_DTYPES, TICK_HEADER_SIZE, Routes, StockDirectory,
                                        batched_records, raw_blocks, tick_records)
+from feedhandler.kafka.timestamps import TimestampWindow
 from feedhandler.kafka.topics import KafkaStartError, ensure_topics
 from feedhandler.wire.packet import Packet
 
@@ -136,6 +137,7 @@ class KafkaSink:
         self.topic_index = {t: self.topics.index(topic)
                             for t, topic in config.routes.topic_of_type.items()}
         self.directory = StockDirectory()
+        self.timestamps = TimestampWindow()     # ITCH record timestamps the broker accepts
         settings = {**PRODUCER_DEFAULTS, **config.producer_overrides}
         self.max_queued_records = int(settings["queue.buffering.max.messages"])
         self.max_queued_bytes = int(int(settings["queue.buffering.max.kbytes"]) * 1024
@@ -338,11 +340,13 @@ class LinkedTickSink(KafkaSink):
             (TICK_HEADER_SIZE + KEY_BYTES) * ticks
         self._make_room(ticks, nbytes)
         records_before = self.ledger.records
+        fallbacks_before = self.link.timestamp_fallbacks
         records = self.link.produce_ticks(
             packet.messages, packet.sequences, packet.sequence, packet.count, self.topic_index,
             self.directory.keys, self.directory.hashes, packet.session,
             raw_blocks(packet) if config.value_format == "raw" else None, config.headers,
-            config.timestamp_base_ms)
+            config.timestamp_base_ms, *self.timestamps.window_ms())
+        self.timestamps.count(self.link.timestamp_fallbacks - fallbacks_before)
         self.ledger.handed_over(records, nbytes)
         self._frame_produced(packet, ticks, received_ns, records_before)
 
@@ -364,6 +368,7 @@ class ProducerTickSink(KafkaSink):
             if not records:
                 continue
             if headers:
+                self.timestamps.apply(records)
                 for record in records:
                     self._produce(topic, record["value"], key=record["key"],
                                   timestamp=record["timestamp"],

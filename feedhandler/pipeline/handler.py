@@ -58,6 +58,7 @@ class Account:
     undelivered: int = 0
     dead_lettered: int = 0
     already_in_kafka: int = 0       # ticks a resumed run skipped: their partitions held them
+    timestamp_fallbacks: int = 0    # records sent with the produce time: ITCH time out of range
     backpressure_waits: int = 0     # times the publisher waited for room in the producer queue
     gaps: int = 0
     missing: int = 0
@@ -214,5 +215,6 @@ class Handler:
         account.produced = ledger.ticks
         account.dead_lettered = ledger.dead_lettered
         account.already_in_kafka = ledger.already_in_kafka
+        account.timestamp_fallbacks = self.sink.timestamps.fallbacks
         account.backpressure_waits = ledger.backpressure_waits
         account.failure_reasons = dict(ledger.errors.reasons)
