@@ -92,7 +92,7 @@ class Ticks:
 def add_record(ticks: Ticks, value: bytes, value_format: str, headers) -> None:
     """Add the ticks of one record of `value_format` to its partition's `ticks`."""
     if value_format == "batched":
-        rows = np.frombuffer(value, BATCH_DTYPES[chr(value[SEQUENCE_BYTES])])
+        rows = np.frombuffer(value, BATCH_DTYPES[chr(value[8])])   # after the u64 sequence
         ticks.add_rows(rows, dict(headers or ()).get("session"))
     elif value_format == "json":
         fields = json.loads(value)
