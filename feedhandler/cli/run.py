@@ -31,6 +31,7 @@ from feedhandler.kafka.topics import KafkaStartError, check_reachable
 from feedhandler.pipeline.handler import Handler, HandlerConfig
 from feedhandler.session import (FrameSource, ListenSource, LoginRejected, SessionClient,
                                  SessionError)
+from feedhandler.session.protocol import LINK_TIMEOUT
 
 log = logging.getLogger("feedhandler.run")
 
@@ -69,6 +70,14 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
     parser.add_argument("--sequence", type=int, default=1,
                         help="first sequence number wanted: 1 = whole session (default), "
                              "0 = from now on")
+    parser.add_argument("--max-reconnects", type=int, default=None, metavar="N",
+                        help="--connect: give up (exit 4) after N reconnect attempts in a row "
+                             "that did not get the session going again (a login followed by "
+                             "garbage counts); default: keep trying, at most one attempt every "
+                             "5 s")
+    parser.add_argument("--stall-timeout", type=float, default=LINK_TIMEOUT, metavar="SECONDS",
+                        help="a frame that takes longer than this from its first byte to its "
+                             f"last is a dead link (default {LINK_TIMEOUT:g}, the link timeout)")
     parser.add_argument("--bootstrap-servers", default=DEFAULT_BOOTSTRAP,
                         help=f"Kafka bootstrap servers (default {DEFAULT_BOOTSTRAP}, the broker "
                              "of scripts/kafka.sh)")
@@ -122,8 +131,10 @@ def frame_source(args: argparse.Namespace) -> FrameSource:
     """The frame source of --connect or --listen."""
     if args.connect:
         return SessionClient(*args.connect, username=args.username, password=args.password,
-                             session=args.session, sequence=args.sequence)
-    return ListenSource(*args.listen, session=args.session, sequence=args.sequence)
+                             session=args.session, sequence=args.sequence,
+                             max_reconnects=args.max_reconnects, stall_timeout=args.stall_timeout)
+    return ListenSource(*args.listen, session=args.session, sequence=args.sequence,
+                        stall_timeout=args.stall_timeout)
 
 
 class StatusPrinter(threading.Thread):
