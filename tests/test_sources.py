@@ -165,6 +165,24 @@ def test_listen_records_the_gap_and_ends_at_a_frame_of_another_session():
     assert not source.ended
 
 
+def test_listen_fills_a_gap_with_a_late_frame_and_gives_up_one_that_stays_open():
+    source = listen(gap_wait=0.3)
+    hold = threading.Event()
+    push(source.address[1], [frame(1, 100), frame(201, 100), frame(101, 100),   # late: fills
+                             frame(401, 100), 1.0,                              # 301..400 never
+                             frame(501, 100), sessionproto.end_of_session(SESSION, 601)],
+         hold=hold)
+    try:
+        received, error = read_until_error(source)
+    finally:
+        hold.set()
+    assert error is None and source.ended
+    assert ranges(received) == [(first, 100) for first in (1, 101, 201, 401, 501)]
+    tracker = source.tracker
+    assert tracker.gaps == [(301, 400)] and tracker.duplicates == 0
+    assert tracker.gaps_filled == 1 and tracker.rerequests == 0
+
+
 def test_listen_survives_a_pause_inside_a_frame():
     frames = [frame(1, 300), frame(301, 300, codec="none"), frame(601, 300)]
     cut = len(frames[1]) // 2
@@ -192,6 +210,20 @@ def test_listen_ends_with_a_clear_error_when_a_frame_stalls():
     assert [packet.peek(f)[1:] for f in frames] == [(1, 100)]
     assert isinstance(error, ConnectionLost)
     assert "stalled in the middle of a frame: nothing for 0.3 s" in str(error)
+    assert time.monotonic() - started < 3
+
+
+def test_listen_ends_when_a_frame_is_trickled_past_the_stall_timeout():
+    source = listen(stall_timeout=0.5)
+    trickled = []
+    for byte in frame(101, 100)[:60]:              # a byte every 0.1 s: 6 s for 60 bytes
+        trickled += [bytes([byte]), 0.1]
+    started = time.monotonic()
+    push(source.address[1], [frame(1, 100), *trickled])
+    frames, error = read_until_error(source)
+    assert ranges(frames) == [(1, 100)]
+    assert isinstance(error, ConnectionLost)
+    assert "feed stalled in the middle of a frame: incomplete after" in str(error)
     assert time.monotonic() - started < 3
 
 

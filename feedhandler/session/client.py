@@ -62,15 +62,15 @@ class SessionClient(FrameSource):
         seconds for a late frame, then is re-requested with a fresh login from its first
         message, up to `max_gap_requests` times, before it is given up and counts as
         missing. Frames behind an open gap are held, so batches() stays in sequence order.
-        Without `reconnect` gaps are given up at once after `gap_wait`.
+        Without `reconnect` a gap is given up when due, without asking.
 
     The session is the one asked for, or else the one the first login accepted; a login or a
     frame of another session ends the source with SessionChanged. Attributes kept up to date
     while iterating, from the tracker: `next_sequence` (first sequence number not yet
     delivered; 0 until known), `session`, `gaps` (list of (first, last) missing sequence
     numbers, inclusive), `duplicates` (messages received again and dropped),
-    `frames_received`, `messages_received`, `ended`; and `reconnects` (successful logins after
-    the first).
+    `frames_received`, `messages_received`, `rerequests` (gap re-requests), `ended`; and
+    `reconnects` (logins after a lost link), `logins` (every login, re-requests included).
 
     `close()` may be called from any thread; it logs out and makes `frames()` stop. Heartbeats
     go out from a thread of the client's own, under the same lock as every other send."""

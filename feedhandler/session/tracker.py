@@ -68,7 +68,8 @@ class SequenceTracker:
         self._horizon = 0               # the sequence number after the last one known to exist
         self._end_at: int | None = None  # end of session seen behind an open gap
         self._gap_first: int | None = None  # first message of the open gap, while one is open
-        self._gap_since = 0.0
+        self._gap_opened = 0.0
+        self._gap_since = 0.0           # when the open gap's wait started (opened, or login)
         self._pressing = False          # held frames over the limit, or end of session seen
         self._requested_at = 0          # where the open gap's re-requests asked from
         self._requests = 0
@@ -217,11 +218,11 @@ class SequenceTracker:
             if self._gap_first is not None and not given_up:
                 self.gaps_filled += 1
                 self.log.info("%s: gap from %d filled after %.3f s", self.name, self._gap_first,
-                              time.monotonic() - self._gap_since)
+                              time.monotonic() - self._gap_opened)
             if first is not None:
                 self.log.warning("%s: gap: messages %d..%d not received, waiting for them",
                                  self.name, *gap)
-                self._gap_since = time.monotonic()
+                self._gap_opened = self._gap_since = time.monotonic()
             self._gap_first = first
         if first is None:
             self._pressing = False
