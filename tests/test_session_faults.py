@@ -337,3 +337,15 @@ def test_run_recovers_a_gap_and_a_trickled_frame(kafka, topic_prefix):
     assert (account["delivered"], account["gaps"], account["missing"], account["lost"]) == \
         (1000, 0, 0, 0), stderr
     assert [requested for _, requested in server.logins] == [1, 101, 501], stderr
+
+
+@pytest.mark.parametrize(("flag", "value", "problem"), [
+    ("--max-reconnects", "-1", "must not be negative, not -1"),
+    ("--max-reconnects", "many", "expected a whole number, got 'many'"),
+    ("--stall-timeout", "0", "must be a positive number of seconds, not 0"),
+])
+def test_run_refuses_bad_fault_settings_in_one_line(flag, value, problem):
+    handler = run_cli("run", "--connect", "127.0.0.1:9", flag, value)
+    _, stderr = handler.communicate(timeout=60)
+    assert handler.returncode == ExitCode.USAGE
+    assert stderr.strip().splitlines()[-1] == f"feedhandler run: error: argument {flag}: {problem}"

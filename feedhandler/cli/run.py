@@ -56,6 +56,26 @@ def _route(text: str) -> tuple[str, str]:
     return source, target
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
     parser.epilog = epilog()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -70,12 +90,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
     parser.add_argument("--sequence", type=int, default=1,
                         help="first sequence number wanted: 1 = whole session (default), "
                              "0 = from now on")
-    parser.add_argument("--max-reconnects", type=int, default=None, metavar="N",
+    parser.add_argument("--max-reconnects", type=_count, default=None, metavar="N",
                         help="--connect: give up (exit 4) after N reconnect attempts in a row "
                              "that did not get the session going again (a login followed by "
                              "garbage counts); default: keep trying, at most one attempt every "
                              "5 s")
-    parser.add_argument("--stall-timeout", type=float, default=LINK_TIMEOUT, metavar="SECONDS",
+    parser.add_argument("--stall-timeout", type=_seconds, default=LINK_TIMEOUT, metavar="SECONDS",
                         help="a frame that takes longer than this from its first byte to its "
                              f"last is a dead link (default {LINK_TIMEOUT:g}, the link timeout)")
     parser.add_argument("--bootstrap-servers", default=DEFAULT_BOOTSTRAP,

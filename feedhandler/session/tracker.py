@@ -155,6 +155,12 @@ class SequenceTracker:
             self._gap_moved(given_up=False)
             return delivered
         end = first + count
+        if first == self.next_sequence and self._gap_first is None:
+            # The common case: the next frame, nothing open (so nothing held).
+            self.next_sequence = end
+            self.frames += 1
+            self.messages += count
+            return [frame]
         if first > self.next_sequence:
             heapq.heappush(self._held, (first, next(self._arrivals), end, frame))
             self.held_bytes += len(frame)
