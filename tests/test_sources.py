@@ -131,7 +131,8 @@ def push(port: int, script, hold: threading.Event | None = None) -> threading.Th
     connection = socket.create_connection(("127.0.0.1", port), timeout=10)
 
     def play():
-        with connection as sock:
+        # A listener that gives up on the feed closes the connection: the feed stops too.
+        with connection as sock, contextlib.suppress(BrokenPipeError, ConnectionResetError):
             for step in script:
                 if isinstance(step, bytes):
                     sock.sendall(step)
