@@ -117,6 +117,26 @@ def test_heartbeats_keep_flowing_while_the_consumer_stops_pulling(caplog):
     assert feed.gaps == [] and feed.duplicates == 0 and feed.next_sequence == count + 1
 
 
+def test_a_stall_at_full_rate_longer_than_the_server_waits_is_resumed_without_loss(caplog):
+    """Heartbeats do not make the server wait for a client it cannot send to: the simulator
+    drops it once its send is blocked for its link timeout, and the client logs in again from
+    `next_sequence` when the consumer resumes."""
+    count = 800_000         # about 26 MB: more than the socket buffers hold
+    with caplog.at_level(logging.INFO, "feedhandler.exchange.server"), \
+            simulator(count=count, seed=22, codec="none", heartbeat_interval=0.25,
+                      timeout=1.0) as sim:
+        feed = client(sim.port, heartbeat_interval=0.25, timeout=1.0, receive_buffer=0)
+        messages = 0
+        for number, batch in enumerate(feed.batches()):
+            messages += sum(packet.peek(f)[2] for f in batch)
+            if number == 0:
+                time.sleep(2.5)
+    assert "client not reading" in caplog.text
+    assert feed.ended and feed.reconnects == 1
+    assert messages == count and feed.next_sequence == count + 1
+    assert feed.gaps == [] and feed.duplicates == 0
+
+
 # ---- gaps on the live link ----------------------------------------------------------------------
 
 def test_a_late_frame_inside_an_open_gap_fills_it():

@@ -212,6 +212,7 @@ class SessionClient(FrameSource):
         # failed connection attempt does; reconnect attempts are the failures after it.
         self._failures = 1 if progressed else self._failures + 1
         self._logged_in = False
+        self._rerequesting = False          # the next login follows a failure
         self.log.warning("%s:%s: connection lost: %s", *self.address, error)
         if not self.reconnect:
             raise ConnectionLost(str(error)) from error
