@@ -32,6 +32,8 @@ MAX_BATCH = 64
 # Seconds an open gap waits for a late frame on the live connection before the source
 # re-requests it (SessionClient) or gives it up (ListenSource).
 GAP_WAIT = 0.5
+# The longest a source blocks in accept() or recv() before it looks at close(), a stalled
+# frame and a due gap.
 WAKE_UP_INTERVAL = 0.5
 
 _unpack_length = LENGTH_PREFIX.unpack_from
@@ -71,7 +73,6 @@ class FrameSource:
         self.tracker = tracker
         self.stall_timeout = stall_timeout
         self.gap_wait = gap_wait
-        # recv() wakes up at least this often to notice close(), a stalled frame, a due gap.
         self._wake_up = min(WAKE_UP_INTERVAL, stall_timeout / 4, max(gap_wait, 0.01))
         self.log = logger or logging.getLogger(type(self).__module__)
         self._buffer = bytearray(max(receive_buffer, 2 * MIN_READ))
@@ -161,6 +162,8 @@ class FrameSource:
         raise _LinkDown(f"{self.peer} stalled in the middle of a frame: {reason}", True)
 
     def _flush(self, frames: list[bytes], max_frames: int) -> Iterator[list[bytes]]:
+        """`frames` as lists of at most `max_frames` (a gap filled or given up may release
+        many at once)."""
         for start in range(0, len(frames), max_frames):
             yield frames[start:start + max_frames]
 
