@@ -216,6 +216,20 @@ def test_sequence_numbers_running_backwards_and_jumping():
     assert [requested for _, requested in server.logins] == [1, 151]
 
 
+def test_sequence_numbers_running_past_the_last_one_are_a_protocol_error():
+    # Delivering messages up to 2^64 + 4 would leave nothing a login could ask for next.
+    def wrapping(number, sock, requested):
+        sock.sendall(accepted(requested) + frames_from(1, 100) + packet.encode(
+            MESSAGES[:10], session=SESSION, sequence=(1 << 64) - 5, codec="lz4"))
+
+    with hostile(wrapping) as server:
+        feed = client(server.port, reconnect=False)
+        frames, error = read_for(feed, 10)
+    assert ranges(frames) == [(1, 100)] and feed.next_sequence == 101
+    assert isinstance(error, ConnectionLost)
+    assert "runs past the last sequence number 18446744073709551615" in str(error)
+
+
 # ---- hostile servers ----------------------------------------------------------------------------
 
 def test_garbage_after_login_backs_off_and_gives_up():

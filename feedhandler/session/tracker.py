@@ -10,13 +10,15 @@ import time
 
 from feedhandler.wire import packet
 from feedhandler.session.errors import SessionChanged
-from feedhandler.session.protocol import pad, trim_frame
+from feedhandler.session.protocol import ProtocolError, pad, trim_frame
 
 log = logging.getLogger(__name__)
 
 # Bytes of frames held behind an open gap before the gap is due at once (the source then
 # re-requests it or gives it up); a source may exceed it by one socket read.
 MAX_HELD_BYTES = 64 << 20
+# MoldUDP64 sequence numbers are u64, and a login asks for the one after the last delivered.
+LAST_SEQUENCE = (1 << 64) - 1
 
 
 class SequenceTracker:
@@ -137,7 +139,8 @@ class SequenceTracker:
         one that starts after it is held behind a gap until the gap is filled or given up.
         Heartbeats and end of session carry the next sequence number (a gap if it is ahead) and
         are not delivered; end of session sets `ended` once nothing is open before it. A frame
-        of another session raises SessionChanged and is counted in `other_session_frames`."""
+        of another session raises SessionChanged and is counted in `other_session_frames`; one
+        whose messages run past sequence number 2^64 - 1 raises ProtocolError."""
         session, first, count = packet.peek(frame)
         if session != self.session:
             if self.session:
@@ -155,6 +158,9 @@ class SequenceTracker:
             self._gap_moved(given_up=False)
             return delivered
         end = first + count
+        if end > LAST_SEQUENCE:
+            raise ProtocolError(f"frame at sequence {first} with {count} messages runs past the "
+                                f"last sequence number {LAST_SEQUENCE}")
         if first == self.next_sequence and self._gap_first is None:
             # The common case: the next frame, nothing open (so nothing held).
             self.next_sequence = end
