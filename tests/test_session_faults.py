@@ -346,6 +346,27 @@ def test_run_gives_up_on_a_garbage_server_with_the_feed_failed_code(kafka, topic
 
 
 @pytest.mark.kafka
+def test_run_exits_feed_failed_when_a_reconnect_login_is_refused(kafka, topic_prefix):
+    def refusing(number, sock, requested):
+        if number == 1:
+            sock.sendall(accepted(requested) + frames_from(1, 500))
+            sock.shutdown(socket.SHUT_RDWR)
+        else:
+            sock.sendall(sessionproto.login_rejected(sessionproto.NOT_AUTHORIZED))
+
+    with hostile(refusing) as server:
+        handler = run_cli("run", "--connect", f"127.0.0.1:{server.port}", "--bootstrap-servers",
+                          kafka, "--topic-prefix", topic_prefix, "--partitions", "1",
+                          "--json-stats")
+        stdout, stderr = handler.communicate(timeout=60)
+    assert handler.returncode == ExitCode.FEED_FAILED, stderr
+    account = final_account(stdout)
+    assert (account["delivered"], account["lost"], account["gaps"]) == (500, 0, 0), stderr
+    assert "the feed ended early: login rejected: not authorized" in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.kafka
 def test_run_recovers_a_gap_and_a_trickled_frame(kafka, topic_prefix):
     def faulty(number, sock, requested):
         sock.sendall(accepted(requested))
