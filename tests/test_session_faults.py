@@ -292,15 +292,20 @@ def test_a_trickled_frame_is_a_stalled_link_and_the_client_resumes(caplog):
     assert 1.0 < elapsed < 3
 
 
-def test_a_login_refused_on_reconnect_ends_the_source_after_what_came_before():
+def refusing_after(count: int):
+    """A server whose first connection sends `count` messages and closes; it refuses every
+    login after that."""
     def refusing(number, sock, requested):
         if number == 1:
-            sock.sendall(accepted(requested) + frames_from(1, 100))
+            sock.sendall(accepted(requested) + frames_from(1, count))
             sock.shutdown(socket.SHUT_RDWR)
         else:
             sock.sendall(sessionproto.login_rejected(sessionproto.NOT_AUTHORIZED))
+    return refusing
 
-    with hostile(refusing) as server:
+
+def test_a_login_refused_on_reconnect_ends_the_source_after_what_came_before():
+    with hostile(refusing_after(100)) as server:
         feed = client(server.port)
         frames, error = read_for(feed, 10)
     assert isinstance(error, LoginRejected) and error.reason == b"A"
@@ -330,15 +335,22 @@ def test_a_frame_with_a_corrupt_body_still_advances_the_tracker():
 
 # ---- feedhandler run ----------------------------------------------------------------------------
 
+def run_connected(server, kafka, topic_prefix, *flags):
+    """`feedhandler run --connect` to `server`, one partition, JSON stats; (exit code, stdout,
+    stderr)."""
+    handler = run_cli("run", "--connect", f"127.0.0.1:{server.port}", *flags,
+                      "--bootstrap-servers", kafka, "--topic-prefix", topic_prefix,
+                      "--partitions", "1", "--json-stats")
+    stdout, stderr = handler.communicate(timeout=60)
+    return handler.returncode, stdout, stderr
+
+
 @pytest.mark.kafka
 def test_run_gives_up_on_a_garbage_server_with_the_feed_failed_code(kafka, topic_prefix):
     with hostile(lambda number, sock, requested: sock.sendall(accepted(requested)
                                                               + GARBAGE)) as server:
-        handler = run_cli("run", "--connect", f"127.0.0.1:{server.port}", "--max-reconnects",
-                          "2", "--bootstrap-servers", kafka, "--topic-prefix", topic_prefix,
-                          "--partitions", "1", "--json-stats")
-        stdout, stderr = handler.communicate(timeout=60)
-    assert handler.returncode == ExitCode.FEED_FAILED, stderr
+        code, stdout, stderr = run_connected(server, kafka, topic_prefix, "--max-reconnects", "2")
+    assert code == ExitCode.FEED_FAILED, stderr
     assert "the feed ended early: gave up after 2 reconnect attempts" in stderr
     assert "Traceback" not in stderr
     assert len(server.logins) == 3
@@ -347,19 +359,9 @@ def test_run_gives_up_on_a_garbage_server_with_the_feed_failed_code(kafka, topic
 
 @pytest.mark.kafka
 def test_run_exits_feed_failed_when_a_reconnect_login_is_refused(kafka, topic_prefix):
-    def refusing(number, sock, requested):
-        if number == 1:
-            sock.sendall(accepted(requested) + frames_from(1, 500))
-            sock.shutdown(socket.SHUT_RDWR)
-        else:
-            sock.sendall(sessionproto.login_rejected(sessionproto.NOT_AUTHORIZED))
-
-    with hostile(refusing) as server:
-        handler = run_cli("run", "--connect", f"127.0.0.1:{server.port}", "--bootstrap-servers",
-                          kafka, "--topic-prefix", topic_prefix, "--partitions", "1",
-                          "--json-stats")
-        stdout, stderr = handler.communicate(timeout=60)
-    assert handler.returncode == ExitCode.FEED_FAILED, stderr
+    with hostile(refusing_after(500)) as server:
+        code, stdout, stderr = run_connected(server, kafka, topic_prefix)
+    assert code == ExitCode.FEED_FAILED, stderr
     account = final_account(stdout)
     assert (account["delivered"], account["lost"], account["gaps"]) == (500, 0, 0), stderr
     assert "the feed ended early: login rejected: not authorized" in stderr
@@ -383,11 +385,8 @@ def test_run_recovers_a_gap_and_a_trickled_frame(kafka, topic_prefix):
                          + sessionproto.end_of_session(SESSION, 1001))
 
     with hostile(faulty) as server:
-        handler = run_cli("run", "--connect", f"127.0.0.1:{server.port}", "--stall-timeout",
-                          "1", "--bootstrap-servers", kafka, "--topic-prefix", topic_prefix,
-                          "--partitions", "1", "--json-stats")
-        stdout, stderr = handler.communicate(timeout=60)
-    assert handler.returncode == ExitCode.OK, stderr
+        code, stdout, stderr = run_connected(server, kafka, topic_prefix, "--stall-timeout", "1")
+    assert code == ExitCode.OK, stderr
     account = final_account(stdout)
     assert (account["delivered"], account["gaps"], account["missing"], account["lost"]) == \
         (1000, 0, 0, 0), stderr
