@@ -330,7 +330,8 @@ def test_a_cut_mid_frame_through_the_proxy_loses_and_duplicates_nothing(kafka, t
 
 # ---- our own brokers ---------------------------------------------------------------------------
 def records_in(bootstrap: str, topic: str) -> list[bytes]:
-    routes = Routes(topic_of_type={"A": topic}, dead_letter=topic + ".none")
+    routes = Routes(topic_of_type={"A": topic}, dead_letter=topic + ".none",
+                    checkpoint=topic + ".checkpoint")
     from faults.checker import read_partitions
     return [m.value() for m in read_partitions(bootstrap, routes.topics, timeout=60)]
 

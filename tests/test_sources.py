@@ -39,20 +39,63 @@ GAP_FEED = [frame(1, 250), frame(251, 250), frame(1001, 500), frame(1501, 100, O
 
 # ---- the tracker ----------------------------------------------------------------------------------
 
+def ranges(frames) -> list[tuple[int, int]]:
+    """(first sequence number, message count) of each frame."""
+    return [packet.peek(f)[1:] for f in frames]
+
+
 def test_tracker_counts_gaps_duplicates_and_trims_overlaps():
     # The same rules through the client: test_session.py's scripted-server tests.
     tracker = SequenceTracker()
-    assert tracker.accept(frame(1, 100)) is not None
-    assert tracker.accept(sessionproto.heartbeat(SESSION, 151)) is None     # 101..150 missing
-    trimmed = tracker.accept(frame(141, 30))                # 141..150 repeat; 151..170 are new
-    assert packet.peek(trimmed)[1:] == (151, 20)
-    assert sessionproto.message_block(trimmed) == block(151, 170)
-    assert tracker.accept(frame(1, 100)) is None                            # all seen
-    assert not tracker.ended
-    assert tracker.accept(sessionproto.end_of_session(SESSION, 200)) is None  # 171..199 missing
-    assert tracker.ended and tracker.next_sequence == 200
-    assert tracker.gaps == [(101, 150), (171, 199)] and tracker.missing == 79
-    assert tracker.duplicates == 110 and tracker.frames == 2 and tracker.messages == 120
+    assert ranges(tracker.accept(frame(1, 100))) == [(1, 100)]
+    assert tracker.accept(sessionproto.heartbeat(SESSION, 151)) == []     # 101..150 not here
+    assert tracker.open_gap == (101, 150)
+    assert tracker.accept(frame(141, 30)) == []                 # held behind the gap
+    assert tracker.accept(frame(1, 100)) == []                  # all seen
+    assert tracker.open_gap == (101, 140) and tracker.gaps == []
+    assert ranges(tracker.give_up()) == [(141, 30)]             # 101..140 missing
+    trimmed = tracker.accept(frame(161, 20))                    # 161..170 repeat; 171..180 new
+    assert ranges(trimmed) == [(171, 10)]
+    assert sessionproto.message_block(trimmed[0]) == block(171, 180)
+    assert tracker.accept(sessionproto.end_of_session(SESSION, 200)) == []  # 181..199 open
+    assert not tracker.ended and tracker.gap_due(0.0, 3600)    # end of session: due at once
+    assert tracker.give_up() == [] and tracker.ended and tracker.next_sequence == 200
+    assert tracker.gaps == [(101, 140), (181, 199)] and tracker.missing == 59
+    assert tracker.duplicates == 110 and tracker.frames == 3 and tracker.messages == 140
+    assert tracker.gaps_filled == 0
+
+
+def test_tracker_a_late_frame_fills_the_open_gap_in_sequence_order():
+    tracker = SequenceTracker()
+    tracker.accept(frame(1, 100))
+    assert tracker.accept(frame(301, 100)) == [] and tracker.accept(frame(201, 100)) == []
+    assert tracker.open_gap == (101, 200) and tracker.held_bytes > 0
+    assert not tracker.gap_due(time.monotonic(), 60)
+    # The late frame is delivered, then everything held behind it, in sequence order.
+    assert ranges(tracker.accept(frame(101, 100))) == [(101, 100), (201, 100), (301, 100)]
+    assert tracker.open_gap is None and tracker.held_bytes == 0
+    assert tracker.gaps == [] and tracker.duplicates == 0 and tracker.gaps_filled == 1
+    assert tracker.messages == 400 and tracker.next_sequence == 401
+
+
+def test_tracker_gap_is_due_after_its_wait_or_when_the_hold_is_full():
+    tracker = SequenceTracker(max_held_bytes=2 * len(frame(101, 100)))
+    tracker.accept(frame(1, 100))
+    tracker.accept(frame(201, 100))
+    opened = time.monotonic()
+    assert not tracker.gap_due(opened, 60) and tracker.gap_due(opened + 60, 60)
+    tracker.accept(frame(301, 100))
+    assert not tracker.gap_due(opened, 60)                      # exactly at the limit
+    tracker.accept(frame(401, 100))
+    assert tracker.gap_due(opened, 60)                          # over it: due at once
+    tracker.note_rerequest()
+    tracker.note_rerequest()
+    assert tracker.gap_requests == 2 and tracker.rerequests == 2
+    tracker.login(SESSION, 101)                                 # the server has them
+    assert tracker.gap_requests == 2 and tracker.gaps == []
+    assert not tracker.gap_due(time.monotonic(), 60)           # the new link gets its wait
+    assert ranges(tracker.give_up_all()) == [(201, 100), (301, 100), (401, 100)]
+    assert tracker.gaps == [(101, 200)] and tracker.gap_requests == 0
 
 
 def test_tracker_refuses_another_session_and_counts_it():
@@ -88,7 +131,8 @@ def push(port: int, script, hold: threading.Event | None = None) -> threading.Th
     connection = socket.create_connection(("127.0.0.1", port), timeout=10)
 
     def play():
-        with connection as sock:
+        # A listener that gives up on the feed closes the connection: the feed stops too.
+        with connection as sock, contextlib.suppress(BrokenPipeError, ConnectionResetError):
             for step in script:
                 if isinstance(step, bytes):
                     sock.sendall(step)
@@ -122,6 +166,24 @@ def test_listen_records_the_gap_and_ends_at_a_frame_of_another_session():
     assert not source.ended
 
 
+def test_listen_fills_a_gap_with_a_late_frame_and_gives_up_one_that_stays_open():
+    source = listen(gap_wait=0.3)
+    hold = threading.Event()
+    push(source.address[1], [frame(1, 100), frame(201, 100), frame(101, 100),   # late: fills
+                             frame(401, 100), 1.0,                              # 301..400 never
+                             frame(501, 100), sessionproto.end_of_session(SESSION, 601)],
+         hold=hold)
+    try:
+        received, error = read_until_error(source)
+    finally:
+        hold.set()
+    assert error is None and source.ended
+    assert ranges(received) == [(first, 100) for first in (1, 101, 201, 401, 501)]
+    tracker = source.tracker
+    assert tracker.gaps == [(301, 400)] and tracker.duplicates == 0
+    assert tracker.gaps_filled == 1 and tracker.rerequests == 0
+
+
 def test_listen_survives_a_pause_inside_a_frame():
     frames = [frame(1, 300), frame(301, 300, codec="none"), frame(601, 300)]
     cut = len(frames[1]) // 2
@@ -149,6 +211,20 @@ def test_listen_ends_with_a_clear_error_when_a_frame_stalls():
     assert [packet.peek(f)[1:] for f in frames] == [(1, 100)]
     assert isinstance(error, ConnectionLost)
     assert "stalled in the middle of a frame: nothing for 0.3 s" in str(error)
+    assert time.monotonic() - started < 3
+
+
+def test_listen_ends_when_a_frame_is_trickled_past_the_stall_timeout():
+    source = listen(stall_timeout=0.5)
+    trickled = []
+    for byte in frame(101, 100)[:60]:              # a byte every 0.1 s: 6 s for 60 bytes
+        trickled += [bytes([byte]), 0.1]
+    started = time.monotonic()
+    push(source.address[1], [frame(1, 100), *trickled])
+    frames, error = read_until_error(source)
+    assert ranges(frames) == [(1, 100)]
+    assert isinstance(error, ConnectionLost)
+    assert "feed stalled in the middle of a frame: incomplete after" in str(error)
     assert time.monotonic() - started < 3
 
 

@@ -35,7 +35,7 @@ from feedhandler.kafka.topics import KafkaStartError, check_reachable
 from feedhandler.pipeline.handler import Handler, HandlerConfig
 from feedhandler.session import (FrameSource, ListenSource, LoginRejected, SessionClient,
                                  SessionError)
-from feedhandler.session.protocol import SESSION_LENGTH, SESSION_NOT_AVAILABLE
+from feedhandler.session.protocol import LINK_TIMEOUT, SESSION_LENGTH, SESSION_NOT_AVAILABLE
 
 log = logging.getLogger("feedhandler.run")
 
@@ -60,6 +60,26 @@ def _route(text: str) -> tuple[str, str]:
     return source, target
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
     parser.epilog = epilog()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -75,6 +95,14 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
                         help="first sequence number wanted: 1 = whole session, 0 = from now on; "
                              "default: resume where Kafka's data ends (the checkpoint topic), "
                              "else 1. Ticks Kafka already holds are never written twice")
+    parser.add_argument("--max-reconnects", type=_count, default=None, metavar="N",
+                        help="--connect: give up (exit 4) after N reconnect attempts in a row "
+                             "that did not get the session going again (a login followed by "
+                             "garbage counts); default: keep trying, at most one attempt every "
+                             "5 s")
+    parser.add_argument("--stall-timeout", type=_seconds, default=LINK_TIMEOUT, metavar="SECONDS",
+                        help="a frame that takes longer than this from its first byte to its "
+                             f"last is a dead link (default {LINK_TIMEOUT:g}, the link timeout)")
     parser.add_argument("--bootstrap-servers", default=DEFAULT_BOOTSTRAP,
                         help=f"Kafka bootstrap servers (default {DEFAULT_BOOTSTRAP}, the broker "
                              "of scripts/kafka.sh)")
@@ -133,8 +161,10 @@ def frame_source(args: argparse.Namespace, session: str | bytes, sequence: int) 
     """The frame source of --connect or --listen."""
     if args.connect:
         return SessionClient(*args.connect, username=args.username, password=args.password,
-                             session=session, sequence=sequence)
-    return ListenSource(*args.listen, session=session, sequence=sequence)
+                             session=session, sequence=sequence,
+                             max_reconnects=args.max_reconnects, stall_timeout=args.stall_timeout)
+    return ListenSource(*args.listen, session=session, sequence=sequence,
+                        stall_timeout=args.stall_timeout)
 
 
 def open_source(args: argparse.Namespace, checkpoints: dict[bytes, Checkpoint]) -> FrameSource:

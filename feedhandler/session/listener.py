@@ -10,11 +10,8 @@ from collections.abc import Iterator
 
 from feedhandler.session.errors import ConnectionLost
 from feedhandler.session.protocol import LINK_TIMEOUT, ProtocolError
-from feedhandler.session.source import MAX_BATCH, RECEIVE_BUFFER, FrameSource, _LinkDown
+from feedhandler.session.source import GAP_WAIT, MAX_BATCH, RECEIVE_BUFFER, FrameSource, _LinkDown
 from feedhandler.session.tracker import SequenceTracker
-
-# accept() and recv() wake up at least this often to notice close().
-WAKE_UP_INTERVAL = 0.5
 
 
 class ListenSource(FrameSource):
@@ -24,8 +21,11 @@ class ListenSource(FrameSource):
         another session ends the source with SessionChanged.
     sequence: first sequence number wanted: 1 = the whole session (a first frame after it is
         a gap), 0 = from whatever comes first.
-    stall_timeout: seconds without a byte inside a frame before the feed counts as dead
-        (ConnectionLost). Between frames the source waits however long the feed is quiet.
+    stall_timeout: seconds a frame may take from its first byte to its last before the feed
+        counts as dead (ConnectionLost), whether it paused or trickled. Between frames the
+        source waits however long the feed is quiet.
+    gap_wait: seconds a gap waits for a late frame before it is given up (the frames held
+        behind it are then delivered). A feed that pushes cannot be asked again.
 
     The stream holds data frames only (type S): messages, heartbeats (count 0) and end of
     session. It ends at end of session (`ended`) or when the feed closes the connection
@@ -36,17 +36,14 @@ class ListenSource(FrameSource):
     peer = "feed"
 
     def __init__(self, host: str, port: int, *, session: str | bytes = b"", sequence: int = 1,
-                 stall_timeout: float = LINK_TIMEOUT, receive_buffer: int = RECEIVE_BUFFER,
-                 logger: logging.Logger | None = None):
-        if stall_timeout <= 0:
-            raise ValueError("stall_timeout must be positive")
+                 stall_timeout: float = LINK_TIMEOUT, gap_wait: float = GAP_WAIT,
+                 receive_buffer: int = RECEIVE_BUFFER, logger: logging.Logger | None = None):
         logger = logger or logging.getLogger(__name__)
         self.address = (host, port)
         super().__init__(SequenceTracker(session, sequence, name=f"feed on {host}:{port}",
                                          logger=logger),
+                         stall_timeout=stall_timeout, gap_wait=gap_wait,
                          receive_buffer=receive_buffer, logger=logger)
-        self.stall_timeout = stall_timeout
-        self._wake_up = min(WAKE_UP_INTERVAL, stall_timeout / 4)
         self._server: socket.socket | None = None
         self._opened = False
 
@@ -72,19 +69,28 @@ class ListenSource(FrameSource):
     def batches(self, max_frames: int = MAX_BATCH) -> Iterator[list[bytes]]:
         """Data frames in sequence order, a list per socket read (at most `max_frames`). Waits
         for the feed to connect; ends at end of session, EOF between frames or `close()`;
-        raises ConnectionLost or SessionChanged (after every frame before the fault)."""
+        raises ConnectionLost or SessionChanged (after every frame before the fault). When the
+        feed ends, an open gap is given up and the frames held behind it are delivered."""
         self.open()
         if not self._accept():
             return
         try:
-            yield from self._receive(max_frames)
-        except _LinkDown as error:
-            if error.mid_frame:
-                raise ConnectionLost(f"{self.tracker.name}: {error}") from None
-            self.log.warning("%s: %s before end of session, at sequence %d", self.tracker.name,
-                             error, self.tracker.next_sequence)
-        except (OSError, ProtocolError) as error:
-            raise ConnectionLost(f"{self.tracker.name}: {error}") from error
+            try:
+                yield from self._receive(max_frames)
+            except _LinkDown as error:
+                if error.mid_frame:
+                    raise ConnectionLost(f"{self.tracker.name}: {error}") from None
+                self.log.warning("%s: %s before end of session, at sequence %d",
+                                 self.tracker.name, error, self.tracker.next_sequence)
+            except (OSError, ProtocolError) as error:
+                raise ConnectionLost(f"{self.tracker.name}: {error}") from error
+        except Exception:
+            # The feed cannot be asked again: what is held behind a gap is all there is.
+            yield from self._flush(self.tracker.give_up_all(), max_frames)
+            raise
+        else:
+            if not self._closing.is_set():
+                yield from self._flush(self.tracker.give_up_all(), max_frames)
         finally:
             sock, self._sock = self._sock, None
             sock.close()
@@ -121,9 +127,3 @@ class ListenSource(FrameSource):
         self._attach(connection)
         self.log.info("%s: feed connected from %s:%d", self.tracker.name, *peer[:2])
         return True
-
-    # ---- FrameSource hooks -----------------------------------------------------------------------
-    def _waited(self, now: float, mid_frame: bool) -> None:
-        if mid_frame and now - self._quiet_since > self.stall_timeout:
-            raise ConnectionLost(f"{self.tracker.name}: feed stalled in the middle of a frame: "
-                                 f"nothing for {self.stall_timeout:g} s")

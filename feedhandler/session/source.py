@@ -17,8 +17,8 @@ import time
 from collections.abc import Iterator
 
 from feedhandler.session.protocol import (
-    LENGTH_PREFIX, MAX_SERVER_FRAME_LENGTH, MIN_DATA_FRAME_LENGTH, SEQUENCED_DATA, ProtocolError,
-    check_server_frame,
+    LENGTH_PREFIX, LINK_TIMEOUT, MAX_SERVER_FRAME_LENGTH, MIN_DATA_FRAME_LENGTH, SEQUENCED_DATA,
+    ProtocolError, check_server_frame,
 )
 from feedhandler.session.tracker import SequenceTracker
 
@@ -29,6 +29,12 @@ MIN_READ = 256 << 10
 # Frames per list from batches(): enough to spread a hand-off's cost, few enough to keep them
 # prompt.
 MAX_BATCH = 64
+# Seconds an open gap waits for a late frame on the live connection before the source
+# re-requests it (SessionClient) or gives it up (ListenSource).
+GAP_WAIT = 0.5
+# The longest a source blocks in accept() or recv() before it looks at close(), a stalled
+# frame and a due gap.
+WAKE_UP_INTERVAL = 0.5
 
 _unpack_length = LENGTH_PREFIX.unpack_from
 
@@ -57,15 +63,25 @@ class FrameSource:
 
     peer = "peer"       # how errors and log lines name the other end
 
-    def __init__(self, tracker: SequenceTracker, *, receive_buffer: int = RECEIVE_BUFFER,
+    def __init__(self, tracker: SequenceTracker, *, stall_timeout: float = LINK_TIMEOUT,
+                 gap_wait: float = GAP_WAIT, receive_buffer: int = RECEIVE_BUFFER,
                  logger: logging.Logger | None = None):
+        if stall_timeout <= 0:
+            raise ValueError("stall_timeout must be positive")
+        if gap_wait < 0:
+            raise ValueError("gap_wait must not be negative")
         self.tracker = tracker
+        self.stall_timeout = stall_timeout
+        self.gap_wait = gap_wait
+        self._wake_up = min(WAKE_UP_INTERVAL, stall_timeout / 4, max(gap_wait, 0.01))
         self.log = logger or logging.getLogger(type(self).__module__)
         self._buffer = bytearray(max(receive_buffer, 2 * MIN_READ))
         self._view = memoryview(self._buffer)
         self._start = self._end = 0         # unread bytes: _buffer[_start:_end]
         self._sock: socket.socket | None = None
         self._quiet_since = 0.0             # when the source last heard from the peer
+        self._frame_since = 0.0             # when the first unread frame's first byte came
+        self._last_read = 0.0
         self._deferred: Exception | None = None
         self._closing = threading.Event()
 
@@ -121,29 +137,63 @@ class FrameSource:
         return self.tracker.accept(frame)
 
     def _waited(self, now: float, mid_frame: bool) -> None:
-        """After every wait for the socket (data or timeout): time-outs, heartbeats."""
+        """After every wait for the socket (data or timeout), once a stalled frame was ruled
+        out: the transport's own time-outs."""
+
+    def _gap_due(self) -> list[bytes]:
+        """An open gap waited long enough (`tracker.gap_due`): by default it is given up;
+        returns the frames that releases."""
+        return self.tracker.give_up()
+
+    def _check_stall(self, now: float) -> None:
+        """A frame must complete within `stall_timeout` of its first byte: a peer that pauses
+        inside a frame, or trickles it a byte at a time, is a dead link (mid_frame)."""
+        waited = now - self._frame_since
+        if waited <= self.stall_timeout:
+            return
+        buffered = self._end - self._start
+        if now - self._quiet_since > self.stall_timeout:
+            reason = f"nothing for {self.stall_timeout:g} s"
+        else:
+            reason = f"incomplete after {waited:.1f} s ({buffered} bytes"
+            if buffered >= 4:
+                reason += f" of {4 + _unpack_length(self._buffer, self._start)[0]}"
+            reason += ")"
+        raise _LinkDown(f"{self.peer} stalled in the middle of a frame: {reason}", True)
+
+    def _flush(self, frames: list[bytes], max_frames: int) -> Iterator[list[bytes]]:
+        """`frames` as lists of at most `max_frames` (a gap filled or given up may release
+        many at once)."""
+        for start in range(0, len(frames), max_frames):
+            yield frames[start:start + max_frames]
 
     # ---- reading ---------------------------------------------------------------------------------
     def _attach(self, sock: socket.socket) -> None:
         """Read from a new connection; whatever the last one left unread is dropped."""
         self._sock = sock
         self._start = self._end = 0
-        self._quiet_since = time.monotonic()
+        self._quiet_since = self._frame_since = self._last_read = time.monotonic()
 
     def _receive(self, max_frames: int) -> Iterator[list[bytes]]:
         """Batches of the current connection until end of session or close() (return), or a
         failure (raise, once the frames before it are yielded)."""
         closing = self._closing.is_set
+        tracker = self.tracker
         while not closing():
             batch = self._parse(max_frames)
             if batch:
-                yield batch
-                # Time spent in the consumer (backpressure) is not silence of the peer.
-                self._quiet_since = time.monotonic()
+                yield from self._flush(batch, max_frames)
+                # Time spent in the consumer (backpressure) is not silence of the peer, nor
+                # a frame's slowness.
+                self._quiet_since = self._frame_since = time.monotonic()
             if self._deferred is not None:
                 error, self._deferred = self._deferred, None
                 raise error
-            if self.tracker.ended:
+            if tracker.gap_due(time.monotonic(), self.gap_wait):
+                yield from self._flush(self._gap_due(), max_frames)
+                self._quiet_since = self._frame_since = time.monotonic()
+                continue
+            if tracker.ended:
                 return
             if not self._frame_buffered():
                 self._fill()
@@ -161,6 +211,7 @@ class FrameSource:
         start, end = self._start, self._end
         accept = self._accept_data
         batch: list[bytes] = []
+        parsed = False
         needed = 0
         try:
             while end - start >= 5:
@@ -175,16 +226,13 @@ class FrameSource:
                     break
                 frame = bytes(view[start:stop])
                 start = stop
+                parsed = True
                 if frame_type != SEQUENCED_DATA:
                     if self._control(frame_type, frame):
                         break
                     continue
-                frame = accept(frame)
-                if frame is not None:
-                    batch.append(frame)
-                    if len(batch) == max_frames:
-                        break
-                elif self.tracker.ended:
+                batch += accept(frame)
+                if len(batch) >= max_frames or self.tracker.ended:
                     break
         except Exception as error:
             if not batch:
@@ -192,6 +240,9 @@ class FrameSource:
             self._deferred = error
         finally:
             self._start = start
+            if parsed:
+                # The next frame's first byte came with the last read at the earliest.
+                self._frame_since = self._last_read
         if needed + MIN_READ > len(buffer):
             self._grow(needed + MIN_READ)
         return batch
@@ -227,7 +278,11 @@ class FrameSource:
             where = " in the middle of a frame" if mid_frame else ""
             raise _LinkDown(f"{self.peer} closed the connection{where}", mid_frame)
         if received:
+            if end == start:
+                self._frame_since = now
             self._end = end = end + received
-            self._quiet_since = now
+            self._quiet_since = self._last_read = now
+        if end > start:
+            self._check_stall(now)
         self._waited(now, end > start)
 
