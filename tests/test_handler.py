@@ -182,14 +182,17 @@ def test_corrupt_input_goes_to_the_dead_letter_topic(kafka, topic_prefix):
     broken[-3] ^= 0xFF
     frames.append(bytes(broken))
     handler, account = handle(kafka, topic_prefix, "struct", 2, iter(frames))
-    assert account.quarantined == 1 and account.quarantined_frames == 1
+    # the bad message, and the ten messages of the frame set aside whole
+    assert account.quarantined == 11 and account.quarantined_frames == 1
+    assert account.messages == 1010
     assert account.delivered == 999 and account.lost == 0
     dead = consume.read_topic(kafka, handler.config.routes.dead_letter)
     entries = sorted((dict(r.headers())["reason"], r.value()) for r in dead)
     assert entries == sorted([(b"buy/sell indicator is not B or S", bad_message),
                               (b"checksum mismatch", bytes(broken))])
-    sequenced = [dict(r.headers()) for r in dead if "sequence" in dict(r.headers())]
-    assert [int(h["sequence"]) for h in sequenced] == [1 + spoiled]
+    headers = sorted((dict(r.headers()) for r in dead), key=lambda h: int(h["sequence"]))
+    assert [int(h["sequence"]) for h in headers] == [1 + spoiled, 1001]
+    assert headers[1]["count"] == b"10" and headers[1]["session"] == SESSION
 
 
 @pytest.mark.parametrize("linked", [True, False])

@@ -80,3 +80,9 @@ def test_a_refused_topic_leaves_none_of_them_created(kafka, topic_prefix):
         ensure_topics(client, wanted, replication_factor=brokers + 1)
     existing = AdminClient(client.admin()).list_topics(timeout=10).topics
     assert not [t for t in existing if t.startswith(topic_prefix)]
+
+
+def test_the_producer_never_gives_a_tick_up_while_kafka_is_away():
+    """librdkafka's default delivery timeout (300 s) fails every queued record in an outage,
+    and the reader then discards the feed; records wait for as long as it takes instead."""
+    assert KafkaClientConfig("127.0.0.1:1").producer()["message.timeout.ms"] == 0

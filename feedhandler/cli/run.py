@@ -219,6 +219,7 @@ class StatusPrinter(threading.Thread):
                 "in_producer": self.handler.outstanding(),
                 "lag_ms": round(acks.oldest_age_ms(), 1),
                 "quarantined": account.quarantined,
+                "failed": self.handler.sink.ledger.errors.units,
                 "gaps": len(self.source.tracker.gaps),
             }
             last = now
@@ -229,7 +230,8 @@ class StatusPrinter(threading.Thread):
                       f"{status['delivered_per_s'] / 1e3:9.1f}k/s | queued "
                       f"{status['reads_queued']:3d} reads | in producer "
                       f"{status['in_producer']:8d} | lag {status['lag_ms']:8.1f} ms | "
-                      f"quarantined {status['quarantined']} | gaps {status['gaps']}",
+                      f"quarantined {status['quarantined']} | failed {status['failed']} | "
+                      f"gaps {status['gaps']}",
                       file=sys.stderr, flush=True)
 
 

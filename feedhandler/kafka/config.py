@@ -29,6 +29,11 @@ PRODUCER_DEFAULTS = {
     "message.max.bytes": 8_000_000,
     # Successful deliveries make no Python call; failures do (and are counted).
     "delivery.report.only.error": True,
+    # Never give a tick up while Kafka is away: records wait in the queue for as long as it
+    # takes, the full queue stops the reader, and the session recovers what it missed from the
+    # exchange afterwards. (librdkafka's default, 300 s, would fail every queued record and let
+    # the reader discard the feed for the rest of an outage.)
+    "message.timeout.ms": 0,
 }
 
 # confluent_kafka's own callback settings that every client type takes (the producer-only

@@ -35,7 +35,8 @@ from feedhandler.kafka.routing import (BATCH_DTYPES, TICK_HEADER_SIZE, Routes, S
                                        batched_records, raw_blocks, tick_records)
 from feedhandler.kafka.timestamps import TimestampWindow
 from feedhandler.kafka.topics import KafkaStartError, ensure_topics
-from feedhandler.wire.packet import Packet
+from feedhandler.errors import DecodeError
+from feedhandler.wire.packet import END_OF_SESSION_COUNT, HEARTBEAT_COUNT, Packet, peek
 
 POLL_INTERVAL = 0.005         # seconds between polls of the producer while records flow
 BATCH_TICKS = 65_536          # batched format: ticks held back at most, to share records,
@@ -117,6 +118,24 @@ def open_sink(config: SinkConfig) -> KafkaSink:
 
 def ticks_of(packet: Packet) -> int:
     return sum(map(len, packet.messages.values()))
+
+
+def frame_header(frame) -> tuple[bytes, int, int] | None:
+    """(session, first sequence, message count) of a whole frame set aside by the decoder, if
+    its MoldUDP64 header can be read; None otherwise."""
+    try:
+        session, first, count = peek(frame)
+    except DecodeError:
+        return None
+    if count in (HEARTBEAT_COUNT, END_OF_SESSION_COUNT):
+        return session, first, 0
+    return session, first, count
+
+
+def frame_messages(frame) -> int:
+    """Messages in a whole frame set aside by the decoder (0 when its header is unreadable)."""
+    header = frame_header(frame)
+    return header[2] if header else 0
 
 
 class KafkaSink:
@@ -320,10 +339,15 @@ class KafkaSink:
     def _dead_letter(self, packet: Packet) -> None:
         for entry in packet.quarantined:
             headers = [("reason", entry.reason.encode()), ("offset", b"%d" % entry.offset)]
-            if entry.sequence is not None:
-                headers.append(("sequence", b"%d" % entry.sequence))
-            if packet.session is not None:
-                headers.append(("session", packet.session))
+            session, sequence = packet.session, entry.sequence
+            if packet.count is None and (header := frame_header(entry.raw)):
+                # a whole frame: the sequence of its first message, and how many it holds
+                session, sequence, count = header
+                headers.append(("count", b"%d" % count))
+            if sequence is not None:
+                headers.append(("sequence", b"%d" % sequence))
+            if session is not None:
+                headers.append(("session", session))
             self._produce(self.routes.dead_letter, entry.raw, headers=headers)
             self.ledger.dead_lettered += 1
 

@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from feedhandler.kafka.sink import POLL_INTERVAL, SinkConfig, open_sink, ticks_of
+from feedhandler.kafka.sink import POLL_INTERVAL, SinkConfig, frame_messages, open_sink, ticks_of
 from feedhandler.wire import packet as packets
 
 log = logging.getLogger(__name__)
@@ -200,11 +200,16 @@ class Handler:
         if packet.count is not None and not packet.is_end_of_session:
             account.messages += packet.count
         account.decoded += ticks_of(packet)
-        for _ in packet.quarantined:
-            if packet.count is None:
-                account.quarantined_frames += 1
-            else:
+        for entry in packet.quarantined:
+            if packet.count is not None:
                 account.quarantined += 1
+                continue
+            account.quarantined_frames += 1
+            # A whole frame set aside: its messages count as quarantined too, where its
+            # MoldUDP64 header still says how many there were.
+            messages = frame_messages(entry.raw)
+            account.messages += messages
+            account.quarantined += messages
 
     def _settle(self) -> None:
         """Flush, then settle the account: every tick is delivered, failed or undelivered."""
