@@ -153,6 +153,23 @@ def test_struct_through_produce_batch(benchmark, kafka, topic_prefix, feed, work
 
 @pytest.mark.benchmark(group="end-to-end")
 @pytest.mark.parametrize("workers", [2])
+def test_struct_exactly_once(benchmark, kafka, topic_prefix, feed, workers):
+    """--exactly-once: a Kafka transaction about every 100 ms (ticks and checkpoint)."""
+    measure(benchmark, kafka, topic_prefix, feed, "struct", workers, TICKS,
+            ["test_pure_python_baseline", "test_struct[2]"],
+            producer_overrides={"transactional.id": f"bench-{topic_prefix}{next(RUNS)}"})
+
+
+@pytest.mark.benchmark(group="end-to-end")
+@pytest.mark.parametrize("workers", [2])
+def test_batched_exactly_once(benchmark, kafka, topic_prefix, batched_feed, workers):
+    measure(benchmark, kafka, topic_prefix, batched_feed, "batched", workers, BATCHED_TICKS,
+            ["test_pure_python_baseline", "test_batched[2]"],
+            producer_overrides={"transactional.id": f"bench-{topic_prefix}{next(RUNS)}"})
+
+
+@pytest.mark.benchmark(group="end-to-end")
+@pytest.mark.parametrize("workers", [2])
 def test_struct_with_headers(benchmark, kafka, topic_prefix, feed, workers):
     """--headers: type, session and sequence headers and the ITCH time as record timestamp."""
     measure(benchmark, kafka, topic_prefix, feed, "struct", workers, TICKS,
@@ -315,15 +332,20 @@ def test_pure_python_baseline(benchmark, kafka, topic_prefix, json_feed):
 
 
 @pytest.mark.benchmark(group="latency")
-def test_latency_paced(benchmark, kafka, topic_prefix):
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_latency_paced(benchmark, kafka, topic_prefix, delivery):
     """Frame receipt to Kafka acknowledgement of every tick up to that frame, with the feed
-    paced at PACED_RATE messages/s (struct format, 2 workers). The simulator's pacing clock
-    starts when it starts serving, so each round gets a fresh one."""
+    paced at PACED_RATE messages/s (struct format, 2 workers); exactly-once acknowledges a
+    frame when its transaction commits. The simulator's pacing clock starts when it starts
+    serving, so each round gets a fresh one."""
     benchmark.extra_info.update(messages=PACED_TICKS)
     handlers, simulators = [], []
 
     def setup():
-        handlers.append(new_handler(kafka, topic_prefix, "struct", 2))
+        overrides = {"transactional.id": f"bench-{topic_prefix}{next(RUNS)}"} \
+            if delivery == "exactly_once" else {}
+        handlers.append(new_handler(kafka, topic_prefix, "struct", 2,
+                                    producer_overrides=overrides))
         process, port = start_simulator(PACED_TICKS, "--rate", str(PACED_RATE))
         simulators.append(process)
         return (handlers[-1], port, PACED_TICKS), {}

@@ -281,6 +281,8 @@ class KafkaSink:
         self._produced_through = packet.next_sequence
 
     def _update_acks(self) -> None:
+        if self._in_transaction:    # exactly-once: a frame counts once its transaction commits
+            return
         self.ledger.acks.update(self.ledger.acknowledged_records(len(self.producer)))
 
     def _has_room(self, records: int, nbytes: int) -> bool:
