@@ -11,7 +11,7 @@ from feedhandler.exchange import orderflow
 from feedhandler.kafka import consume
 from feedhandler.kafka.routing import Routes
 from feedhandler.pipeline.handler import Handler, HandlerConfig
-from feedhandler.session import LoginRejected
+from feedhandler.session import LoginRejected, SequenceTracker
 from feedhandler.wire import packet
 from streams import SESSION, split_block
 
@@ -88,3 +88,21 @@ def test_delivery_failures_are_logged_by_reason_with_counts_not_per_record(kafka
     lines = [r for r in caplog.records if "delivery failed" in r.getMessage()]
     assert 1 <= len(lines) <= len(account.failure_reasons) * 2
     assert "so far" in lines[0].getMessage()
+
+
+def test_the_lost_figure_of_a_handler_used_directly_includes_the_sources_gaps(kafka,
+                                                                               topic_prefix):
+    """A frame source's sequence tracker says what the feed never brought; the handler's
+    account counts it as lost, whoever runs the handler."""
+    tracker = SequenceTracker(SESSION)
+    frames = [frame for f in FRAMES[:2] + FRAMES[4:6] for frame in tracker.accept(f)]
+    frames += tracker.give_up_all()     # the frames held behind the gap
+
+    class Source:
+        def batches(self):
+            yield frames
+
+    Source.tracker = tracker
+    account = Handler(config(kafka, topic_prefix)).run(Source())
+    assert account.gaps == 1 and account.missing == 2 * PER_FRAME
+    assert account.delivered == 4 * PER_FRAME and account.lost == 2 * PER_FRAME
