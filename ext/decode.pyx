@@ -489,6 +489,14 @@ cdef class _Arena:
         free(self.data)
 
 
+cdef _Arena take_arena(BlockArrays* arrays):
+    """An _Arena that owns arrays.arena from now on."""
+    cdef _Arena arena = _Arena()
+    arena.data = arrays.arena
+    arrays.arena = NULL
+    return arena
+
+
 cdef UINT64 = np.dtype(np.uint64)
 
 
@@ -501,14 +509,11 @@ cdef object array_view(_Arena arena, object descr, void* data, cnp.npy_intp coun
     return view
 
 
-cdef tuple view_arrays(BlockArrays* arrays):
-    """(messages, sequences): type -> array dicts viewing the arena, which they take over."""
+cdef tuple view_arrays(const BlockArrays* arrays, _Arena arena):
+    """(messages, sequences): type -> array dicts viewing the rows in `arena`."""
     cdef dict messages = {}, sequences = {}
-    cdef _Arena arena = _Arena()
     cdef size_t i
     cdef uint8_t t
-    arena.data = arrays.arena
-    arrays.arena = NULL
     for i in range(arrays.type_count):
         t = arrays.types[i]
         if arrays.filled[i]:
@@ -550,7 +555,7 @@ def parse_messages(buf, *, bint quarantine=False, uint64_t base_offset=0):
             decode_messages(<const uint8_t*> view.buf, view.len, 0, -1, quarantine, &r)
         if r.fault:
             raise fault_error(r.fault, r.fault_offset)
-        messages, _ = view_arrays(&r.arrays)
+        messages, _ = view_arrays(&r.arrays, take_arena(&r.arrays))
         return messages, quarantine_entries(&r.log, <const uint8_t*> view.buf, 0, False)
     finally:
         release_result(&r)
@@ -573,7 +578,8 @@ cdef class Packet:
     cdef readonly list quarantined
     cdef dict _messages
     cdef dict _sequences
-    cdef BlockArrays _arrays        # owns the arena until _messages and _sequences view it
+    cdef BlockArrays _arrays        # where the rows are, in _arena
+    cdef _Arena _arena
 
     def __init__(self, session, sequence, count, dict messages, dict sequences,
                  list quarantined=None):
@@ -582,11 +588,9 @@ cdef class Packet:
         self._messages, self._sequences = messages, sequences
         self.quarantined = [] if quarantined is None else quarantined
 
-    def __dealloc__(self):
-        free(self._arrays.arena)
-
     cdef void _view_arrays(self) except *:
-        self._messages, self._sequences = view_arrays(&self._arrays)
+        # Two threads asking at once each make their own views of the same arena: both right.
+        self._messages, self._sequences = view_arrays(&self._arrays, self._arena)
 
     @property
     def messages(self) -> dict:
@@ -762,8 +766,8 @@ cdef Packet frame_packet(FrameDecode* d, object frame, bint quarantine):
     p.session = PyBytes_FromStringAndSize(header.session, sizeof(header.session))
     p.sequence = load_be64(header.sequence_number)
     p.count = load_be16(header.message_count)
+    p._arena = take_arena(&d.r.arrays)
     p._arrays = d.r.arrays
-    d.r.arrays.arena = NULL
     if d.r.log.count:
         p.quarantined = quarantine_entries(&d.r.log, d.packet + sizeof(W.PacketHeader),
                                            p.sequence, True)

@@ -4,6 +4,8 @@ arena until `messages` or `sequences` is first asked for, and then become views 
 import gc
 import pickle
 import sys
+import threading
+from multiprocessing.pool import ThreadPool
 
 import numpy as np
 
@@ -17,8 +19,8 @@ FRAMES = frames_of(split_block(BLOCK), 500)
 
 def test_decode_makes_no_per_type_objects():
     """Python objects made per decoded frame, counted as allocated blocks: the Packet, its
-    session, sequence and quarantine list; not two arrays per message type and their dicts
-    (a frame of 500 random messages holds 9 types)."""
+    session, sequence, quarantine list and arena owner; not two arrays per message type and
+    their dicts (a frame of 500 random messages holds 9 types)."""
     for frame in FRAMES[:3]:
         packet.decode(frame)
     gc.disable()
@@ -63,3 +65,24 @@ def test_packet_made_from_python_and_pickled():
     assert (again.session, again.sequence, again.count) == (SESSION, 1, 500)
     assert all(np.array_equal(again.messages[t], decoded.messages[t]) for t in decoded.messages)
     assert "sequence=1" in repr(decoded)
+
+
+def test_threads_asking_for_the_same_arrays_at_once_get_lasting_views():
+    expected = [{t: a.copy() for t, a in packet.decode(frame).messages.items()}
+                for frame in FRAMES]
+    for _ in range(5):
+        decoded = [packet.decode(frame) for frame in FRAMES]
+        start = threading.Barrier(4)
+
+        def views(_):
+            start.wait()
+            return [p.messages for p in decoded]
+
+        with ThreadPool(4) as pool:
+            kept = pool.map(views, range(4))[1]
+        del decoded
+        gc.collect()
+        [bytearray(20_000) for _ in range(200)]    # reuse what a wrongly freed arena held
+        for got, want in zip(kept, expected):
+            assert got.keys() == want.keys()
+            assert all(np.array_equal(got[t], want[t]) for t in want)
