@@ -139,7 +139,7 @@ PACKET_HEADER_FORMAT = ">" + "".join(f.format for f in PACKET_HEADER_FIELDS.valu
 
 
 def _header_offsets():
-    """Field offsets as the C compiler lays the header structs out, for tests/test_layout.py:
+    """Field offsets as the C compiler lays the header structs out, for the layout tests:
     over bytes 1, 2, 3, ... each field reads back its own offset + 1 as its first byte."""
     cdef uint8_t probe[64]
     cdef size_t i
@@ -267,7 +267,8 @@ cdef struct BlockScan:
 
 cdef struct BlockArrays:
     # A decoded block's rows: one malloc'd arena holding all sequence numbers, then each type's
-    # rows. Packet keeps this until someone asks for its arrays, which then view the arena.
+    # rows. Once the GIL is held an _Arena takes the memory over (take_arena); a Packet keeps
+    # these pointers until its arrays are first asked for, and the arrays then view the arena.
     uint8_t* arena
     size_t type_count
     uint8_t types[_MAX_TYPES]   # type byte by slot
