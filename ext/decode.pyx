@@ -191,7 +191,7 @@ cdef object fault_error(int fault, uint64_t offset):
 cdef enum:
     _MAX_SWAPS = 8
     _MAX_TYPES = 24     # the 23 ITCH 5.0 message types, rounded up
-    _MAX_BODY = 40      # longest message body after the 11-byte header ('I': 50 - 11), rounded up
+    _MAX_BODY = 40      # longest message body after the wire header ('I': 50 - 11), rounded up
     _ROW_SLACK = 64     # bytes after each type's rows that the fixed-size copy may scribble on
 
 cdef struct MessageSpec:
@@ -209,16 +209,25 @@ cdef list DESCRS = [None] * 256  # numpy dtype per type byte
 cdef list KEYS = [None] * 256    # one-character str per type byte
 
 
-cdef void _install_spec(str key, object dtype) except *:
+def _message_header():
+    """(name, offset) of each field of itch_layout.pxd's MessageHeader."""
+    cdef char* s = _scratch
+    view = memoryview(<L.MessageHeader[:1]> <L.MessageHeader*> s)
+    return [field[:2] for field in _packed_fields(view.format, view.itemsize)]
+
+
+cdef void _install_spec(str key, object dtype, list header) except *:
     cdef uint8_t t = ord(key)
     cdef MessageSpec* spec = &SPECS[t]
-    if dtype.names[:4] != ("message_type", "stock_locate", "tracking_number", "timestamp") \
-            or dtype.fields["timestamp"][1] != 5:
+    if [(name, dtype.fields[name][1]) for name in dtype.names[:len(header)]] != header:
         raise ImportError(f"ITCH struct {key!r} must start with the common message header")
     spec.struct_size = dtype.itemsize
-    spec.wire_length = dtype.itemsize - 2     # the 6-byte wire timestamp is 8 bytes in the struct
+    # The wire header is shorter than the decoded one only by the timestamp's 6 bytes against 8.
+    spec.wire_length = dtype.itemsize - (sizeof(L.MessageHeader) - sizeof(L.WireMessageHeader))
+    if spec.wire_length - sizeof(L.WireMessageHeader) > _MAX_BODY:
+        raise ImportError(f"ITCH struct {key!r}: body longer than _MAX_BODY")
     spec.count32 = spec.count64 = 0
-    for name in dtype.names[4:]:
+    for name in dtype.names[len(header):]:
         field, offset = dtype.fields[name][:2]
         if name == "buy_sell_indicator":
             spec.side_offset = offset
@@ -238,7 +247,7 @@ cdef void _install_spec(str key, object dtype) except *:
 
 DTYPES = {key: _dtype_from_format(fmt, size) for key, (size, fmt) in _struct_formats().items()}
 for _key, _dtype in DTYPES.items():
-    _install_spec(_key, _dtype)
+    _install_spec(_key, _dtype, _message_header())
 
 
 # ---- the block walk ----------------------------------------------------------------------------
@@ -354,18 +363,20 @@ cdef inline F.Fault fill_message(const uint8_t* msg, size_t available, const Mes
     Away from the end of the input the body is copied with one fixed-size memcpy, which the
     compiler inlines; it may write past the struct, into the next row or the slack that
     decode_messages leaves after each type's rows, both rewritten or unused afterwards."""
-    cdef uint64_t timestamp = load_be48(msg + 5), v64
-    cdef uint16_t locate = load_be16(msg + 1), tracking = load_be16(msg + 3)
+    cdef const L.WireMessageHeader* wire = <const L.WireMessageHeader*> msg
+    cdef L.MessageHeader* header = <L.MessageHeader*> out
+    cdef uint64_t timestamp = load_be48(wire.timestamp), v64
     cdef uint32_t v32
     cdef uint8_t k
-    out[0] = msg[0]
-    memcpy(out + 1, &locate, 2)
-    memcpy(out + 3, &tracking, 2)
-    memcpy(out + 5, &timestamp, 8)
-    if available >= 11 + _MAX_BODY:
-        memcpy(out + 13, msg + 11, _MAX_BODY)
+    header.message_type = wire.message_type
+    header.stock_locate = load_be16(wire.stock_locate)
+    header.tracking_number = load_be16(wire.tracking_number)
+    header.timestamp = timestamp
+    if available >= sizeof(L.WireMessageHeader) + _MAX_BODY:
+        memcpy(out + sizeof(L.MessageHeader), msg + sizeof(L.WireMessageHeader), _MAX_BODY)
     else:
-        memcpy(out + 13, msg + 11, spec.wire_length - 11)
+        memcpy(out + sizeof(L.MessageHeader), msg + sizeof(L.WireMessageHeader),
+               spec.wire_length - sizeof(L.WireMessageHeader))
     for k in range(spec.count32):
         v32 = load_be32(out + spec.offsets32[k])
         memcpy(out + spec.offsets32[k], &v32, 4)
