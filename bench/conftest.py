@@ -37,6 +37,7 @@ def pytest_terminal_summary(terminalreporter, config):
                            for other in row["against"] if other in rows)
         write(f"{name:<44} {row['mps'] / 1e6:>9.2f} {row['mbps']:>8.0f}  {ratios}")
     for bench in session.benchmarks:
-        for key in ("latency_ms", "latency_ms_at_max_rate", "speedup_2_vs_1_thread"):
+        for key in ("latency_ms", "latency_ms_at_max_rate", "speedup_2_vs_1_thread",
+                    "speedup_with_arrays", "pool_ceiling"):
             if bench.extra_info.get(key):
                 write(f"{bench.name:<44} {key}: {bench.extra_info[key]}")

@@ -2,11 +2,13 @@
 """Decode feed frames and ITCH 5.0 message blocks into numpy structured arrays.
 
 Every byte read is guarded by an explicit length test; all loops run without the GIL and report
-problems as a fault code plus byte offset, turned into DecodeError or a quarantine entry only once
-the GIL is held again. The wire layouts are documented in docs/protocol.md.
+problems as a fault code (faults.h) plus a 64-bit byte offset, turned into DecodeError or a
+quarantine entry only once the GIL is held again. The wire layouts are declared once, as packed
+structs, in frame_layout.pxd and itch_layout.pxd, and documented in docs/protocol.md.
 """
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
@@ -16,13 +18,16 @@ from libc.string cimport memcpy, memset
 cimport numpy as cnp
 import numpy as np
 import re
+from collections import namedtuple
 
 from byteorder cimport load_be16, load_be32, load_be48, load_be64
 from xxhash32 cimport xxh32
 from lz4 cimport LZ4_decompress_safe
+cimport faults as F
+cimport frame_layout as W
 cimport itch_layout as L
 
-from feedhandler.errors import DecodeError
+from feedhandler.errors import DecodeError, Quarantined
 
 cnp.import_array()
 
@@ -32,112 +37,14 @@ cdef extern from "numpy/arrayobject.h":
                                 cnp.npy_intp* dims, cnp.npy_intp* strides, void* data,
                                 int flags, PyObject* obj)
 
-# ---- frame format (docs/protocol.md) ------------------------------------------------------------
-cdef enum:
-    _FRAME_HEADER_SIZE = 16
-    _PACKET_HEADER_SIZE = 20
-    _FRAME_TYPE_SEQUENCED = 0x53     # 'S'
-    _FRAME_VERSION = 1
-    _CODEC_NONE = 0
-    _CODEC_LZ4 = 1
-    # The largest legal MoldUDP64 packet is 20 + 65534 * (2 + 50) bytes (~3.4 MB); the caps bound
-    # every allocation a hostile length field can ask for.
-    _MAX_PACKET_LENGTH = 1 << 22
-    _MAX_FRAME_LENGTH = 1 << 23
-    _END_OF_SESSION_COUNT = 0xFFFF
 
-cdef uint64_t _NANOSECONDS_PER_DAY = 86_400_000_000_000
-
-FRAME_HEADER_SIZE = _FRAME_HEADER_SIZE
-PACKET_HEADER_SIZE = _PACKET_HEADER_SIZE
-FRAME_TYPE_SEQUENCED = _FRAME_TYPE_SEQUENCED
-FRAME_VERSION = _FRAME_VERSION
-CODEC_NONE = _CODEC_NONE
-CODEC_LZ4 = _CODEC_LZ4
-MAX_PACKET_LENGTH = _MAX_PACKET_LENGTH
-MAX_FRAME_LENGTH = _MAX_FRAME_LENGTH
-END_OF_SESSION_COUNT = _END_OF_SESSION_COUNT
-NANOSECONDS_PER_DAY = _NANOSECONDS_PER_DAY
-
-cdef enum:
-    _MAX_SWAPS = 8
-    _MAX_TYPES = 24     # the 23 ITCH 5.0 message types, rounded up
-    _MAX_BODY = 40      # longest message body after the 11-byte header ('I': 50 - 11), rounded up
-    _ROW_SLACK = 64     # bytes after each type's rows that the fixed-size copy may scribble on
-
-cdef enum Fault:
-    OK = 0
-    FRAME_TOO_SHORT
-    FRAME_LENGTH_MISMATCH
-    FRAME_TOO_LARGE
-    BAD_FRAME_TYPE
-    BAD_VERSION
-    BAD_CODEC
-    BAD_FLAGS
-    PACKET_TOO_LARGE
-    LZ4_CORRUPT
-    UNCOMPRESSED_LENGTH_MISMATCH
-    CHECKSUM_MISMATCH
-    PACKET_TOO_SHORT
-    COUNT_MISMATCH
-    MESSAGE_TRUNCATED
-    EMPTY_MESSAGE
-    UNKNOWN_TYPE
-    BAD_MESSAGE_LENGTH
-    TIMESTAMP_OUT_OF_DAY
-    BAD_SIDE
-    BAD_STOCK
-    OUT_OF_MEMORY
-    BUFFER_CHANGED
-
-REASONS = (
-    "ok",
-    "frame shorter than its header",
-    "frame length field disagrees with the bytes given",
-    "declared frame length exceeds the limit",
-    "unknown frame type",
-    "unsupported frame format version",
-    "unknown codec",
-    "reserved flags are not zero",
-    "declared uncompressed length exceeds the limit",
-    "corrupt LZ4 data",
-    "uncompressed length differs from the header",
-    "checksum mismatch",
-    "packet shorter than the MoldUDP64 header",
-    "message count differs from the messages present",
-    "message runs past the end of the data",
-    "zero-length message",
-    "unknown message type",
-    "message length differs from the spec's length for its type",
-    "timestamp is not within the day",
-    "buy/sell indicator is not B or S",
-    "stock symbol is not printable ASCII",
-    "out of memory",
-    "input buffer changed while it was being decoded",
-)
-
-
-# ---- message layouts, derived from the structs in itch_layout.pxd -------------------------------
-
-cdef struct MessageSpec:
-    uint16_t struct_size        # 0 marks an unknown type
-    uint16_t wire_length
-    uint8_t count32             # 4- and 8-byte integers after the timestamp, by struct offset
-    uint8_t count64
-    uint8_t offsets32[_MAX_SWAPS]
-    uint8_t offsets64[_MAX_SWAPS]
-    uint8_t side_offset         # 0: the type has no buy/sell indicator
-    uint8_t stock_offset        # 0: the type has no stock field
-
-cdef MessageSpec SPECS[256]
-cdef list DESCRS = [None] * 256  # numpy dtype per type byte
-cdef list KEYS = [None] * 256    # one-character str per type byte
+# ---- layouts, derived from the packed structs ---------------------------------------------------
 
 cdef char _scratch[64]          # only gives the struct memoryviews below something to point at
 
 
 def _struct_formats():
-    """PEP 3118 format of each struct, as Cython derives it from the declarations."""
+    """PEP 3118 format of each ITCH struct, as Cython derives it from the declarations."""
     cdef char* s = _scratch
     views = {
         "S": <L.SystemEvent[:1]> <L.SystemEvent*> s,
@@ -167,37 +74,160 @@ def _struct_formats():
     return {t: (memoryview(v).itemsize, memoryview(v).format) for t, v in views.items()}
 
 
-_FIELD = re.compile(r"\^(?:\((\d+)\))?([cHIQ]):(\w+):")
-_INTEGER_FORMATS = {"H": "u2", "I": "u4", "Q": "u8"}
+def _header_formats():
+    """PEP 3118 format of the frame and packet header structs (frame_layout.pxd)."""
+    cdef char* s = _scratch
+    views = {"frame": <W.FrameHeader[:1]> <W.FrameHeader*> s,
+             "packet": <W.PacketHeader[:1]> <W.PacketHeader*> s}
+    return {name: (memoryview(v).itemsize, memoryview(v).format) for name, v in views.items()}
+
+
+_FIELD = re.compile(r"\^(?:\((\d+)\))?([cBHIQ]):(\w+):")
+_CODE_SIZES = {"c": 1, "B": 1, "H": 2, "I": 4, "Q": 8}
+
+
+def _packed_fields(fmt, itemsize):
+    """(name, offset, count, code) of each field of a packed struct, from its PEP 3118 format."""
+    fields, offset = [], 0
+    for count, code, name in _FIELD.findall(fmt):
+        count = int(count or 1)
+        fields.append((name, offset, count, code))
+        offset += count * _CODE_SIZES[code]
+    if offset != itemsize:
+        raise ImportError(f"struct format {fmt!r} does not add up to its size {itemsize}")
+    return fields
+
+
+_INTEGER_DTYPES = {"H": "u2", "I": "u4", "Q": "u8"}
 
 
 def _dtype_from_format(fmt, itemsize):
-    """numpy dtype for a packed struct's format; char arrays become fixed-width bytes."""
+    """numpy dtype for a packed ITCH struct; char arrays become fixed-width bytes."""
     names, formats, offsets = [], [], []
-    offset = 0
-    for count, code, name in _FIELD.findall(fmt):
-        if code == "c":
-            formats.append(f"S{count or 1}")
-        else:
-            formats.append(_INTEGER_FORMATS[code])
+    for name, offset, count, code in _packed_fields(fmt, itemsize):
         names.append(name)
+        formats.append(f"S{count}" if code == "c" else _INTEGER_DTYPES[code])
         offsets.append(offset)
-        offset += np.dtype(formats[len(formats) - 1]).itemsize
-    if offset != itemsize:
-        raise ImportError(f"struct format {fmt!r} does not add up to its size {itemsize}")
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": itemsize})
 
 
-cdef void _install_spec(str key, object dtype) except *:
+HeaderField = namedtuple("HeaderField", "name offset size format")
+HeaderField.__doc__ = "A field of a wire header: its `struct` format reads it as on the wire."
+
+_BIG_ENDIAN_INTEGERS = {2: "H", 4: "I", 8: "Q"}
+
+
+def _header_fields(fmt, itemsize):
+    """name -> HeaderField of a header struct, in wire order. Byte arrays are big-endian
+    integers (frame_layout.pxd declares them so), char arrays text, single bytes integers."""
+    fields = {}
+    for name, offset, count, code in _packed_fields(fmt, itemsize):
+        if code == "c":
+            format = f"{count}s"
+        elif count == 1:
+            format = "B"
+        else:
+            format = _BIG_ENDIAN_INTEGERS[count]
+        fields[name] = HeaderField(name, offset, count, format)
+    return fields
+
+
+FRAME_HEADER_FIELDS, PACKET_HEADER_FIELDS = (_header_fields(fmt, itemsize) for itemsize, fmt in
+                                             _header_formats().values())
+FRAME_HEADER_FORMAT = ">" + "".join(f.format for f in FRAME_HEADER_FIELDS.values())
+PACKET_HEADER_FORMAT = ">" + "".join(f.format for f in PACKET_HEADER_FIELDS.values())
+
+
+def _header_offsets():
+    """Field offsets as the C compiler lays the header structs out, for the layout tests:
+    over bytes 1, 2, 3, ... each field reads back its own offset + 1 as its first byte."""
+    cdef uint8_t probe[64]
+    cdef size_t i
+    for i in range(64):
+        probe[i] = <uint8_t> (i + 1)
+    probe[sizeof(W.FrameHeader)] = 0    # byte arrays convert up to a NUL: stop at the struct end
+    frame = (<W.FrameHeader*> probe)[0]
+    probe[sizeof(W.FrameHeader)] = sizeof(W.FrameHeader) + 1
+    probe[sizeof(W.PacketHeader)] = 0
+    packet = (<W.PacketHeader*> probe)[0]
+    first_byte = lambda value: value[0] if isinstance(value, bytes) else value
+    return {"frame": {name: first_byte(value) - 1 for name, value in frame.items()},
+            "packet": {name: first_byte(value) - 1 for name, value in packet.items()}}
+
+
+FRAME_HEADER_SIZE = sizeof(W.FrameHeader)
+PACKET_HEADER_SIZE = sizeof(W.PacketHeader)
+FRAME_TYPE_SEQUENCED = W.FRAME_TYPE_SEQUENCED
+FRAME_VERSION = W.FRAME_VERSION
+CODEC_NONE = W.CODEC_NONE
+CODEC_LZ4 = W.CODEC_LZ4
+HEARTBEAT_COUNT = W.HEARTBEAT_COUNT
+END_OF_SESSION_COUNT = W.END_OF_SESSION_COUNT
+MAX_PACKET_LENGTH = W.MAX_PACKET_LENGTH
+MAX_FRAME_LENGTH = W.MAX_FRAME_LENGTH
+
+cdef uint64_t _NANOSECONDS_PER_DAY = 86_400_000_000_000
+NANOSECONDS_PER_DAY = _NANOSECONDS_PER_DAY
+
+
+# ---- fault codes, from the one table in faults.h ------------------------------------------------
+
+cdef list _FAULT_CODES = [F.NAMES[i].decode().lower() for i in range(<int> F.COUNT)]
+cdef list _FAULT_REASONS = [F.TEXTS[i].decode() for i in range(<int> F.COUNT)]
+
+FAULTS = dict(zip(_FAULT_CODES[1:], _FAULT_REASONS[1:]))
+"""Stable code -> reason of every fault the decoder reports (`ok` excluded), in code order."""
+
+
+cdef object fault_error(int fault, uint64_t offset):
+    """The exception for a fault: MemoryError, or DecodeError with its code, reason and offset."""
+    if fault == F.OUT_OF_MEMORY:
+        return MemoryError()
+    return DecodeError(_FAULT_REASONS[fault], offset, _FAULT_CODES[fault])
+
+
+# ---- message layouts, derived from the structs in itch_layout.pxd -------------------------------
+
+cdef enum:
+    _MAX_SWAPS = 8
+    _MAX_TYPES = 24     # the 23 ITCH 5.0 message types, rounded up
+    _MAX_BODY = 40      # longest message body after the wire header ('I': 50 - 11), rounded up
+    _ROW_SLACK = 64     # bytes after each type's rows that the fixed-size copy may scribble on
+
+cdef struct MessageSpec:
+    uint16_t struct_size        # 0 marks an unknown type
+    uint16_t wire_length
+    uint8_t count32             # 4- and 8-byte integers after the timestamp, by struct offset
+    uint8_t count64
+    uint8_t offsets32[_MAX_SWAPS]
+    uint8_t offsets64[_MAX_SWAPS]
+    uint8_t side_offset         # 0: the type has no buy/sell indicator
+    uint8_t stock_offset        # 0: the type has no stock field
+
+cdef MessageSpec SPECS[256]
+cdef list DESCRS = [None] * 256  # numpy dtype per type byte
+cdef list KEYS = [None] * 256    # one-character str per type byte
+
+
+def _message_header():
+    """(name, offset) of each field of itch_layout.pxd's MessageHeader."""
+    cdef char* s = _scratch
+    view = memoryview(<L.MessageHeader[:1]> <L.MessageHeader*> s)
+    return [field[:2] for field in _packed_fields(view.format, view.itemsize)]
+
+
+cdef void _install_spec(str key, object dtype, list header) except *:
     cdef uint8_t t = ord(key)
     cdef MessageSpec* spec = &SPECS[t]
-    if dtype.names[:4] != ("message_type", "stock_locate", "tracking_number", "timestamp") \
-            or dtype.fields["timestamp"][1] != 5:
+    if [(name, dtype.fields[name][1]) for name in dtype.names[:len(header)]] != header:
         raise ImportError(f"ITCH struct {key!r} must start with the common message header")
     spec.struct_size = dtype.itemsize
-    spec.wire_length = dtype.itemsize - 2     # the 6-byte wire timestamp is 8 bytes in the struct
+    # The wire header is shorter than the decoded one only by the timestamp's 6 bytes against 8.
+    spec.wire_length = dtype.itemsize - (sizeof(L.MessageHeader) - sizeof(L.WireMessageHeader))
+    if spec.wire_length - sizeof(L.WireMessageHeader) > _MAX_BODY:
+        raise ImportError(f"ITCH struct {key!r}: body longer than _MAX_BODY")
     spec.count32 = spec.count64 = 0
-    for name in dtype.names[4:]:
+    for name in dtype.names[len(header):]:
         field, offset = dtype.fields[name][:2]
         if name == "buy_sell_indicator":
             spec.side_offset = offset
@@ -217,92 +247,105 @@ cdef void _install_spec(str key, object dtype) except *:
 
 DTYPES = {key: _dtype_from_format(fmt, size) for key, (size, fmt) in _struct_formats().items()}
 for _key, _dtype in DTYPES.items():
-    _install_spec(_key, _dtype)
+    _install_spec(_key, _dtype, _message_header())
 
 
 # ---- the block walk ----------------------------------------------------------------------------
+#
+# Positions inside a block are size_t, and every offset that leaves the walk is a uint64 counted
+# from where the caller's bytes start (FaultLog.base + position), so nothing wraps past 4 GiB.
 
 cdef struct FaultEntry:
-    uint32_t offset             # where the message's length prefix starts
-    uint32_t length             # raw bytes quarantined, from offset + 2 (or offset if truncated)
-    uint32_t index              # position of the message in the block
-    uint8_t code
+    uint64_t offset             # where the message's length prefix starts, from FaultLog.base
+    uint64_t length             # raw bytes quarantined, from offset + 2 (or offset if truncated)
+    uint64_t index              # position of the message in the block
+    F.Fault code
 
 cdef struct FaultLog:
     FaultEntry* entries
     size_t count
     size_t capacity
+    uint64_t base               # offset of the block's first byte in what the caller sees
 
 cdef struct BlockScan:
     # Per-type state is kept by slot (order of first appearance), not by type byte, so that a
-    # frame's whole decode state stays around a kilobyte (decode_frames holds one per frame).
-    uint32_t messages           # entries framed by a length prefix, good or bad
+    # frame's whole decode state stays around two kilobytes (decode_frames holds one per frame).
+    size_t messages             # entries framed by a length prefix, good or bad
     uint8_t slot_of[256]        # 1 + slot of each type byte seen; 0: not seen
-    uint32_t counts[_MAX_TYPES] # well-framed messages per slot
-    uint8_t types_seen[_MAX_TYPES]
-    uint8_t type_count
+    size_t counts[_MAX_TYPES]   # well-framed messages per slot
+
+cdef struct BlockArrays:
+    # A decoded block's rows: one malloc'd arena holding all sequence numbers, then each type's
+    # rows. Once the GIL is held an _Arena takes the memory over (take_arena); a Packet keeps
+    # these pointers until its arrays are first asked for, and the arrays then view the arena.
+    uint8_t* arena
+    size_t type_count
+    uint8_t types[_MAX_TYPES]   # type byte by slot
+    uint8_t* rows[_MAX_TYPES]
+    uint64_t* sequences[_MAX_TYPES]
+    size_t filled[_MAX_TYPES]   # good rows by slot (field faults leave it below the count)
 
 
-cdef int log_fault(FaultLog* log, Fault code, size_t offset, size_t length,
+cdef int log_fault(FaultLog* log, F.Fault code, size_t position, size_t length,
                    size_t index) noexcept nogil:
     cdef FaultEntry* grown
     if log.count == log.capacity:
         log.capacity = log.capacity * 2 + 8
         grown = <FaultEntry*> realloc(log.entries, log.capacity * sizeof(FaultEntry))
         if grown == NULL:
-            return OUT_OF_MEMORY
+            return F.OUT_OF_MEMORY
         log.entries = grown
-    log.entries[log.count] = FaultEntry(<uint32_t>offset, <uint32_t>length, <uint32_t>index, code)
+    log.entries[log.count] = FaultEntry(log.base + position, length, index, code)
     log.count += 1
-    return OK
+    return F.OK
 
 
-cdef inline Fault frame_fault(const uint8_t* block, size_t n, size_t pos) noexcept nogil:
+cdef inline F.Fault frame_fault(const uint8_t* block, size_t n, size_t pos) noexcept nogil:
     """Fault of the entry at pos judged by framing alone (length prefix, type, spec length)."""
     cdef size_t length
     if n - pos < 2:
-        return MESSAGE_TRUNCATED
+        return F.MESSAGE_TRUNCATED
     length = load_be16(block + pos)
     if length > n - pos - 2:
-        return MESSAGE_TRUNCATED
+        return F.MESSAGE_TRUNCATED
     if length == 0:
-        return EMPTY_MESSAGE
+        return F.EMPTY_MESSAGE
     if SPECS[block[pos + 2]].struct_size == 0:
-        return UNKNOWN_TYPE
+        return F.UNKNOWN_TYPE
     if length != SPECS[block[pos + 2]].wire_length:
-        return BAD_MESSAGE_LENGTH
-    return OK
+        return F.BAD_MESSAGE_LENGTH
+    return F.OK
 
 
-cdef int scan_block(const uint8_t* block, size_t n, BlockScan* scan, FaultLog* log,
-                    bint keep_going) noexcept nogil:
-    """First pass: split the block and count messages per type, so pass two can fill
-    exactly-sized arrays. Returns the first fault when not keep_going, else OK or
-    MESSAGE_TRUNCATED (after which nothing can be framed)."""
+cdef int scan_block(const uint8_t* block, size_t n, BlockScan* scan, BlockArrays* arrays,
+                    FaultLog* log, bint keep_going) noexcept nogil:
+    """First pass: split the block and count messages per type (slots in `arrays.types`), so
+    pass two can fill exactly-sized arrays. Returns the first fault when not keep_going, else
+    OK or MESSAGE_TRUNCATED (after which nothing can be framed)."""
     cdef size_t pos = 0
     cdef uint8_t t
     cdef int fault
     while pos < n:
         fault = frame_fault(block, n, pos)
-        if fault == MESSAGE_TRUNCATED:
-            if log_fault(log, MESSAGE_TRUNCATED, pos, n - pos, scan.messages):
-                return OUT_OF_MEMORY
-            return MESSAGE_TRUNCATED
+        if fault == F.MESSAGE_TRUNCATED:
+            if log_fault(log, F.MESSAGE_TRUNCATED, pos, n - pos, scan.messages):
+                return F.OUT_OF_MEMORY
+            return F.MESSAGE_TRUNCATED
         if fault:
-            if log_fault(log, <Fault>fault, pos, load_be16(block + pos), scan.messages):
-                return OUT_OF_MEMORY
+            if log_fault(log, <F.Fault>fault, pos, load_be16(block + pos), scan.messages):
+                return F.OUT_OF_MEMORY
             if not keep_going:
                 return fault
         else:
             t = block[pos + 2]
             if scan.slot_of[t] == 0:
-                scan.types_seen[scan.type_count] = t
-                scan.type_count += 1
-                scan.slot_of[t] = scan.type_count
+                arrays.types[arrays.type_count] = t
+                arrays.type_count += 1
+                scan.slot_of[t] = <uint8_t> arrays.type_count
             scan.counts[scan.slot_of[t] - 1] += 1
         scan.messages += 1
         pos += 2 + load_be16(block + pos)
-    return OK
+    return F.OK
 
 
 cdef inline bint has_unprintable(const uint8_t* p) noexcept nogil:
@@ -313,25 +356,27 @@ cdef inline bint has_unprintable(const uint8_t* p) noexcept nogil:
         & 0x8080808080808080ULL != 0
 
 
-cdef inline Fault fill_message(const uint8_t* msg, size_t available, const MessageSpec* spec,
-                               uint8_t* out) noexcept nogil:
+cdef inline F.Fault fill_message(const uint8_t* msg, size_t available, const MessageSpec* spec,
+                                 uint8_t* out) noexcept nogil:
     """Write one well-framed wire message into its struct, then check its field values.
 
     Away from the end of the input the body is copied with one fixed-size memcpy, which the
     compiler inlines; it may write past the struct, into the next row or the slack that
-    decode_block leaves after each type's rows, both rewritten or unused afterwards."""
-    cdef uint64_t timestamp = load_be48(msg + 5), v64
-    cdef uint16_t locate = load_be16(msg + 1), tracking = load_be16(msg + 3)
+    decode_messages leaves after each type's rows, both rewritten or unused afterwards."""
+    cdef const L.WireMessageHeader* wire = <const L.WireMessageHeader*> msg
+    cdef L.MessageHeader* header = <L.MessageHeader*> out
+    cdef uint64_t timestamp = load_be48(wire.timestamp), v64
     cdef uint32_t v32
     cdef uint8_t k
-    out[0] = msg[0]
-    memcpy(out + 1, &locate, 2)
-    memcpy(out + 3, &tracking, 2)
-    memcpy(out + 5, &timestamp, 8)
-    if available >= 11 + _MAX_BODY:
-        memcpy(out + 13, msg + 11, _MAX_BODY)
+    header.message_type = wire.message_type
+    header.stock_locate = load_be16(wire.stock_locate)
+    header.tracking_number = load_be16(wire.tracking_number)
+    header.timestamp = timestamp
+    if available >= sizeof(L.WireMessageHeader) + _MAX_BODY:
+        memcpy(out + sizeof(L.MessageHeader), msg + sizeof(L.WireMessageHeader), _MAX_BODY)
     else:
-        memcpy(out + 13, msg + 11, spec.wire_length - 11)
+        memcpy(out + sizeof(L.MessageHeader), msg + sizeof(L.WireMessageHeader),
+               spec.wire_length - sizeof(L.WireMessageHeader))
     for k in range(spec.count32):
         v32 = load_be32(out + spec.offsets32[k])
         memcpy(out + spec.offsets32[k], &v32, 4)
@@ -339,17 +384,17 @@ cdef inline Fault fill_message(const uint8_t* msg, size_t available, const Messa
         v64 = load_be64(out + spec.offsets64[k])
         memcpy(out + spec.offsets64[k], &v64, 8)
     if timestamp >= _NANOSECONDS_PER_DAY:
-        return TIMESTAMP_OUT_OF_DAY
+        return F.TIMESTAMP_OUT_OF_DAY
     if spec.side_offset and out[spec.side_offset] != b'B' and out[spec.side_offset] != b'S':
-        return BAD_SIDE
+        return F.BAD_SIDE
     if spec.stock_offset and has_unprintable(out + spec.stock_offset):
-        return BAD_STOCK
-    return OK
+        return F.BAD_STOCK
+    return F.OK
 
 
 cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence,
-                    const BlockScan* scan, uint8_t** rows, uint64_t** sequences,
-                    uint32_t* filled, FaultLog* log, bint keep_going) noexcept nogil:
+                    const BlockScan* scan, BlockArrays* arrays, FaultLog* log,
+                    bint keep_going) noexcept nogil:
     """Second pass: fill the struct arrays sized by scan_block. A message that fails its field
     checks is logged and its slot reused, so `filled` may end below the scanned counts."""
     cdef size_t pos = 0, index = 0
@@ -357,29 +402,29 @@ cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence,
     cdef int fault
     cdef const MessageSpec* spec
     while pos < n:
-        if frame_fault(block, n, pos) == OK:       # framing faults were logged by scan_block
+        if frame_fault(block, n, pos) == F.OK:      # framing faults were logged by scan_block
             t = block[pos + 2]
             k = scan.slot_of[t]
             # A type pass one did not see, or more rows of it: the bytes changed under us.
-            if k == 0 or filled[k - 1] >= scan.counts[k - 1]:
-                return BUFFER_CHANGED
+            if k == 0 or arrays.filled[k - 1] >= scan.counts[k - 1]:
+                return F.BUFFER_CHANGED
             k -= 1
             spec = &SPECS[t]
             fault = fill_message(block + pos + 2, n - pos - 2, spec,
-                                 rows[k] + <size_t>filled[k] * spec.struct_size)
+                                 arrays.rows[k] + arrays.filled[k] * spec.struct_size)
             if fault:
-                if log_fault(log, <Fault>fault, pos, spec.wire_length, index):
-                    return OUT_OF_MEMORY
+                if log_fault(log, <F.Fault>fault, pos, spec.wire_length, index):
+                    return F.OUT_OF_MEMORY
                 if not keep_going:
                     return fault
             else:
-                sequences[k][filled[k]] = first_sequence + index
-                filled[k] += 1
+                arrays.sequences[k][arrays.filled[k]] = first_sequence + index
+                arrays.filled[k] += 1
         elif n - pos < 2 or load_be16(block + pos) > n - pos - 2:
             break
         index += 1
         pos += 2 + load_be16(block + pos)
-    return OK
+    return F.OK
 
 
 # ---- one block, start to finish, without the GIL -------------------------------------------------
@@ -387,59 +432,60 @@ cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence,
 cdef struct BlockResult:
     BlockScan scan
     FaultLog log
-    uint8_t* arena              # malloc'd: all sequence numbers, then each type's rows
-    uint8_t* rows[_MAX_TYPES]   # by slot, like BlockScan.counts
-    uint64_t* sequences[_MAX_TYPES]
-    uint32_t filled[_MAX_TYPES]
+    BlockArrays arrays
     int fault                   # fatal: raised as DecodeError (or quarantines the packet)
-    size_t fault_offset
+    uint64_t fault_offset       # from log.base, like the log's offsets
+
+
+cdef void init_result(BlockResult* r, uint64_t base) noexcept nogil:
+    memset(r, 0, sizeof(BlockResult))
+    r.log.base = base
+
+
+cdef void release_result(BlockResult* r) noexcept nogil:
+    free(r.log.entries)
+    free(r.arrays.arena)
 
 
 cdef void decode_messages(const uint8_t* block, size_t n, uint64_t first_sequence,
                           long declared_count, bint keep_going, BlockResult* r) noexcept nogil:
     """Split, count, allocate and fill in one go, so a frame needs a single nogil section."""
     cdef int fault, framing_fault
-    cdef size_t end, size, at
-    cdef int i
-    cdef uint8_t t
-    memset(&r.scan, 0, sizeof(BlockScan))
-    fault = scan_block(block, n, &r.scan, &r.log, keep_going)
-    if fault == OUT_OF_MEMORY:
-        r.fault = OUT_OF_MEMORY
+    cdef size_t end, size, at, i
+    fault = scan_block(block, n, &r.scan, &r.arrays, &r.log, keep_going)
+    if fault == F.OUT_OF_MEMORY:
+        r.fault = F.OUT_OF_MEMORY
         return
     # Strict mode reports the first fault in stream order: after a framing fault, pass two
     # still runs over the messages before it, which may hold an earlier field fault.
-    framing_fault = fault if not keep_going else OK
-    end = r.log.entries[0].offset if framing_fault else n
-    if not framing_fault and declared_count >= 0 and r.scan.messages != (
-            0 if declared_count == _END_OF_SESSION_COUNT else declared_count):
-        r.fault = r.log.entries[0].code if r.log.count else COUNT_MISMATCH
-        r.fault_offset = r.log.entries[0].offset if r.log.count else n
+    framing_fault = fault if not keep_going else F.OK
+    end = <size_t> (r.log.entries[0].offset - r.log.base) if framing_fault else n
+    if not framing_fault and declared_count >= 0 and r.scan.messages != <size_t> (
+            0 if declared_count == W.END_OF_SESSION_COUNT else declared_count):
+        r.fault = r.log.entries[0].code if r.log.count else F.COUNT_MISMATCH
+        r.fault_offset = r.log.entries[0].offset if r.log.count else r.log.base + n
         return
     size = r.scan.messages * sizeof(uint64_t)
-    for i in range(r.scan.type_count):
-        t = r.scan.types_seen[i]
-        size += <size_t>r.scan.counts[i] * SPECS[t].struct_size + _ROW_SLACK
-    r.arena = <uint8_t*> malloc(size)
-    if r.arena == NULL:
-        r.fault = OUT_OF_MEMORY
+    for i in range(r.arrays.type_count):
+        size += r.scan.counts[i] * SPECS[r.arrays.types[i]].struct_size + _ROW_SLACK
+    r.arrays.arena = <uint8_t*> malloc(size)
+    if r.arrays.arena == NULL:
+        r.fault = F.OUT_OF_MEMORY
         return
     at = 0
-    for i in range(r.scan.type_count):
-        r.sequences[i] = <uint64_t*> (r.arena + at)
+    for i in range(r.arrays.type_count):
+        r.arrays.sequences[i] = <uint64_t*> (r.arrays.arena + at)
         at += r.scan.counts[i] * sizeof(uint64_t)
-    for i in range(r.scan.type_count):
-        r.rows[i] = r.arena + at
-        at += <size_t>r.scan.counts[i] * SPECS[r.scan.types_seen[i]].struct_size + _ROW_SLACK
-    memset(r.filled, 0, sizeof(r.filled))
-    fault = fill_block(block, end, first_sequence, &r.scan, r.rows, r.sequences, r.filled,
-                       &r.log, keep_going)
-    if fault == BUFFER_CHANGED:
+    for i in range(r.arrays.type_count):
+        r.arrays.rows[i] = r.arrays.arena + at
+        at += r.scan.counts[i] * SPECS[r.arrays.types[i]].struct_size + _ROW_SLACK
+    fault = fill_block(block, end, first_sequence, &r.scan, &r.arrays, &r.log, keep_going)
+    if fault == F.BUFFER_CHANGED:
         r.fault = fault
-        r.fault_offset = 0
-    elif fault == OUT_OF_MEMORY or (fault and not keep_going):
+        r.fault_offset = r.log.base
+    elif fault == F.OUT_OF_MEMORY or (fault and not keep_going):
         r.fault = fault
-        r.fault_offset = r.log.entries[r.log.count - 1].offset if r.log.count else 0
+        r.fault_offset = r.log.entries[r.log.count - 1].offset if r.log.count else r.log.base
     elif framing_fault:
         r.fault = framing_fault
         r.fault_offset = r.log.entries[0].offset
@@ -447,23 +493,20 @@ cdef void decode_messages(const uint8_t* block, size_t n, uint64_t first_sequenc
 
 # ---- turning the C results into Python objects -------------------------------------------------
 
-cdef class _Buffer:
-    """Holds a Py_buffer for the duration of a decode, so the bytes stay put while nogil."""
-    cdef Py_buffer view
-
-    def __cinit__(self, obj):
-        PyObject_GetBuffer(obj, &self.view, PyBUF_SIMPLE)
-
-    def __dealloc__(self):
-        PyBuffer_Release(&self.view)
-
-
 cdef class _Arena:
     """Owns a block's malloc'd arena; the arrays viewing it keep it alive."""
     cdef void* data
 
     def __dealloc__(self):
         free(self.data)
+
+
+cdef _Arena take_arena(BlockArrays* arrays):
+    """An _Arena that owns arrays.arena from now on."""
+    cdef _Arena arena = _Arena()
+    arena.data = arrays.arena
+    arrays.arena = NULL
+    return arena
 
 
 cdef UINT64 = np.dtype(np.uint64)
@@ -478,194 +521,290 @@ cdef object array_view(_Arena arena, object descr, void* data, cnp.npy_intp coun
     return view
 
 
-cdef void init_result(BlockResult* r) noexcept nogil:
-    r.log = FaultLog(NULL, 0, 0)
-    r.arena = NULL
-    r.fault = OK
-    r.fault_offset = 0
-
-
-cdef void release_result(BlockResult* r) noexcept nogil:
-    free(r.log.entries)
-    free(r.arena)
-
-
-cdef tuple block_objects(BlockResult* r, const uint8_t* block, size_t block_offset,
-                         uint64_t first_sequence, bint sequenced):
-    """(messages, sequences, quarantined) of a decoded block; takes over r.arena."""
+cdef tuple view_arrays(const BlockArrays* arrays, _Arena arena):
+    """(messages, sequences): type -> array dicts viewing the rows in `arena`."""
     cdef dict messages = {}, sequences = {}
-    cdef list quarantined = []
-    cdef _Arena arena = _Arena()
-    cdef size_t i, start
-    cdef FaultEntry* e
+    cdef size_t i
     cdef uint8_t t
-    if r.fault == OUT_OF_MEMORY:
-        raise MemoryError()
-    if r.fault:
-        raise DecodeError(REASONS[r.fault], block_offset + r.fault_offset)
-    arena.data = r.arena
-    r.arena = NULL
-    for i in range(r.scan.type_count):
-        t = r.scan.types_seen[i]
-        if r.filled[i]:
-            messages[KEYS[t]] = array_view(arena, DESCRS[t], r.rows[i], r.filled[i])
-            sequences[KEYS[t]] = array_view(arena, UINT64, r.sequences[i], r.filled[i])
-    for i in range(r.log.count):
-        e = &r.log.entries[i]
-        start = e.offset if e.code == MESSAGE_TRUNCATED else e.offset + 2
-        quarantined.append((block_offset + e.offset, REASONS[e.code], block[start:start + e.length],
-                            first_sequence + e.index if sequenced else None))
-    quarantined.sort(key=lambda entry: entry[0])
-    return messages, sequences, quarantined
+    for i in range(arrays.type_count):
+        t = arrays.types[i]
+        if arrays.filled[i]:
+            messages[KEYS[t]] = array_view(arena, DESCRS[t], arrays.rows[i], arrays.filled[i])
+            sequences[KEYS[t]] = array_view(arena, UINT64, arrays.sequences[i], arrays.filled[i])
+    return messages, sequences
 
 
-def parse_messages(buf, *, bint quarantine=False):
-    """ITCH messages in NASDAQ's binary file framing -> (messages, quarantined)."""
-    cdef _Buffer held = _Buffer(buf)
-    cdef const uint8_t* block = <const uint8_t*> held.view.buf
+cdef list quarantine_entries(const FaultLog* log, const uint8_t* block, uint64_t first_sequence,
+                             bint sequenced):
+    """The logged faults as `Quarantined` entries, in stream order."""
+    cdef list entries = []
+    cdef size_t i, start
+    cdef const FaultEntry* e
+    for i in range(log.count):
+        e = &log.entries[i]
+        start = <size_t> (e.offset - log.base)
+        if e.code != F.MESSAGE_TRUNCATED:
+            start += 2
+        entries.append(Quarantined(
+            e.offset, _FAULT_REASONS[e.code], PyBytes_FromStringAndSize(
+                <const char*> block + start, <Py_ssize_t> e.length),
+            first_sequence + e.index if sequenced else None, _FAULT_CODES[e.code]))
+    entries.sort(key=lambda entry: entry.offset)
+    return entries
+
+
+def parse_messages(buf, *, bint quarantine=False, uint64_t base_offset=0):
+    """ITCH messages in NASDAQ's binary file framing -> (messages, quarantined).
+
+    `base_offset` is added to every offset reported, as if `buf` started that far into a
+    larger input (the tests use it to check offsets past 4 GiB without 4 GiB of data)."""
+    cdef Py_buffer view
     cdef BlockResult r
-    init_result(&r)
+    init_result(&r, base_offset)
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
     try:
         with nogil:
-            decode_messages(block, held.view.len, 0, -1, quarantine, &r)
-        messages, sequences, quarantined = block_objects(&r, block, 0, 0, False)
-        return messages, quarantined
+            decode_messages(<const uint8_t*> view.buf, view.len, 0, -1, quarantine, &r)
+        if r.fault:
+            raise fault_error(r.fault, r.fault_offset)
+        messages, _ = view_arrays(&r.arrays, take_arena(&r.arrays))
+        return messages, quarantine_entries(&r.log, <const uint8_t*> view.buf, 0, False)
     finally:
         release_result(&r)
+        PyBuffer_Release(&view)
 
 
-cdef struct FrameHeader:
+cdef class Packet:
+    """One decoded frame.
+
+    `messages[t]` holds the records of type t in stream order and `sequences[t]` the MoldUDP64
+    sequence number of each of those records (both dicts of numpy arrays). A frame quarantined
+    as a whole has session, sequence and count None and a single entry in `quarantined`.
+
+    Decoding leaves the rows in one C arena per frame; the arrays viewing it are made on first
+    access of `messages` or `sequences`, so decoding itself holds the GIL only briefly."""
+
+    cdef readonly object session
+    cdef readonly object sequence
+    cdef readonly object count
+    cdef readonly list quarantined
+    cdef dict _messages
+    cdef dict _sequences
+    cdef BlockArrays _arrays        # where the rows are, in _arena
+    cdef _Arena _arena
+
+    def __init__(self, session, sequence, count, dict messages, dict sequences,
+                 list quarantined=None):
+        """A packet from ready-made arrays (decoding builds its packets without this)."""
+        self.session, self.sequence, self.count = session, sequence, count
+        self._messages, self._sequences = messages, sequences
+        self.quarantined = [] if quarantined is None else quarantined
+
+    cdef void _view_arrays(self) except *:
+        # Two threads asking at once each make their own views of the same arena: both right.
+        self._messages, self._sequences = view_arrays(&self._arrays, self._arena)
+
+    @property
+    def messages(self) -> dict:
+        if self._messages is None:
+            self._view_arrays()
+        return self._messages
+
+    @property
+    def sequences(self) -> dict:
+        if self._sequences is None:
+            self._view_arrays()
+        return self._sequences
+
+    @property
+    def is_heartbeat(self) -> bool:
+        return self.count == W.HEARTBEAT_COUNT
+
+    @property
+    def is_end_of_session(self) -> bool:
+        return self.count == W.END_OF_SESSION_COUNT
+
+    @property
+    def next_sequence(self):
+        """Sequence number the message after this packet will carry."""
+        if self.sequence is None:
+            return None
+        return self.sequence + (0 if self.count == W.END_OF_SESSION_COUNT else self.count)
+
+    def __repr__(self):
+        return (f"Packet(session={self.session!r}, sequence={self.sequence}, "
+                f"count={self.count}, types={''.join(self.messages)!r}, "
+                f"quarantined={len(self.quarantined)})")
+
+    def __reduce__(self):
+        return Packet, (self.session, self.sequence, self.count, self.messages,
+                        self.sequences, self.quarantined)
+
+
+# ---- frames -------------------------------------------------------------------------------------
+
+cdef struct FrameFields:
     uint8_t codec
     uint32_t packet_length
     uint32_t checksum
 
 
-cdef Fault check_frame(const uint8_t* f, size_t n, FrameHeader* h, size_t* where) noexcept nogil:
-    if n < 16:
-        where[0] = 0
-        return FRAME_TOO_SHORT
+cdef inline size_t offset_of(const W.FrameHeader* h, const void* field) noexcept nogil:
+    return <const uint8_t*> field - <const uint8_t*> h
+
+
+cdef F.Fault check_frame(const uint8_t* f, size_t n, FrameFields* fields,
+                         size_t* where) noexcept nogil:
+    cdef const W.FrameHeader* h = <const W.FrameHeader*> f
     where[0] = 0
-    if load_be32(f) > _MAX_FRAME_LENGTH:
-        return FRAME_TOO_LARGE
-    if load_be32(f) != n - 4:
-        return FRAME_LENGTH_MISMATCH
-    where[0] = 4
-    if f[4] != _FRAME_TYPE_SEQUENCED:
-        return BAD_FRAME_TYPE
-    where[0] = 5
-    if f[5] != _FRAME_VERSION:
-        return BAD_VERSION
-    where[0] = 6
-    h.codec = f[6]
-    if h.codec != _CODEC_NONE and h.codec != _CODEC_LZ4:
-        return BAD_CODEC
-    where[0] = 7
-    if f[7] != 0:
-        return BAD_FLAGS
-    where[0] = 8
-    h.packet_length = load_be32(f + 8)
-    h.checksum = load_be32(f + 12)
-    if h.packet_length > _MAX_PACKET_LENGTH:
-        return PACKET_TOO_LARGE
-    if h.codec == _CODEC_NONE and h.packet_length != n - 16:
-        return UNCOMPRESSED_LENGTH_MISMATCH
-    if h.packet_length < 20 or n < 36:
-        return PACKET_TOO_SHORT
-    return OK
+    if n < sizeof(W.FrameHeader):
+        return F.FRAME_TOO_SHORT
+    if load_be32(h.frame_length) > W.MAX_FRAME_LENGTH:
+        return F.FRAME_TOO_LARGE
+    if load_be32(h.frame_length) != n - sizeof(h.frame_length):
+        return F.FRAME_LENGTH_MISMATCH
+    where[0] = offset_of(h, &h.frame_type)
+    if h.frame_type != W.FRAME_TYPE_SEQUENCED:
+        return F.BAD_FRAME_TYPE
+    where[0] = offset_of(h, &h.version)
+    if h.version != W.FRAME_VERSION:
+        return F.BAD_VERSION
+    where[0] = offset_of(h, &h.codec)
+    fields.codec = h.codec
+    if h.codec != W.CODEC_NONE and h.codec != W.CODEC_LZ4:
+        return F.BAD_CODEC
+    where[0] = offset_of(h, &h.flags)
+    if h.flags != 0:
+        return F.BAD_FLAGS
+    where[0] = offset_of(h, &h.uncompressed_length)
+    fields.packet_length = load_be32(h.uncompressed_length)
+    fields.checksum = load_be32(h.checksum)
+    if fields.packet_length > W.MAX_PACKET_LENGTH:
+        return F.PACKET_TOO_LARGE
+    if h.codec == W.CODEC_NONE and fields.packet_length != n - sizeof(W.FrameHeader):
+        return F.UNCOMPRESSED_LENGTH_MISMATCH
+    if fields.packet_length < sizeof(W.PacketHeader) \
+            or n < sizeof(W.FrameHeader) + sizeof(W.PacketHeader):
+        return F.PACKET_TOO_SHORT
+    return F.OK
 
 
-cdef Fault unpack_frame(const uint8_t* f, size_t n, uint8_t** packet, FrameHeader* h,
-                        size_t* where) noexcept nogil:
+cdef F.Fault unpack_frame(const uint8_t* f, size_t n, uint8_t** packet, FrameFields* fields,
+                          size_t* where) noexcept nogil:
     """Check the header, decompress if needed and verify the checksum. On success *packet
     points at the MoldUDP64 packet: into the frame for codec none, else a malloc'd copy.
-    The packet's 20-byte header travels uncompressed, so only the message block is inflated."""
-    cdef Fault fault = check_frame(f, n, h, where)
+    The packet header travels uncompressed, so only the message block is inflated."""
+    cdef const W.FrameHeader* h = <const W.FrameHeader*> f
+    cdef F.Fault fault = check_frame(f, n, fields, where)
+    cdef size_t header_end = sizeof(W.FrameHeader) + sizeof(W.PacketHeader)
     cdef int got
     packet[0] = NULL
     if fault:
         return fault
-    if h.codec == _CODEC_NONE:
-        packet[0] = <uint8_t*> (f + 16)
+    if fields.codec == W.CODEC_NONE:
+        packet[0] = <uint8_t*> (f + sizeof(W.FrameHeader))
     else:
-        where[0] = 36
-        packet[0] = <uint8_t*> malloc(h.packet_length)
+        where[0] = header_end
+        packet[0] = <uint8_t*> malloc(fields.packet_length)
         if packet[0] == NULL:
-            return OUT_OF_MEMORY
-        memcpy(packet[0], f + 16, 20)
-        got = LZ4_decompress_safe(<const char*> (f + 36), <char*> (packet[0] + 20),
-                                  <int> (n - 36), <int> (h.packet_length - 20))
+            return F.OUT_OF_MEMORY
+        memcpy(packet[0], f + sizeof(W.FrameHeader), sizeof(W.PacketHeader))
+        got = LZ4_decompress_safe(<const char*> (f + header_end),
+                                  <char*> (packet[0] + sizeof(W.PacketHeader)),
+                                  <int> (n - header_end),
+                                  <int> (fields.packet_length - sizeof(W.PacketHeader)))
         if got < 0:
-            return LZ4_CORRUPT
-        if <uint32_t> got != h.packet_length - 20:
-            where[0] = 8
-            return UNCOMPRESSED_LENGTH_MISMATCH
-    where[0] = 12
-    if xxh32(packet[0], h.packet_length, 0) != h.checksum:
-        return CHECKSUM_MISMATCH
-    return OK
+            return F.LZ4_CORRUPT
+        if <size_t> got != fields.packet_length - sizeof(W.PacketHeader):
+            where[0] = offset_of(h, &h.uncompressed_length)
+            return F.UNCOMPRESSED_LENGTH_MISMATCH
+    where[0] = offset_of(h, &h.checksum)
+    if xxh32(packet[0], fields.packet_length, 0) != fields.checksum:
+        return F.CHECKSUM_MISMATCH
+    return F.OK
 
 
 cdef struct FrameDecode:
-    FrameHeader header
+    FrameFields fields
     uint8_t* packet             # the MoldUDP64 packet: in the frame, or malloc'd if compressed
-    Fault fault
+    F.Fault fault
     size_t where
-    BlockResult r
+    BlockResult r               # message-level offsets count from the start of the packet
 
 
 cdef void init_frame(FrameDecode* d) noexcept nogil:
-    d.header.codec = _CODEC_NONE
+    d.fields.codec = W.CODEC_NONE
     d.packet = NULL
-    d.fault = OK
+    d.fault = F.OK
     d.where = 0
-    init_result(&d.r)
+    init_result(&d.r, sizeof(W.PacketHeader))
 
 
 cdef void decode_frame_nogil(const uint8_t* f, size_t n, bint quarantine,
                              FrameDecode* d) noexcept nogil:
-    d.fault = unpack_frame(f, n, &d.packet, &d.header, &d.where)
+    cdef const W.PacketHeader* header
+    d.fault = unpack_frame(f, n, &d.packet, &d.fields, &d.where)
     if not d.fault:
-        decode_messages(d.packet + 20, d.header.packet_length - 20, load_be64(d.packet + 10),
-                        load_be16(d.packet + 18), quarantine, &d.r)
+        header = <const W.PacketHeader*> d.packet
+        decode_messages(d.packet + sizeof(W.PacketHeader),
+                        d.fields.packet_length - sizeof(W.PacketHeader),
+                        load_be64(header.sequence_number), load_be16(header.message_count),
+                        quarantine, &d.r)
 
 
 cdef void release_frame(FrameDecode* d) noexcept nogil:
     release_result(&d.r)
-    if d.header.codec == _CODEC_LZ4:
+    if d.fields.codec == W.CODEC_LZ4:
         free(d.packet)
 
 
-cdef tuple frame_objects(FrameDecode* d, object frame, bint quarantine):
-    cdef uint64_t first_sequence
-    if d.fault == OUT_OF_MEMORY:
-        raise MemoryError()
-    try:
-        if d.fault:
-            raise DecodeError(REASONS[d.fault], d.where)
-        first_sequence = load_be64(d.packet + 10)
-        return (d.packet[:10], first_sequence, load_be16(d.packet + 18),
-                *block_objects(&d.r, d.packet + 20, 20, first_sequence, True))
-    except DecodeError as error:
-        if not quarantine:
-            raise
-        return (None, None, None, {}, {}, [(0, error.reason, bytes(frame), None)])
+cdef Packet frame_packet(FrameDecode* d, object frame, bint quarantine):
+    """The Packet of a decoded frame; takes over its arena. Only a few small objects are made
+    here, with the GIL held: the arrays come later, from Packet.messages."""
+    cdef Packet p = Packet.__new__(Packet)
+    cdef const W.PacketHeader* header
+    cdef int fault = d.r.fault
+    cdef uint64_t offset = d.r.fault_offset
+    if d.fault:
+        fault, offset = d.fault, d.where
+    if fault:
+        if fault == F.OUT_OF_MEMORY or not quarantine:
+            raise fault_error(fault, offset)
+        p._messages, p._sequences = {}, {}
+        p.quarantined = [Quarantined(0, _FAULT_REASONS[fault], bytes(frame), None,
+                                     _FAULT_CODES[fault])]
+        return p
+    header = <const W.PacketHeader*> d.packet
+    p.session = PyBytes_FromStringAndSize(header.session, sizeof(header.session))
+    p.sequence = load_be64(header.sequence_number)
+    p.count = load_be16(header.message_count)
+    p._arena = take_arena(&d.r.arrays)
+    p._arrays = d.r.arrays
+    if d.r.log.count:
+        p.quarantined = quarantine_entries(&d.r.log, d.packet + sizeof(W.PacketHeader),
+                                           p.sequence, True)
+    else:
+        p.quarantined = []
+    return p
 
 
 def decode_frame(frame, *, bint quarantine=False):
-    """One whole frame -> (session, first_sequence, count, messages, sequences, quarantined).
+    """One whole frame -> Packet.
 
     Frame-level offsets count from the start of the frame; message-level offsets from the start
     of the (decompressed) MoldUDP64 packet. With quarantine=True a frame whose header, checksum,
     compression or count is bad comes back as a single quarantine entry covering the frame."""
-    cdef _Buffer held = _Buffer(frame)
+    cdef Py_buffer view
     cdef FrameDecode d
     init_frame(&d)
+    PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE)
     try:
         with nogil:
-            decode_frame_nogil(<const uint8_t*> held.view.buf, held.view.len, quarantine, &d)
-        return frame_objects(&d, frame, quarantine)
+            decode_frame_nogil(<const uint8_t*> view.buf, view.len, quarantine, &d)
+        return frame_packet(&d, frame, quarantine)
     finally:
         release_frame(&d)
+        PyBuffer_Release(&view)
 
 
 def decode_frames(list frames, *, bint quarantine=False):
@@ -685,7 +824,7 @@ def decode_frames(list frames, *, bint quarantine=False):
             for i in range(count):
                 decode_frame_nogil(<const uint8_t*> views[i].buf, views[i].len, quarantine,
                                    &decodes[i])
-        return [frame_objects(&decodes[i], frames[i], quarantine) for i in range(count)]
+        return [frame_packet(&decodes[i], frames[i], quarantine) for i in range(count)]
     finally:
         for i in range(acquired):
             PyBuffer_Release(&views[i])
@@ -696,10 +835,38 @@ def decode_frames(list frames, *, bint quarantine=False):
         free(views)
 
 
+def message_block(frame):
+    """A whole frame's message block (NASDAQ file framing) as bytes: the header checked, the
+    block decompressed and the packet's checksum verified, without the GIL. Raises DecodeError
+    with the frame-level offset, as decode_frame does; the messages themselves are not checked."""
+    cdef Py_buffer view
+    cdef FrameFields fields
+    cdef uint8_t* packet = NULL
+    cdef size_t where = 0
+    cdef F.Fault fault
+    fields.codec = W.CODEC_NONE
+    PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE)
+    try:
+        with nogil:
+            fault = unpack_frame(<const uint8_t*> view.buf, view.len, &packet, &fields, &where)
+        if fault:
+            raise fault_error(fault, where)
+        return PyBytes_FromStringAndSize(<const char*> packet + sizeof(W.PacketHeader),
+                                         fields.packet_length - sizeof(W.PacketHeader))
+    finally:
+        if fields.codec == W.CODEC_LZ4:
+            free(packet)
+        PyBuffer_Release(&view)
+
+
 def frame_checksum(buf):
     """XXH32 (seed 0) of a bytes-like object, as carried in the frame header."""
-    cdef _Buffer held = _Buffer(buf)
+    cdef Py_buffer view
     cdef uint32_t h
-    with nogil:
-        h = xxh32(<const uint8_t*> held.view.buf, held.view.len, 0)
-    return h
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        with nogil:
+            h = xxh32(<const uint8_t*> view.buf, view.len, 0)
+        return h
+    finally:
+        PyBuffer_Release(&view)

@@ -7,7 +7,22 @@
 # Prices keep the spec's integers: 4 implied decimals, 8 for the MWCB levels of 'V'.
 # Alpha fields are fixed-width, space padded, exactly as on the wire.
 
-from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+
+# The header every message starts with, twice: as decoded (the first four fields of each struct
+# below) and as on the wire (big-endian integers as byte arrays, the 6-byte timestamp).
+cdef packed struct MessageHeader:
+    char message_type
+    uint16_t stock_locate
+    uint16_t tracking_number
+    uint64_t timestamp
+
+cdef packed struct WireMessageHeader:
+    char message_type
+    uint8_t stock_locate[2]
+    uint8_t tracking_number[2]
+    uint8_t timestamp[6]
 
 
 cdef packed struct SystemEvent:                       # 'S'

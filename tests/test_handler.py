@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from brokers import kcat_count
 from feedhandler.exchange import orderflow
@@ -195,16 +196,27 @@ def test_corrupt_input_goes_to_the_dead_letter_topic(kafka, topic_prefix):
     assert headers[1]["count"] == b"10" and headers[1]["session"] == SESSION
 
 
+def unwritable_topics(kafka: str, prefix: str) -> None:
+    """The tick topics of `prefix`, made so that they refuse every batch."""
+    admin = AdminClient({"bootstrap.servers": kafka})
+    topics = [NewTopic(topic, PARTITIONS, config={"max.message.bytes": "64"})
+              for topic in Routes.by_category(prefix).topics]
+    for future in admin.create_topics(topics).values():
+        future.result()
+
+
 @pytest.mark.parametrize("linked", [True, False])
 def test_delivery_failures_are_counted_not_hidden(kafka, topic_prefix, linked):
-    """Records that cannot be delivered in time come back as failures with a reason."""
+    """Records that Kafka refuses come back as failures with a reason: here the topics take
+    no batch of more than 64 bytes."""
+    unwritable_topics(kafka, topic_prefix)
     frames = [packet.encode(SOURCE_MESSAGES[:2000], session=SESSION, sequence=1)]
     handler, account = handle(kafka, topic_prefix, "struct", 1, iter(frames),
-                              producer_overrides={"message.timeout.ms": "1", "linger.ms": "0"},
                               producer_link="require" if linked else "off")
     assert account.failed > 0 and account.lost == account.failed
     assert account.delivered == 2000 - account.failed
-    assert any("timed out" in reason.lower() for reason in account.failure_reasons)
+    assert any("too large" in reason.lower() for reason in account.failure_reasons), \
+        account.failure_reasons
     if linked:
         assert handler.link.failed == account.failed
         assert handler.link.acknowledged == account.delivered

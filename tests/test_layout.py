@@ -74,8 +74,9 @@ def test_struct_writes_land_where_the_dtype_reads(message_type):
     assert wire_offset == length
 
 
-def test_messages_doc_is_current():
-    result = subprocess.run([sys.executable, "scripts/messages_doc.py", "--check"], cwd=ROOT,
+def test_generated_docs_are_current():
+    """docs/messages.md and the fault code table of docs/protocol.md (scripts/wire_docs.py)."""
+    result = subprocess.run([sys.executable, "scripts/wire_docs.py", "--check"], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)},
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -63,9 +63,10 @@ def test_round_trip_keeps_every_message_and_its_sequence(codec):
 
 def test_lz4_compresses_only_the_message_block():
     frame = packet.encode([b"D" + bytes(18)] * 100, session=SESSION, sequence=7)
-    assert frame[6] == packet.CODECS["lz4"]
+    assert frame[packet.FRAME_HEADER_FIELDS["codec"].offset] == packet.CODECS["lz4"]
     assert packet.peek(frame) == (SESSION, 7, 100)
-    assert len(frame) < 36 + 100 * 21 // 4
+    headers = packet.FRAME_HEADER_SIZE + packet.PACKET_HEADER_SIZE
+    assert len(frame) < headers + 100 * 21 // 4
 
 
 def test_heartbeat_and_end_of_session():

@@ -14,6 +14,7 @@ from feedhandler.pipeline.handler import Handler, HandlerConfig
 from feedhandler.session import LoginRejected, SequenceTracker
 from feedhandler.wire import packet
 from streams import SESSION, split_block
+from test_handler import unwritable_topics
 
 pytestmark = pytest.mark.kafka
 
@@ -81,8 +82,8 @@ def test_a_producer_queue_limited_in_bytes_holds_the_reader_back(kafka, topic_pr
 def test_delivery_failures_are_logged_by_reason_with_counts_not_per_record(kafka, topic_prefix,
                                                                             caplog):
     """An outage fails thousands of records: the log says so with counts, not once each."""
-    handler = Handler(config(kafka, topic_prefix, producer_link="off",
-                             producer_overrides={"message.timeout.ms": "1", "linger.ms": "0"}))
+    unwritable_topics(kafka, topic_prefix)
+    handler = Handler(config(kafka, topic_prefix, producer_link="off"))
     account = handler.run(iter(FRAMES[:8]))
     assert account.failed > 100 and account.lost == account.failed
     lines = [r for r in caplog.records if "delivery failed" in r.getMessage()]

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import struct
 
-import lz4.block
-
+from feedhandler.errors import DecodeError
 from feedhandler.wire import _decode, packet
 
 # Frame types.
@@ -53,6 +52,7 @@ MAX_SERVER_FRAME_LENGTH = packet.MAX_FRAME_LENGTH
 MIN_DATA_FRAME_LENGTH = packet.FRAME_HEADER_SIZE + packet.PACKET_HEADER_SIZE - 4
 
 _CODEC_NAMES = {value: name for name, value in packet.CODECS.items()}
+_CODEC_OFFSET = packet.FRAME_HEADER_FIELDS["codec"].offset
 
 HEARTBEAT_INTERVAL = 1.0      # seconds without sending before a heartbeat
 LINK_TIMEOUT = 15.0           # seconds without receiving before the link is dead
@@ -162,25 +162,11 @@ def _expect_length(what: str, length: int, expected: int):
 
 def message_block(frame) -> bytes:
     """The frame's message block (NASDAQ file framing), decompressed and checked against the
-    frame's checksum."""
-    session, sequence, count = packet.peek(frame)
-    codec = _CODEC_NAMES.get(frame[6])
-    if codec is None:
-        raise ProtocolError(f"frame at sequence {sequence} has unknown codec {frame[6]}")
-    uncompressed_length, checksum = struct.unpack_from(">II", frame, 8)
-    header_end = packet.FRAME_HEADER_SIZE + packet.PACKET_HEADER_SIZE
-    block_length = uncompressed_length - packet.PACKET_HEADER_SIZE
-    body = bytes(frame[header_end:])
-    if codec == "lz4":
-        try:
-            body = lz4.block.decompress(body, uncompressed_size=block_length)
-        except lz4.block.LZ4BlockError as error:
-            raise ProtocolError(f"frame at sequence {sequence} does not decompress: "
-                                f"{error}") from None
-    packet_bytes = bytes(frame[packet.FRAME_HEADER_SIZE:header_end]) + body
-    if len(body) != block_length or _decode.frame_checksum(packet_bytes) != checksum:
-        raise ProtocolError(f"frame at sequence {sequence} fails its checksum")
-    return body
+    frame's checksum by the decoder (without the GIL)."""
+    try:
+        return _decode.message_block(frame)
+    except DecodeError as error:
+        raise ProtocolError(f"bad data frame: {error}") from None
 
 
 def trim_frame(frame, first_sequence: int) -> bytes:
@@ -201,4 +187,4 @@ def trim_frame(frame, first_sequence: int) -> bytes:
     if position > len(block):
         raise ProtocolError(f"frame at sequence {sequence} has fewer messages than its count")
     return packet.encode_block(block[position:], count - skip, session=session,
-                               sequence=first_sequence, codec=_CODEC_NAMES[frame[6]])
+                               sequence=first_sequence, codec=_CODEC_NAMES[frame[_CODEC_OFFSET]])

@@ -7,10 +7,9 @@ NASDAQ's binary file framing; `encode` writes struct arrays back to that framing
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
+from feedhandler.errors import Quarantined
 from feedhandler.wire import _decode
 
 __all__ = ["DTYPES", "WIRE_LENGTHS", "NANOSECONDS_PER_DAY", "POLICIES", "Quarantined", "check_policy", "parse", "parse_quarantine", "encode", "frame_messages"]
@@ -24,15 +23,6 @@ WIRE_LENGTHS: dict[str, int] = {t: dt.itemsize - 2 for t, dt in DTYPES.items()}
 NANOSECONDS_PER_DAY = _decode.NANOSECONDS_PER_DAY
 
 POLICIES = ("strict", "quarantine")
-
-
-class Quarantined(NamedTuple):
-    """A message (or a whole frame) set aside by the `quarantine` policy."""
-
-    offset: int
-    reason: str
-    raw: bytes
-    sequence: int | None
 
 
 def check_policy(policy: str) -> bool:
@@ -53,8 +43,7 @@ def parse(buf, *, policy: str = "strict") -> dict[str, np.ndarray]:
 
 def parse_quarantine(buf, *, policy: str = "quarantine"):
     """Like `parse`, also returning the quarantined messages as a list of `Quarantined`."""
-    messages, quarantined = _decode.parse_messages(buf, quarantine=check_policy(policy))
-    return messages, [Quarantined(*q) for q in quarantined]
+    return _decode.parse_messages(buf, quarantine=check_policy(policy))
 
 
 def _wire_dtype(message_type: str) -> np.dtype:

@@ -5,86 +5,54 @@ The byte layout is in docs/protocol.md. Decoding runs in ext/decode.pyx without 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import struct
 
 import lz4.block
-import numpy as np
 
-from feedhandler.wire import _decode
 from feedhandler.errors import DecodeError
-from feedhandler.wire.itch import Quarantined, check_policy, frame_messages
+from feedhandler.wire import _decode
+from feedhandler.wire._decode import HeaderField, Packet
+from feedhandler.wire.itch import check_policy, frame_messages
 
-__all__ = ["FRAME_HEADER_SIZE", "PACKET_HEADER_SIZE", "MAX_FRAME_LENGTH", "MAX_PACKET_LENGTH", "HEARTBEAT_COUNT", "END_OF_SESSION_COUNT", "CODECS", "SESSION_LENGTH", "Packet", "peek", "decode", "decode_many", "encode_block", "encode"]
+__all__ = ["FRAME_HEADER_SIZE", "PACKET_HEADER_SIZE", "FRAME_HEADER_FIELDS", "PACKET_HEADER_FIELDS", "HeaderField", "MAX_FRAME_LENGTH", "MAX_PACKET_LENGTH", "HEARTBEAT_COUNT", "END_OF_SESSION_COUNT", "CODECS", "SESSION_LENGTH", "Packet", "peek", "decode", "decode_many", "encode_block", "encode"]
 
-FRAME_HEADER_SIZE = _decode.FRAME_HEADER_SIZE
-PACKET_HEADER_SIZE = _decode.PACKET_HEADER_SIZE
-MAX_FRAME_LENGTH = _decode.MAX_FRAME_LENGTH
-MAX_PACKET_LENGTH = _decode.MAX_PACKET_LENGTH
-HEARTBEAT_COUNT = 0
-END_OF_SESSION_COUNT = _decode.END_OF_SESSION_COUNT
+# Everything below comes from the packed structs and constants of ext/frame_layout.pxd.
+FRAME_HEADER_SIZE: int = _decode.FRAME_HEADER_SIZE
+PACKET_HEADER_SIZE: int = _decode.PACKET_HEADER_SIZE
+FRAME_HEADER_FIELDS: dict[str, HeaderField] = _decode.FRAME_HEADER_FIELDS
+"""Frame header field name -> (name, offset, size, `struct` format), in wire order."""
+PACKET_HEADER_FIELDS: dict[str, HeaderField] = _decode.PACKET_HEADER_FIELDS
+"""MoldUDP64 packet header field name -> (name, offset, size, `struct` format), in wire order."""
+MAX_FRAME_LENGTH: int = _decode.MAX_FRAME_LENGTH
+MAX_PACKET_LENGTH: int = _decode.MAX_PACKET_LENGTH
+HEARTBEAT_COUNT: int = _decode.HEARTBEAT_COUNT
+END_OF_SESSION_COUNT: int = _decode.END_OF_SESSION_COUNT
 CODECS = {"none": _decode.CODEC_NONE, "lz4": _decode.CODEC_LZ4}
-SESSION_LENGTH = 10
-_PACKET_HEADER = struct.Struct(">10sQH")
+SESSION_LENGTH: int = PACKET_HEADER_FIELDS["session"].size
 
-
-@dataclass(frozen=True, slots=True)
-class Packet:
-    """One decoded frame.
-
-    `messages[t]` holds the records of type t in stream order and `sequences[t]` the MoldUDP64
-    sequence number of each of those records. A frame quarantined as a whole has session,
-    sequence and count None and a single entry in `quarantined`.
-    """
-
-    session: bytes | None
-    sequence: int | None
-    count: int | None
-    messages: dict[str, np.ndarray]
-    sequences: dict[str, np.ndarray]
-    quarantined: list[Quarantined] = field(default_factory=list)
-
-    @property
-    def is_heartbeat(self) -> bool:
-        return self.count == HEARTBEAT_COUNT
-
-    @property
-    def is_end_of_session(self) -> bool:
-        return self.count == END_OF_SESSION_COUNT
-
-    @property
-    def next_sequence(self) -> int | None:
-        """Sequence number the message after this packet will carry."""
-        if self.sequence is None:
-            return None
-        return self.sequence + (0 if self.count == END_OF_SESSION_COUNT else self.count)
+_FRAME_HEADER = struct.Struct(_decode.FRAME_HEADER_FORMAT)
+_PACKET_HEADER = struct.Struct(_decode.PACKET_HEADER_FORMAT)
+# frame_length counts the bytes after itself.
+_LENGTH_FIELD_SIZE = FRAME_HEADER_FIELDS["frame_length"].size
 
 
 def peek(frame) -> tuple[bytes, int, int]:
     """(session, first sequence number, message count) of a frame, read from its uncompressed
     MoldUDP64 header without decoding or checking anything else."""
     if len(frame) < FRAME_HEADER_SIZE + PACKET_HEADER_SIZE:
-        raise DecodeError("frame shorter than its header", 0)
-    session, sequence, count = _PACKET_HEADER.unpack_from(frame, FRAME_HEADER_SIZE)
-    return session, sequence, count
-
-
-def _packet(session, sequence, count, messages, sequences, quarantined) -> Packet:
-    return Packet(session, sequence, count, messages, sequences,
-                  [Quarantined(*q) for q in quarantined] if quarantined else [])
+        raise DecodeError(_decode.FAULTS["frame_too_short"], 0, "frame_too_short")
+    return _PACKET_HEADER.unpack_from(frame, FRAME_HEADER_SIZE)
 
 
 def decode(frame, *, policy: str = "strict") -> Packet:
     """Decode one whole frame as it came off the wire (length prefix included)."""
-    return _packet(*_decode.decode_frame(frame, quarantine=check_policy(policy)))
+    return _decode.decode_frame(frame, quarantine=check_policy(policy))
 
 
 def decode_many(frames: list, *, policy: str = "strict") -> list[Packet]:
     """`decode` for a list of frames (e.g. all that one socket read brought), with the GIL
     released once for the whole list."""
-    return [_packet(*result)
-            for result in _decode.decode_frames(frames, quarantine=check_policy(policy))]
+    return _decode.decode_frames(frames, quarantine=check_policy(policy))
 
 
 def encode_block(block, count: int, *, session: bytes, sequence: int, codec: str = "lz4") -> bytes:
@@ -98,7 +66,7 @@ def encode_block(block, count: int, *, session: bytes, sequence: int, codec: str
         raise ValueError(f"message count {count} does not fit MoldUDP64's u16")
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {sorted(CODECS)}, not {codec!r}")
-    packet_header = b"".join((bytes(session), sequence.to_bytes(8, "big"), count.to_bytes(2, "big")))
+    packet_header = _PACKET_HEADER.pack(bytes(session), sequence, count)
     packet = packet_header + bytes(block)
     if len(packet) > MAX_PACKET_LENGTH:
         raise ValueError(f"packet of {len(packet)} bytes exceeds {MAX_PACKET_LENGTH}")
@@ -108,12 +76,9 @@ def encode_block(block, count: int, *, session: bytes, sequence: int, codec: str
         payload = packet_header + lz4.block.compress(block, store_size=False)
     else:
         payload = packet
-    header = b"".join((
-        (FRAME_HEADER_SIZE - 4 + len(payload)).to_bytes(4, "big"),
-        bytes((_decode.FRAME_TYPE_SEQUENCED, _decode.FRAME_VERSION, CODECS[codec], 0)),
-        len(packet).to_bytes(4, "big"),
-        _decode.frame_checksum(packet).to_bytes(4, "big"),
-    ))
+    header = _FRAME_HEADER.pack(FRAME_HEADER_SIZE - _LENGTH_FIELD_SIZE + len(payload),
+                                _decode.FRAME_TYPE_SEQUENCED, _decode.FRAME_VERSION,
+                                CODECS[codec], 0, len(packet), _decode.frame_checksum(packet))
     return header + payload
 
 
