@@ -4,18 +4,16 @@ data ends: every tick exactly once, per-symbol feed order, on the real broker an
 
 import signal
 import time
-from collections import Counter, defaultdict
 
-import numpy as np
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from feedhandler.exchange.config import SimulatorConfig
 from feedhandler.exchange.server import Simulator
-from feedhandler.kafka import consume
 from feedhandler.kafka.resume import read_checkpoints
 from feedhandler.kafka.config import KafkaClientConfig
 from feedhandler.kafka.routing import Routes
+from faults.checker import check_topics
 from test_handler import final_account, run_cli
 
 pytestmark = pytest.mark.kafka
@@ -24,21 +22,11 @@ COUNT = 600_000
 RATE = 100_000
 
 
-def ticks_in_kafka(kafka: str, routes: Routes, value_format: str):
-    """Every tick's sequence number in Kafka (with repeats), and whether each partition holds
-    its ticks in feed order."""
-    sequences = []
-    ordered = True
-    for topic in routes.topics:
-        by_partition = defaultdict(list)
-        for record in consume.read_topic(kafka, topic):
-            for rows in consume.to_arrays([record.value()], value_format).values():
-                by_partition[record.partition()].extend(rows["sequence"].tolist())
-        for partition_sequences in by_partition.values():
-            sequences += partition_sequences
-            if value_format != "batched":
-                ordered &= bool(np.all(np.diff(partition_sequences) > 0))
-    return sequences, ordered
+def assert_every_tick_once(kafka: str, prefix: str, value_format: str) -> None:
+    """Every sequence number of the session exactly once, each symbol's ticks on one
+    partition and in feed order (read_committed)."""
+    check = check_topics(kafka, Routes.by_category(prefix), value_format, range(1, COUNT + 1))
+    assert check.ok and check.distinct == COUNT, check.summary()
 
 
 def checkpointed(kafka: str, prefix: str) -> bool:
@@ -93,16 +81,12 @@ def test_a_killed_handler_restarted_with_the_same_command_writes_every_tick_once
         code, account, stderr = run_and_kill(kafka, topic_prefix, exchange.port, value_format,
                                              after)
     assert code == 0, stderr
-    routes = Routes.by_category(topic_prefix)
-    sequences, ordered = ticks_in_kafka(kafka, routes, value_format)
-    repeated = {s: n for s, n in Counter(sequences).items() if n > 1}
-    missing = set(range(1, COUNT + 1)) - set(sequences)
-    assert not repeated and not missing, (len(repeated), len(missing), account)
-    assert ordered
+    assert_every_tick_once(kafka, topic_prefix, value_format)
     # what the restart read was either written or found in Kafka already
     assert account["delivered"] + account["already_in_kafka"] == account["decoded"], account
     if after is None:   # a checkpoint was written: the restart did not replay the session
         assert account["decoded"] < COUNT, account
+    routes = Routes.by_category(topic_prefix)
     checkpoint = next(iter(read_checkpoints(KafkaClientConfig(kafka), routes).values()))
     assert checkpoint.next_sequence == COUNT + 1
 
@@ -117,11 +101,6 @@ def test_exactly_once_a_killed_handler_leaves_every_committed_tick_once(kafka, t
         code, account, stderr = run_and_kill(kafka, topic_prefix, exchange.port, value_format,
                                              None, "--exactly-once")
     assert code == 0, stderr
-    routes = Routes.by_category(topic_prefix)
-    sequences, ordered = ticks_in_kafka(kafka, routes, value_format)
-    repeated = {s: n for s, n in Counter(sequences).items() if n > 1}
-    missing = set(range(1, COUNT + 1)) - set(sequences)
-    assert not repeated and not missing, (len(repeated), len(missing), account)
-    assert ordered
+    assert_every_tick_once(kafka, topic_prefix, value_format)
     assert account["already_in_kafka"] == 0 and account["decoded"] < COUNT, account
     assert account["delivered"] == account["decoded"]
