@@ -54,19 +54,24 @@ def run_and_kill(kafka, prefix, port, value_format, after: float | None, *option
                "--topic-prefix", prefix, "--partitions", "3", "--format", value_format,
                "--json-stats", *options)
     first = run_cli(*command)
-    if after is None:
-        deadline = time.monotonic() + 60
-        while not checkpointed(kafka, prefix):
-            assert first.poll() is None and time.monotonic() < deadline, "never checkpointed"
-            time.sleep(0.2)
-        time.sleep(0.3)
-    else:
-        time.sleep(after)
-    first.send_signal(signal.SIGKILL)
-    _, first_stderr = first.communicate(timeout=60)
+    try:
+        if after is None:
+            deadline = time.monotonic() + 60
+            while not checkpointed(kafka, prefix):
+                assert first.poll() is None and time.monotonic() < deadline, "never checkpointed"
+                time.sleep(0.2)
+            time.sleep(0.3)
+        else:
+            time.sleep(after)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        _, first_stderr = first.communicate(timeout=60)
     assert first.returncode == -signal.SIGKILL, first_stderr[-3000:]
     second = run_cli(*command)
-    stdout, stderr = second.communicate(timeout=180)
+    try:
+        stdout, stderr = second.communicate(timeout=180)
+    finally:
+        second.kill()
     return second.returncode, final_account(stdout), stderr
 
 
