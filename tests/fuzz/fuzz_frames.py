@@ -93,7 +93,7 @@ def check_strict(frame: bytes):
         strict = packet.decode(frame)
     except DecodeError as error:
         probe(f"strict:{error.reason}")
-        assert error.reason in REASONS[1:] and 0 <= error.offset <= max(len(frame), 1 << 16)
+        assert error.reason in REASONS[1:] and 0 <= error.offset <= packet.MAX_PACKET_LENGTH
         return error
     assert not strict.quarantined
     check_records(strict)
