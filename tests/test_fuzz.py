@@ -47,6 +47,10 @@ KNOWN_BUGS = {
         "the output buffer is sized from the header, up to 2 GiB, not MAX_PACKET_LENGTH)",
     "session/client-trims-frame-uncompressed-length-past-int32":
         "the same OverflowError escapes SessionClient.frame_batches when it trims such a frame",
+    "session/reconnect-after-non-ascii-session":
+        "SessionClient._login_accepted adopts any session bytes the server sends; a non-ASCII "
+        "one makes the reconnect's login_request (pad) raise ValueError out of "
+        "SessionClient.frame_batches",
     "session/login-accepted-session-not-utf8":
         "SessionClient._login_accepted logs session.decode(): a login accepted frame whose "
         "session is not UTF-8 raises UnicodeDecodeError out of SessionClient.frame_batches",

@@ -112,11 +112,12 @@ def run_client(stream: bytes, chunk: int, sequence: int):
         ended = "end of session" if client.ended else "closed"
     except (ConnectionLost, LoginRejected) as error:
         ended = outcome(error.__cause__ or error)
-    except (struct.error, OverflowError, UnicodeDecodeError):
-        if not SKIP_KNOWN:
+    except (struct.error, OverflowError, UnicodeDecodeError, ValueError) as error:
+        if not SKIP_KNOWN or (type(error) is ValueError and "session must be" not in str(error)):
             raise
         # crashes/session/: reconnect-after-sequence-past-u64, client-trims-frame-past-u64,
-        # client-trims-frame-uncompressed-length-past-int32, login-accepted-session-not-utf8
+        # client-trims-frame-uncompressed-length-past-int32, login-accepted-session-not-utf8,
+        # reconnect-after-non-ascii-session
         ended = "known"
     finally:
         client_module.socket = real_module
