@@ -14,6 +14,7 @@ from fuzz import fuzz_frames, fuzz_itch, fuzz_session
 
 HARNESSES = {"frames": fuzz_frames, "itch": fuzz_itch, "session": fuzz_session}
 VECTORS = Path(__file__).resolve().parent / "vectors"
+FOUND = VECTORS / "found"        # what the long runs added to the seeds (libFuzzer -merge=1)
 CRASHES = VECTORS / "crashes"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +67,8 @@ def replayed(directory: Path, known: dict):
             yield pytest.param(harness, path, id=key, marks=marks)
 
 
-@pytest.mark.parametrize("harness, path", [*replayed(VECTORS, {}), *replayed(CRASHES, KNOWN_BUGS)])
+@pytest.mark.parametrize("harness, path", [*replayed(VECTORS, {}), *replayed(FOUND, {}),
+                                           *replayed(CRASHES, KNOWN_BUGS)])
 def test_vector_keeps_the_contract(harness, path):
     HARNESSES[harness].check(path.read_bytes())
 
@@ -105,7 +107,8 @@ def test_short_fuzzing_run(harness, tmp_path):
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     command = [sys.executable, str(ROOT / "tests" / "fuzz" / f"fuzz_{harness}.py"),
                f"-runs={SHORT_RUNS[harness]}", "-seed=1", "-timeout=10", "-rss_limit_mb=2048",
-               f"-artifact_prefix={tmp_path}/", str(corpus), str(VECTORS / harness)]
+               f"-artifact_prefix={tmp_path}/", str(corpus),
+               *[str(seeds / harness) for seeds in (VECTORS, FOUND) if (seeds / harness).is_dir()]]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
     assert f"Done {SHORT_RUNS[harness]} runs" in run.stderr

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz frame decoding: `packet.decode` (both policies), `packet.decode_many`, `packet.peek`.
 
 Contract for any bytes: strict decoding returns a Packet or raises DecodeError; quarantine

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz `itch.parse` (NASDAQ binary file framing) under both policies.
 
 Contract for any bytes: strict parsing returns arrays or raises DecodeError; quarantine parsing

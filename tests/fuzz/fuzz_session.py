@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz the session protocol: the server-frame stream as `SessionClient` receives it (through
 a fake socket, with every parser on that path), `trim_frame`, and the client-frame stream as
 the simulator reads it (`check_client_frame`, `parse_login_request`).
