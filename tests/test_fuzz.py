@@ -95,7 +95,7 @@ def test_debug_frame_holds_its_type_byte():
 
 
 # Executions per harness: a few seconds each on one core.
-SHORT_RUNS = {"frames": 20000, "itch": 60000, "session": 15000}
+SHORT_RUNS = {"frames": 12000, "itch": 15000, "session": 10000}
 
 
 @pytest.mark.parametrize("harness", HARNESSES)

@@ -4,10 +4,11 @@ the fuzzer gets past them."""
 
 from __future__ import annotations
 
-import contextlib
+import gc
 import os
 import random
 import sys
+import types
 
 from feedhandler.wire import packet
 
@@ -24,21 +25,14 @@ _fuzzing = False             # set by fuzz(): only then are probes instrumented
 SKIP_KNOWN = os.environ.get("FUZZ_SKIP_KNOWN") == "1"
 
 
-def instrumented(module_name: str):
-    """Context for a harness's imports: instrument feedhandler's Python code (and the contract
-    code in tests/fuzz) when the harness runs as the fuzzer, nothing when it is imported."""
-    if module_name != "__main__" or atheris is None:
-        return contextlib.nullcontext()
-    return atheris.instrument_imports(include=["feedhandler", "fuzz"])
-
-
 class Probes:
     """Coverage feedback for what happens inside the compiled decoder.
 
-    atheris sees Python bytecode only, and ext/decode.pyx is compiled without SanitizerCoverage,
-    so libFuzzer cannot tell a checksum failure from a bad side indicator. Each distinct outcome
-    key (a fault reason, a message type decoded, ...) gets its own tiny instrumented function;
-    calling it is new coverage the first time, so inputs reaching new outcomes join the corpus."""
+    atheris sees Python bytecode only, and the normal build of ext/decode.pyx has no
+    SanitizerCoverage (build_instrumented.sh makes one that has), so libFuzzer cannot tell a
+    checksum failure from a bad side indicator. Each distinct outcome key (a fault reason, a
+    message type decoded, ...) gets its own tiny instrumented function; calling it is new
+    coverage the first time, so inputs reaching new outcomes join the corpus."""
 
     def __init__(self):
         self._probes: dict[str, object] = {}
@@ -55,13 +49,17 @@ class Probes:
         probe()
 
 
-
 def fuzz(check, mutate=None):
     """Run `check` under libFuzzer with the command line's options and corpus directories."""
     global _fuzzing
     if atheris is None:
         sys.exit("atheris is not installed: pip install atheris")
     _fuzzing = True
+    # Whatever was imported before: feedhandler's Python code and the harness's contract code.
+    for function in gc.get_objects():
+        if isinstance(function, types.FunctionType) and (
+                function.__module__ or "").partition(".")[0] in ("feedhandler", "fuzz", "__main__"):
+            atheris.instrument_func(function)
     atheris.Setup(sys.argv, check, custom_mutator=mutate)
     atheris.Fuzz()
 

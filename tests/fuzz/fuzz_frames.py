@@ -14,15 +14,15 @@ import random
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from feedhandler.errors import DecodeError
+from feedhandler.wire import itch, packet
+from feedhandler.wire._decode import REASONS
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fuzz.common import SKIP_KNOWN, Probes, fuzz, instrumented, mutate_frame  # noqa: E402
-
-with instrumented(__name__):
-    import numpy as np
-    from feedhandler.errors import DecodeError
-    from feedhandler.wire import itch, packet
-    from feedhandler.wire._decode import REASONS
+from fuzz.common import SKIP_KNOWN, Probes, fuzz, mutate_frame  # noqa: E402
 
 FRAME_REASONS = frozenset(REASONS[1:13])      # header, compression and checksum faults
 TRUNCATED = "message runs past the end of the data"

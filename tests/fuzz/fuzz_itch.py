@@ -13,15 +13,15 @@ import random
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from feedhandler.errors import DecodeError
+from feedhandler.wire import itch
+from feedhandler.wire._decode import REASONS
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fuzz.common import Probes, fuzz, instrumented, mutate_block  # noqa: E402
-
-with instrumented(__name__):
-    import numpy as np
-    from feedhandler.errors import DecodeError
-    from feedhandler.wire import itch
-    from feedhandler.wire._decode import REASONS
+from fuzz.common import Probes, fuzz, mutate_block  # noqa: E402
 
 MESSAGE_REASONS = REASONS[13:]
 TRUNCATED = "message runs past the end of the data"

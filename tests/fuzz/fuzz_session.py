@@ -28,19 +28,20 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
+
+from feedhandler.errors import DecodeError
+from feedhandler.session import ConnectionLost, LoginRejected, SessionClient
+from feedhandler.session import client as client_module
+from feedhandler.session import protocol
+from feedhandler.session.protocol import ProtocolError
+from feedhandler.wire import packet
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fuzz.common import (  # noqa: E402
-    SKIP_KNOWN, Probes, fuzz, instrumented, libfuzzer_mutate, mutate_frame, resequence, split_stream,
+    SKIP_KNOWN, Probes, fuzz, libfuzzer_mutate, mutate_frame, resequence, split_stream,
 )
-
-with instrumented(__name__):
-    import numpy as np
-    from feedhandler.errors import DecodeError
-    from feedhandler.session import ConnectionLost, LoginRejected, SessionClient, client as client_module
-    from feedhandler.session import protocol
-    from feedhandler.session.protocol import ProtocolError
-    from feedhandler.wire import packet
 
 CLIENT, TRIM, SERVER_SIDE = range(3)
 CLIENT_HEADER = 3
