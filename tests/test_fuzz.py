@@ -1,0 +1,114 @@
+"""The fuzz harnesses (tests/fuzz): their contracts replayed over the committed vectors, and a
+short deterministic fuzzing run of each. docs/fuzzing.md says how to fuzz for longer."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from feedhandler.session import protocol
+from feedhandler.session.protocol import ProtocolError
+from fuzz import fuzz_frames, fuzz_itch, fuzz_session
+
+HARNESSES = {"frames": fuzz_frames, "itch": fuzz_itch, "session": fuzz_session}
+VECTORS = Path(__file__).resolve().parent / "vectors"
+FOUND = VECTORS / "found"        # what the long runs added to the seeds (libFuzzer -merge=1)
+CRASHES = VECTORS / "crashes"
+ROOT = Path(__file__).resolve().parents[1]
+
+# Findings not fixed yet: their vectors must still fail (strict xfail), so a fix shows up as
+# XPASS and its entry here is deleted, turning the vector into a plain regression test.
+KNOWN_BUGS = {
+    "frames/sequence-range-wraps-past-u64":
+        "decode accepts a packet whose sequence range passes 2**64 and numbers its messages "
+        "modulo 2**64 (uint64 wrap-around): sequence 2**64-2 with 6 messages gives 0..3",
+    "frames/truncated-tail-takes-next-sequence":
+        "quarantine gives an unframeable tail the sequence number first+count, which belongs "
+        "to the next packet",
+    "session/batch-dropped-on-protocol-error":
+        "SessionClient._receive drops the frames already collected in an unyielded batch when "
+        "a later frame of the same read raises; next_sequence has moved past them, so after "
+        "reconnecting they are lost without a gap",
+    "session/batch-dropped-on-protocol-error-minimal":
+        "the same: login accepted, data frame 1, then a frame of unknown type 'Q' in one read: "
+        "nothing is yielded, next_sequence is 2, and the reconnect asks for 2",
+    "session/trim-frame-past-u64":
+        "trim_frame raises OverflowError (packet.encode_block: sequence.to_bytes) when the "
+        "frame's range passes 2**64",
+    "session/client-trims-frame-past-u64":
+        "the same OverflowError escapes SessionClient.frame_batches when it trims such a frame",
+    "session/reconnect-after-sequence-past-u64":
+        "after a frame whose range passes 2**64, next_sequence >= 2**64 and the reconnect's "
+        "login_request raises struct.error out of SessionClient.frame_batches",
+    "session/trim-frame-uncompressed-length-past-int32":
+        "protocol.message_block passes the frame's unchecked uncompressed length to "
+        "lz4.block.decompress: >= 2**31 raises OverflowError out of trim_frame (below that, "
+        "the output buffer is sized from the header, up to 2 GiB, not MAX_PACKET_LENGTH)",
+    "session/client-trims-frame-uncompressed-length-past-int32":
+        "the same OverflowError escapes SessionClient.frame_batches when it trims such a frame",
+    "session/reconnect-after-non-ascii-session":
+        "SessionClient._login_accepted adopts any session bytes the server sends; a non-ASCII "
+        "one makes the reconnect's login_request (pad) raise ValueError out of "
+        "SessionClient.frame_batches",
+    "session/login-accepted-session-not-utf8":
+        "SessionClient._login_accepted logs session.decode(): a login accepted frame whose "
+        "session is not UTF-8 raises UnicodeDecodeError out of SessionClient.frame_batches",
+}
+
+
+def replayed(directory: Path, known: dict):
+    for harness in HARNESSES:
+        folder = directory / harness
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            key = f"{harness}/{path.name}"
+            marks = [pytest.mark.xfail(strict=True, reason=known[key])] if key in known else []
+            yield pytest.param(harness, path, id=key, marks=marks)
+
+
+@pytest.mark.parametrize("harness, path", [*replayed(VECTORS, {}), *replayed(FOUND, {}),
+                                           *replayed(CRASHES, KNOWN_BUGS)])
+def test_vector_keeps_the_contract(harness, path):
+    HARNESSES[harness].check(path.read_bytes())
+
+
+def test_known_bugs_have_vectors():
+    assert all((CRASHES / key).is_file() for key in KNOWN_BUGS)
+
+
+def test_seed_vectors_are_valid_input():
+    """The seeds are what the encoders make, so they decode without a fault: a mutation of
+    them starts from the interesting side of every check."""
+    for path in (VECTORS / "frames").iterdir():
+        assert not fuzz_frames.packet.decode(path.read_bytes(), policy="quarantine").quarantined
+    for path in (VECTORS / "itch").iterdir():
+        assert not fuzz_itch.itch.parse_quarantine(path.read_bytes())[1]
+
+
+@pytest.mark.xfail(strict=True, reason="check_server_frame lets a debug frame of length 0 "
+                   "through: its type byte lies outside it, the client slices a 4-byte frame and "
+                   "reads the next frame from inside the stream")
+def test_debug_frame_holds_its_type_byte():
+    with pytest.raises(ProtocolError):
+        protocol.check_server_frame(protocol.DEBUG, 0)
+
+
+# Executions per harness: a few seconds each on one core.
+SHORT_RUNS = {"frames": 12000, "itch": 15000, "session": 10000}
+
+
+@pytest.mark.parametrize("harness", HARNESSES)
+def test_short_fuzzing_run(harness, tmp_path):
+    pytest.importorskip("atheris", reason="atheris is not installed (pip install atheris)")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    env = dict(os.environ, FUZZ_SKIP_KNOWN="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, str(ROOT / "tests" / "fuzz" / f"fuzz_{harness}.py"),
+               f"-runs={SHORT_RUNS[harness]}", "-seed=1", "-timeout=10", "-rss_limit_mb=2048",
+               f"-artifact_prefix={tmp_path}/", str(corpus),
+               *[str(seeds / harness) for seeds in (VECTORS, FOUND) if (seeds / harness).is_dir()]]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert f"Done {SHORT_RUNS[harness]} runs" in run.stderr
