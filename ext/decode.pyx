@@ -11,7 +11,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport UINT64_MAX, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset
 
@@ -535,8 +535,10 @@ cdef tuple view_arrays(const BlockArrays* arrays, _Arena arena):
 
 
 cdef list quarantine_entries(const FaultLog* log, const uint8_t* block, uint64_t first_sequence,
-                             bint sequenced):
-    """The logged faults as `Quarantined` entries, in stream order."""
+                             uint64_t count):
+    """The logged faults as `Quarantined` entries, in stream order. A message within the
+    packet's `count` carries its sequence number; bytes past the counted messages carry none
+    (the number after them is the next packet's)."""
     cdef list entries = []
     cdef size_t i, start
     cdef const FaultEntry* e
@@ -548,7 +550,7 @@ cdef list quarantine_entries(const FaultLog* log, const uint8_t* block, uint64_t
         entries.append(Quarantined(
             e.offset, _FAULT_REASONS[e.code], PyBytes_FromStringAndSize(
                 <const char*> block + start, <Py_ssize_t> e.length),
-            first_sequence + e.index if sequenced else None, _FAULT_CODES[e.code]))
+            first_sequence + e.index if e.index < count else None, _FAULT_CODES[e.code]))
     entries.sort(key=lambda entry: entry.offset)
     return entries
 
@@ -568,7 +570,7 @@ def parse_messages(buf, *, bint quarantine=False, uint64_t base_offset=0):
         if r.fault:
             raise fault_error(r.fault, r.fault_offset)
         messages, _ = view_arrays(&r.arrays, take_arena(&r.arrays))
-        return messages, quarantine_entries(&r.log, <const uint8_t*> view.buf, 0, False)
+        return messages, quarantine_entries(&r.log, <const uint8_t*> view.buf, 0, 0)
     finally:
         release_result(&r)
         PyBuffer_Release(&view)
@@ -656,6 +658,8 @@ cdef inline size_t offset_of(const W.FrameHeader* h, const void* field) noexcept
 cdef F.Fault check_frame(const uint8_t* f, size_t n, FrameFields* fields,
                          size_t* where) noexcept nogil:
     cdef const W.FrameHeader* h = <const W.FrameHeader*> f
+    cdef const W.PacketHeader* packet
+    cdef uint64_t count
     where[0] = 0
     if n < sizeof(W.FrameHeader):
         return F.FRAME_TOO_SHORT
@@ -686,6 +690,13 @@ cdef F.Fault check_frame(const uint8_t* f, size_t n, FrameFields* fields,
     if fields.packet_length < sizeof(W.PacketHeader) \
             or n < sizeof(W.FrameHeader) + sizeof(W.PacketHeader):
         return F.PACKET_TOO_SHORT
+    # The packet header travels uncompressed: its messages' sequence numbers must fit a u64.
+    packet = <const W.PacketHeader*> (f + sizeof(W.FrameHeader))
+    count = load_be16(packet.message_count)
+    if count != W.END_OF_SESSION_COUNT and count \
+            and load_be64(packet.sequence_number) > UINT64_MAX - (count - 1):
+        where[0] = offset_of(h, &packet.sequence_number)
+        return F.SEQUENCE_OVERFLOW
     return F.OK
 
 
@@ -781,8 +792,9 @@ cdef Packet frame_packet(FrameDecode* d, object frame, bint quarantine):
     p._arena = take_arena(&d.r.arrays)
     p._arrays = d.r.arrays
     if d.r.log.count:
-        p.quarantined = quarantine_entries(&d.r.log, d.packet + sizeof(W.PacketHeader),
-                                           p.sequence, True)
+        p.quarantined = quarantine_entries(
+            &d.r.log, d.packet + sizeof(W.PacketHeader), p.sequence,
+            0 if p.count == W.END_OF_SESSION_COUNT else p.count)   # end of session: none
     else:
         p.quarantined = []
     return p

@@ -23,6 +23,7 @@
     X(UNCOMPRESSED_LENGTH_MISMATCH, "uncompressed length differs from the header") \
     X(CHECKSUM_MISMATCH,            "checksum mismatch") \
     X(PACKET_TOO_SHORT,             "packet shorter than the MoldUDP64 header") \
+    X(SEQUENCE_OVERFLOW,            "sequence numbers run past 2**64 - 1") \
     X(COUNT_MISMATCH,               "message count differs from the messages present") \
     X(MESSAGE_TRUNCATED,            "message runs past the end of the data") \
     X(EMPTY_MESSAGE,                "zero-length message") \

@@ -20,42 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Findings not fixed yet: their vectors must still fail (strict xfail), so a fix shows up as
 # XPASS and its entry here is deleted, turning the vector into a plain regression test.
-KNOWN_BUGS = {
-    "frames/sequence-range-wraps-past-u64":
-        "decode accepts a packet whose sequence range passes 2**64 and numbers its messages "
-        "modulo 2**64 (uint64 wrap-around): sequence 2**64-2 with 6 messages gives 0..3",
-    "frames/truncated-tail-takes-next-sequence":
-        "quarantine gives an unframeable tail the sequence number first+count, which belongs "
-        "to the next packet",
-    "session/batch-dropped-on-protocol-error":
-        "SessionClient._receive drops the frames already collected in an unyielded batch when "
-        "a later frame of the same read raises; next_sequence has moved past them, so after "
-        "reconnecting they are lost without a gap",
-    "session/batch-dropped-on-protocol-error-minimal":
-        "the same: login accepted, data frame 1, then a frame of unknown type 'Q' in one read: "
-        "nothing is yielded, next_sequence is 2, and the reconnect asks for 2",
-    "session/trim-frame-past-u64":
-        "trim_frame raises OverflowError (packet.encode_block: sequence.to_bytes) when the "
-        "frame's range passes 2**64",
-    "session/client-trims-frame-past-u64":
-        "the same OverflowError escapes SessionClient.frame_batches when it trims such a frame",
-    "session/reconnect-after-sequence-past-u64":
-        "after a frame whose range passes 2**64, next_sequence >= 2**64 and the reconnect's "
-        "login_request raises struct.error out of SessionClient.frame_batches",
-    "session/trim-frame-uncompressed-length-past-int32":
-        "protocol.message_block passes the frame's unchecked uncompressed length to "
-        "lz4.block.decompress: >= 2**31 raises OverflowError out of trim_frame (below that, "
-        "the output buffer is sized from the header, up to 2 GiB, not MAX_PACKET_LENGTH)",
-    "session/client-trims-frame-uncompressed-length-past-int32":
-        "the same OverflowError escapes SessionClient.frame_batches when it trims such a frame",
-    "session/reconnect-after-non-ascii-session":
-        "SessionClient._login_accepted adopts any session bytes the server sends; a non-ASCII "
-        "one makes the reconnect's login_request (pad) raise ValueError out of "
-        "SessionClient.frame_batches",
-    "session/login-accepted-session-not-utf8":
-        "SessionClient._login_accepted logs session.decode(): a login accepted frame whose "
-        "session is not UTF-8 raises UnicodeDecodeError out of SessionClient.frame_batches",
-}
+# Findings that are still open, by vector under tests/vectors/crashes/ (each replays as a
+# strict xfail until it is fixed; then its entry goes). Every finding so far is fixed.
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def replayed(directory: Path, known: dict):
@@ -86,10 +53,9 @@ def test_seed_vectors_are_valid_input():
         assert not fuzz_itch.itch.parse_quarantine(path.read_bytes())[1]
 
 
-@pytest.mark.xfail(strict=True, reason="check_server_frame lets a debug frame of length 0 "
-                   "through: its type byte lies outside it, the client slices a 4-byte frame and "
-                   "reads the next frame from inside the stream")
 def test_debug_frame_holds_its_type_byte():
+    """A debug frame of length 0 would leave its type byte outside it: the client would slice a
+    4-byte frame and read the next frame from inside the stream (found by reading the code)."""
     with pytest.raises(ProtocolError):
         protocol.check_server_frame(protocol.DEBUG, 0)
 
@@ -103,7 +69,7 @@ def test_short_fuzzing_run(harness, tmp_path):
     pytest.importorskip("atheris", reason="atheris is not installed (pip install atheris)")
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    env = dict(os.environ, FUZZ_SKIP_KNOWN="1",
+    env = dict(os.environ,
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     command = [sys.executable, str(ROOT / "tests" / "fuzz" / f"fuzz_{harness}.py"),
                f"-runs={SHORT_RUNS[harness]}", "-seed=1", "-timeout=10", "-rss_limit_mb=2048",

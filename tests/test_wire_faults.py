@@ -15,7 +15,8 @@ from streams import SESSION, split_block, uniform_stream
 STABLE_CODES = [
     "frame_too_short", "frame_length_mismatch", "frame_too_large", "bad_frame_type",
     "bad_version", "bad_codec", "bad_flags", "packet_too_large", "lz4_corrupt",
-    "uncompressed_length_mismatch", "checksum_mismatch", "packet_too_short", "count_mismatch",
+    "uncompressed_length_mismatch", "checksum_mismatch", "packet_too_short", "sequence_overflow",
+    "count_mismatch",
     "message_truncated", "empty_message", "unknown_type", "bad_message_length",
     "timestamp_out_of_day", "bad_side", "bad_stock", "out_of_memory", "buffer_changed",
 ]
@@ -99,3 +100,15 @@ def test_the_code_survives_pickling():
     error = DecodeError(FAULTS["checksum_mismatch"], 12, "checksum_mismatch")
     again = pickle.loads(pickle.dumps(error))
     assert (again.reason, again.offset, again.code) == (error.reason, 12, "checksum_mismatch")
+
+
+def test_a_packet_whose_sequence_numbers_pass_two_to_the_64_is_refused():
+    """Sequence 2**64-2 with 6 messages would number them 2**64-2, 2**64-1, 0, 1, ... (found by
+    fuzzing): the whole frame is refused, with the offset of its sequence number."""
+    frame = packet.encode(MESSAGES[:6], session=SESSION, sequence=(1 << 64) - 2)
+    with pytest.raises(DecodeError) as refused:
+        packet.decode(frame)
+    assert refused.value.code == "sequence_overflow"
+    assert refused.value.offset == packet.FRAME_HEADER_SIZE + 10     # session, then sequence
+    assert packet.decode(packet.encode(MESSAGES[:6], session=SESSION,
+                                       sequence=(1 << 64) - 6)).sequences     # ends at 2**64-1

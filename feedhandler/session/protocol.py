@@ -88,7 +88,12 @@ def login_accepted(session: bytes, sequence: int) -> bytes:
 
 
 def parse_login_accepted(frame) -> tuple[bytes, int]:
+    """(session, next sequence number); a session that is not printable ASCII is a protocol
+    error (it would be logged, and sent back in the next login request)."""
     _, _, session, sequence = _LOGIN_ACCEPTED.unpack(frame)
+    if not all(0x20 <= byte < 0x7F for byte in session):
+        raise ProtocolError(f"login accepted for a session that is not printable ASCII: "
+                            f"{session!r}")
     return session, sequence
 
 
@@ -136,8 +141,8 @@ def check_server_frame(frame_type: int, length: int):
     elif frame_type == LOGIN_REJECTED:
         _expect_length("login rejected", length, LOGIN_REJECTED_LENGTH)
     elif frame_type == DEBUG:
-        if length > 1 + MAX_DEBUG_TEXT:
-            raise ProtocolError(f"debug frame of {length} bytes exceeds {1 + MAX_DEBUG_TEXT}")
+        if not 1 <= length <= 1 + MAX_DEBUG_TEXT:     # the length counts the type byte
+            raise ProtocolError(f"debug frame length {length} outside 1..{1 + MAX_DEBUG_TEXT}")
     else:
         raise ProtocolError(f"unknown frame type 0x{frame_type:02x}")
 

@@ -5,12 +5,22 @@ the fuzzer gets past them."""
 from __future__ import annotations
 
 import gc
-import os
 import random
 import sys
 import types
 
 from feedhandler.wire import packet
+from feedhandler.wire.faults import FAULTS
+
+# The decoder's fault reasons, by kind (feedhandler.wire.faults): frame-level faults make the
+# whole frame untrustworthy; the others concern messages.
+FRAME_FAULT_CODES = ("frame_too_short", "frame_length_mismatch", "frame_too_large",
+                     "bad_frame_type", "bad_version", "bad_codec", "bad_flags",
+                     "packet_too_large", "lz4_corrupt", "uncompressed_length_mismatch",
+                     "checksum_mismatch", "packet_too_short")
+FRAME_REASONS = frozenset(FAULTS[code] for code in FRAME_FAULT_CODES)
+ALL_REASONS = frozenset(FAULTS.values())
+MESSAGE_REASONS = ALL_REASONS - FRAME_REASONS
 
 try:
     import atheris
@@ -20,9 +30,6 @@ except ImportError:           # replaying vectors (tests/test_fuzz.py) does not 
 _HEADERS = packet.FRAME_HEADER_SIZE + packet.PACKET_HEADER_SIZE
 _CODEC_NAMES = {value: name for name, value in packet.CODECS.items()}
 _fuzzing = False             # set by fuzz(): only then are probes instrumented
-# FUZZ_SKIP_KNOWN=1 lets long runs look past findings already recorded in tests/vectors/crashes
-# (which tests/test_fuzz.py replays without it) instead of stopping at them again.
-SKIP_KNOWN = os.environ.get("FUZZ_SKIP_KNOWN") == "1"
 
 
 class Probes:

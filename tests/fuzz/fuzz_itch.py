@@ -17,13 +17,11 @@ import numpy as np
 
 from feedhandler.errors import DecodeError
 from feedhandler.wire import itch
-from feedhandler.wire._decode import REASONS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fuzz.common import Probes, fuzz, mutate_block  # noqa: E402
+from fuzz.common import MESSAGE_REASONS, Probes, fuzz, mutate_block  # noqa: E402
 
-MESSAGE_REASONS = REASONS[13:]
 TRUNCATED = "message runs past the end of the data"
 probe = Probes()
 

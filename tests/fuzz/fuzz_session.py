@@ -6,7 +6,7 @@ the simulator reads it (`check_client_frame`, `parse_login_request`).
 The first input byte picks the target:
   0  client: byte 1 sets the size of each recv(), byte 2 the sequence number the client asks
      for; the rest is what the server sends. The client may end only by end of session,
-     ConnectionLost or LoginRejected. Every data frame it hands out is a whole S frame of its
+     ConnectionLost, LoginRejected or SessionChanged. Every data frame it hands out is a whole S frame of its
      session; their sequence ranges and the gaps it recorded never overlap and tile the
      sequence numbers it delivered; its counters agree with the frames; every frame it sent
      is a valid client frame.
@@ -23,7 +23,6 @@ import logging
 import random
 import re
 import socket
-import struct
 import sys
 import types
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from feedhandler.errors import DecodeError
-from feedhandler.session import ConnectionLost, LoginRejected, SessionClient
+from feedhandler.session import ConnectionLost, LoginRejected, SessionChanged, SessionClient
 from feedhandler.session import client as client_module
 from feedhandler.session import protocol
 from feedhandler.session.protocol import ProtocolError
@@ -40,7 +39,7 @@ from feedhandler.wire import packet
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fuzz.common import (  # noqa: E402
-    SKIP_KNOWN, Probes, fuzz, libfuzzer_mutate, mutate_frame, resequence, split_stream,
+    Probes, fuzz, libfuzzer_mutate, mutate_frame, resequence, split_stream,
 )
 
 CLIENT, TRIM, SERVER_SIDE = range(3)
@@ -48,8 +47,7 @@ CLIENT_HEADER = 3
 TRIM_HEADER = 9
 _QUIET = logging.getLogger("fuzz.session")
 _QUIET.disabled = True
-# Batches of one frame never hold frames back: crashes/session/batch-dropped-on-protocol-error.
-MAX_FRAMES = 1 if SKIP_KNOWN else 3
+MAX_FRAMES = 3
 probe = Probes()
 
 
@@ -112,15 +110,8 @@ def run_client(stream: bytes, chunk: int, sequence: int):
             assert 1 <= len(batch) <= MAX_FRAMES
             frames += batch
         ended = "end of session" if client.ended else "closed"
-    except (ConnectionLost, LoginRejected) as error:
+    except (ConnectionLost, LoginRejected, SessionChanged) as error:
         ended = outcome(error.__cause__ or error)
-    except (struct.error, OverflowError, UnicodeDecodeError, ValueError) as error:
-        if not SKIP_KNOWN or (type(error) is ValueError and "session must be" not in str(error)):
-            raise
-        # crashes/session/: reconnect-after-sequence-past-u64, client-trims-frame-past-u64,
-        # client-trims-frame-uncompressed-length-past-int32, login-accepted-session-not-utf8,
-        # reconnect-after-non-ascii-session
-        ended = "known"
     finally:
         client_module.socket = real_module
     return client, frames, b"".join(bytes(c.sent) for c in connections), ended
@@ -162,8 +153,6 @@ def check_trim(data: bytes):
     except DecodeError:
         session, sequence, count = None, choice, 0
     first_sequence = sequence + choice % (count + 2) if session is not None else choice
-    if SKIP_KNOWN and (sequence + count > 1 << 64 or int.from_bytes(frame[8:12], "big") >> 31):
-        return      # crashes/session/: trim-frame-past-u64, trim-frame-*-past-int32
     try:
         trimmed = protocol.trim_frame(frame, first_sequence)
     except (ValueError, ProtocolError) as error:
