@@ -152,19 +152,14 @@ def test_struct_through_produce_batch(benchmark, kafka, topic_prefix, feed, work
 
 
 @pytest.mark.benchmark(group="end-to-end")
-@pytest.mark.parametrize("workers", [2])
-def test_struct_exactly_once(benchmark, kafka, topic_prefix, feed, workers):
-    """--exactly-once: a Kafka transaction about every 100 ms (ticks and checkpoint)."""
-    measure(benchmark, kafka, topic_prefix, feed, "struct", workers, TICKS,
-            ["test_pure_python_baseline", "test_struct[2]"],
-            producer_overrides={"transactional.id": f"bench-{topic_prefix}{next(RUNS)}"})
-
-
-@pytest.mark.benchmark(group="end-to-end")
-@pytest.mark.parametrize("workers", [2])
-def test_batched_exactly_once(benchmark, kafka, topic_prefix, batched_feed, workers):
-    measure(benchmark, kafka, topic_prefix, batched_feed, "batched", workers, BATCHED_TICKS,
-            ["test_pure_python_baseline", "test_batched[2]"],
+@pytest.mark.parametrize("value_format", ["struct", "batched"])
+def test_exactly_once(benchmark, kafka, topic_prefix, request, value_format):
+    """--exactly-once, 2 workers: a Kafka transaction about every 100 ms (ticks and checkpoint),
+    next to the same format without."""
+    feed, ticks = (request.getfixturevalue("feed"), TICKS) if value_format == "struct" \
+        else (request.getfixturevalue("batched_feed"), BATCHED_TICKS)
+    measure(benchmark, kafka, topic_prefix, feed, value_format, 2, ticks,
+            ["test_pure_python_baseline", f"test_{value_format}[2]"],
             producer_overrides={"transactional.id": f"bench-{topic_prefix}{next(RUNS)}"})
 
 
