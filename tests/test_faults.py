@@ -170,9 +170,11 @@ def test_broker_killed_and_restarted_with_its_data_mid_run(node, tmp_path):
 
 @pytest.mark.parametrize("paused", [15, pytest.param(60, marks=pytest.mark.slow)])
 def test_broker_paused_mid_run(node, tmp_path, paused):
-    """SIGSTOP of the broker for `paused` seconds mid-run: longer than any request timeout of
-    the producer, so its connections time out and reconnect; nothing is given up and the
-    handler recovers once the broker runs again."""
+    """SIGSTOP of the broker for `paused` seconds mid-run. 15 s: the producer's requests wait
+    on open connections (request.timeout.ms is 30 s) and are answered on SIGCONT; 60 s (slow):
+    past request.timeout.ms and socket.timeout.ms, the requests time out and are retried on new
+    connections. Either way nothing is given up, the handler acknowledges nothing while the
+    broker is stopped, and recovers once it runs again."""
     count, prefix = 300_000, f"pause{paused}."
     with paced_simulator(tmp_path, count, 50_000, 22) as simulator:
         with start_handler(*handler_command(node.bootstrap, prefix, simulator.address),
@@ -181,8 +183,10 @@ def test_broker_paused_mid_run(node, tmp_path, paused):
             node.pause()
             try:
                 time.sleep(paused)
+                during = statuses(handler)[-max(1, paused - 5):]
             finally:
                 node.resume()
+            assert all(s["delivered_per_s"] == 0 for s in during), during     # the fault bit
             assert handler.poll() is None, handler.tail()
             recover = wait_until_delivering(handler)
             handler.wait(RUN_TIMEOUT)
