@@ -27,7 +27,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from faults.checker import check_topics
-from faults.kafka_nodes import KafkaNodes
+from faults.kafka_nodes import KafkaCommandError, KafkaNodes
 from faults.processes import ChildProcess, final_account, start_handler, start_simulator
 from faults.proxy import TcpProxy
 from feedhandler.cli.exit_codes import ExitCode
@@ -81,18 +81,24 @@ def statuses(handler: ChildProcess) -> list[dict]:
     return lines
 
 
-def wait_until_delivering(handler: ChildProcess, timeout: float = RUN_TIMEOUT) -> float:
-    """Seconds from now until a status line printed after now shows acknowledgements again
-    (within the status line's one-second resolution); 0 if the handler has already exited."""
-    started = time.monotonic()
-    seen = len(statuses(handler))
+def mark(handler: ChildProcess) -> tuple[int, float]:
+    """(status lines so far, now): where a fault starts or ends, for `wait_until_delivering`."""
+    return len(statuses(handler)), time.monotonic()
+
+
+def wait_until_delivering(handler: ChildProcess, since: tuple[int, float],
+                          timeout: float = RUN_TIMEOUT) -> float:
+    """Seconds from `since` (a `mark`) until a status line printed after it shows
+    acknowledgements (within the status line's one-second resolution); if the handler exits
+    first, until its exit."""
+    seen, started = since
     while handler.poll() is None:
         if any(s["delivered_per_s"] > 0 for s in statuses(handler)[seen:]):
             return time.monotonic() - started
         assert time.monotonic() - started < timeout, f"no delivery in {timeout} s:\n" \
                                                      f"{handler.tail()}"
         time.sleep(0.05)
-    return 0.0
+    return handler.ended - started
 
 
 def wait_until_delivered_some(handler: ChildProcess, timeout: float = 60.0) -> None:
@@ -159,10 +165,11 @@ def test_broker_killed_and_restarted_with_its_data_mid_run(node, tmp_path):
         with start_handler(*handler_command(node.bootstrap, prefix, simulator.address),
                            workdir=tmp_path) as handler:
             wait_until_delivered_some(handler)
+            killed = mark(handler)
             node.kill()
-            down = node.restart()
+            node.restart()
             assert handler.poll() is None, handler.tail()
-            recover = down + wait_until_delivering(handler)
+            recover = wait_until_delivering(handler, killed)
             handler.wait(RUN_TIMEOUT)
     verify("broker kill -9 + restart", node.bootstrap, prefix, count, [handler], [ExitCode.OK],
            recover)
@@ -185,10 +192,11 @@ def test_broker_paused_mid_run(node, tmp_path, paused):
                 time.sleep(paused)
                 during = statuses(handler)[-max(1, paused - 5):]
             finally:
+                resumed = mark(handler)
                 node.resume()
             assert all(s["delivered_per_s"] == 0 for s in during), during     # the fault bit
             assert handler.poll() is None, handler.tail()
-            recover = wait_until_delivering(handler)
+            recover = wait_until_delivering(handler, resumed)
             handler.wait(RUN_TIMEOUT)
     verify(f"broker SIGSTOP {paused} s", node.bootstrap, prefix, count, [handler], [ExitCode.OK],
            recover)
@@ -226,12 +234,19 @@ def test_link_cut_mid_frame_several_times(node, tmp_path, cuts):
 
 
 # ---- SIGTERM under load, then the same command again --------------------------------------------
-@pytest.mark.parametrize("mode", [(), pytest.param(("--exactly-once",), marks=pytest.mark.slow)])
-def test_sigterm_under_load_then_the_same_command_finishes_the_session(node, tmp_path, mode):
-    """SIGTERM while the feed streams: the handler stops reading, drains and flushes, exits 0
-    with a settled account, and what it accepted is in Kafka once. The same command again
-    resumes the session: over both runs every tick once."""
-    count, prefix = 400_000, "term" + "".join(m.strip("-") for m in mode) + "."
+# Seconds from a restarted handler's process start to its first acknowledgements: a first run
+# takes 1-2 s here (interpreter, login, topics), an exactly-once restart about 2 s.
+RESTART_BOUND = 6.0
+
+
+class SlowRestart(AssertionError):
+    """A restart that took longer than RESTART_BOUND to deliver again."""
+
+
+def sigterm_then_rerun(node: KafkaNodes, tmp_path, prefix: str, mode: tuple[str, ...]) -> float:
+    """SIGTERM a handler under load, check what it left, run the same command to the end of
+    the session and verify both runs; seconds from the rerun's start to its first acks."""
+    count = 400_000
     with paced_simulator(tmp_path, count, 60_000, 24) as simulator:
         command = handler_command(node.bootstrap, prefix, simulator.address, *mode)
         with start_handler(*command, workdir=tmp_path / "first") as first:
@@ -243,13 +258,34 @@ def test_sigterm_under_load_then_the_same_command_finishes_the_session(node, tmp
         assert 0 < account["delivered"] < count, account
         stopped = check_topics(node.bootstrap, Routes.by_category(prefix), FORMAT)
         assert stopped.ok and stopped.ticks == account["delivered"], stopped.summary()
-        started = time.monotonic()
         with start_handler(*command, workdir=tmp_path / "second") as second:
-            recover = wait_until_delivering(second)
+            restarted = wait_until_delivering(second, (0, second.started))
             second.wait(RUN_TIMEOUT)
     verify("SIGTERM under load + same command" + (" (exactly-once)" if mode else ""),
            node.bootstrap, prefix, count, [first, second], [ExitCode.OK, ExitCode.OK],
-           recover or time.monotonic() - started)
+           restarted)
+    return restarted
+
+
+@pytest.mark.parametrize("mode", [(), pytest.param(("--exactly-once",), marks=pytest.mark.slow)])
+def test_sigterm_under_load_then_the_same_command_finishes_the_session(node, tmp_path, mode):
+    """SIGTERM while the feed streams: the handler stops reading, drains and flushes, exits 0
+    with a settled account, and what it accepted is in Kafka once. The same command again
+    resumes the session: over both runs every tick once."""
+    sigterm_then_rerun(node, tmp_path, "term" + "".join(m.strip("-") for m in mode) + ".", mode)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=SlowRestart, reason=(
+    "an at-least-once restart holds the feed for ~19 s before it delivers: "
+    "feedhandler.kafka.resume.partition_ends reads each partition's tail one after another "
+    "(assign + consume to EOF, ~1 s each) and asks get_watermark_offsets per partition "
+    "(~0.4 s each): 18.6 s for the 4 topics x 3 partitions of a batched run"))
+def test_an_at_least_once_restart_delivers_again_within_the_bound(node, tmp_path):
+    restarted = sigterm_then_rerun(node, tmp_path, "restartbound.", ())
+    if restarted > RESTART_BOUND:
+        raise SlowRestart(f"the restart delivered {restarted:.1f} s after its start "
+                          f"(bound {RESTART_BOUND} s)")
 
 
 # ---- a hostile exchange through the CLI ---------------------------------------------------------
@@ -308,12 +344,24 @@ def kill_mid_run(cluster: KafkaNodes, tmp_path, prefix: str, pick, what: str,
             wait_until_delivered_some(handler)
             time.sleep(1.0)
             victim = pick(routes)
+            killed = mark(handler)
             cluster.kill_node(victim)
-            recover = wait_until_delivering(handler)
+            recover = wait_until_delivering(handler, killed)
             handler.wait(RUN_TIMEOUT)
-    cluster.start_node(victim)
-    verify(f"cluster: {what} (node {victim}) kill -9" + (" exactly-once" if mode else ""),
-           cluster.bootstrap, prefix, count, [handler], [ExitCode.OK], recover)
+    try:
+        verify(f"cluster: {what} (node {victim}) kill -9" + (" exactly-once" if mode else ""),
+               cluster.bootstrap, prefix, count, [handler], [ExitCode.OK], recover)
+    finally:
+        restart_node(cluster, victim)
+
+
+def restart_node(cluster: KafkaNodes, node_id: int) -> None:
+    """Bring a killed node back for the next test, trying twice: on this loaded machine a
+    restarted node has once exited during its startup while the other two were busy."""
+    try:
+        cluster.start_node(node_id)
+    except KafkaCommandError:
+        cluster.start_node(node_id)
 
 
 @pytest.mark.slow
