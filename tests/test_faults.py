@@ -202,6 +202,45 @@ def test_broker_paused_mid_run(node, tmp_path, paused):
            recover)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "a failed checkpoint record kills the publisher thread: with `batched`, the delivery "
+    "error callback (feedhandler.kafka.sink ticks_in) reads value[8] of every failed record "
+    "outside the dead-letter topic as a batch type, and the checkpoint's JSON value raises "
+    "KeyError('n') inside Producer.flush, which confluent_kafka surfaces as SystemError "
+    "(_PyErr_SetObject: exception <class 'tuple'>); the account is never settled: final "
+    "account produced/delivered/failed/lost all 0, a traceback on stderr, and not exit 1. "
+    "(Checked: with ticks_in answering for the checkpoint topic, the run exits 1 with no "
+    "traceback; a fix must count a checkpoint record as 0 ticks, or lost exceeds missing by "
+    "the failed checkpoint records)"))
+def test_broker_away_longer_than_a_set_delivery_timeout_is_counted_lost(node, tmp_path):
+    """With a delivery timeout set by the user (-X message.timeout.ms=3000) and the broker
+    killed mid-run and only restarted after the handler has finished: exit 1 (ticks lost), no
+    traceback, and the account's lost ticks are exactly the ticks Kafka does not have."""
+    count, prefix = 300_000, "timeout."
+    with paced_simulator(tmp_path, count, 50_000, 26) as simulator:
+        with start_handler(*handler_command(node.bootstrap, prefix, simulator.address,
+                                            "-X", "message.timeout.ms=3000"),
+                           workdir=tmp_path) as handler:
+            wait_until_delivered_some(handler)
+            node.kill()
+            try:
+                handler.wait(RUN_TIMEOUT)
+            finally:
+                node.restart()
+    assert "Traceback" not in handler.stderr(), handler.tail()
+    assert handler.returncode == ExitCode.TICKS_LOST, handler.tail()
+    account = final_account(handler)
+    result = check_topics(node.bootstrap, Routes.by_category(prefix), FORMAT,
+                          expected=range(1, count + 1))
+    print(f"\nFAULT broker away past message.timeout.ms=3000: sent {count} | in Kafka "
+          f"{result.ticks} | duplicates {result.duplicate_count} | missing "
+          f"{result.missing_count} | account lost {account['lost']} | peak RSS "
+          f"{handler.peak_rss_bytes() / 2**20:.0f} MB")
+    assert not result.duplicates and not result.order_regressions, result.summary()
+    assert account["delivered"] == result.ticks and account["lost"] == result.missing_count > 0
+    assert handler.peak_rss_bytes() < RSS_BOUND
+
+
 # ---- the link: cuts inside frames ----------------------------------------------------------------
 @pytest.mark.parametrize("cuts", [
     (37, 100_003, 65_536),                      # in the first frame, mid-frame, at a chunk edge
