@@ -3,13 +3,18 @@ test's own), the real `feedhandler run` process, and Kafka nodes of the suite's 
 shared broker for kill or pause). Faults: the broker killed with SIGKILL and restarted with its
 data, the broker paused, a partition leader and the active controller killed on a 3-node
 cluster (replication 3, min.insync.replicas 2), link cuts inside frames through a TCP proxy,
-SIGTERM under load followed by the same command again, and a 2^31 length prefix end to end.
+SIGTERM under load followed by the same command again, a 2^31 length prefix end to end, and the
+broker away longer than a delivery timeout the user set (the one fault that must lose ticks:
+exit 1, and the account's lost ticks are the ones Kafka lacks).
 
 Every test ends the same way (`verify`): the checker reads every topic with read_committed and
 finds every tick exactly once in per-symbol feed order; the handler's account agrees with Kafka
 (ticks delivered == ticks found); the exit code is the documented one; the handler's peak RSS is
 under RSS_BOUND. Each prints one `FAULT` line (run with -s): ticks sent, in Kafka, duplicates,
-missing, seconds until the handler delivered again after the fault ended, peak RSS.
+missing, time to recover, peak RSS. Time to recover, to the first status line (1 s apart) that
+shows acknowledgements again: from the SIGKILL for a broker or cluster node (a single node's
+restart included), from SIGCONT for a pause, from the process start for a restarted handler;
+for link cuts, from a cut to the handler's next login link.
 
 The handler kill -9 and restart is tests/test_resume.py; the hostile servers through the session
 client and the CLI are tests/test_session_faults.py (here only what it leaves out: a 2^31 length
