@@ -61,7 +61,6 @@ class ChildProcess:
         self.pid = self.popen.pid
         self.started = time.monotonic()
         self.ended: float | None = None
-        self._max_rss: int | None = None       # from wait4 once reaped
         self._peak_seen = 0                     # highest VmHWM read while it ran
 
     # ---- output ----------------------------------------------------------------------------------
@@ -107,9 +106,9 @@ class ChildProcess:
         return self.popen.returncode
 
     def _reap(self, options: int) -> None:
-        """wait4(): the exit status and, unlike Popen.wait, the child's peak RSS."""
+        """waitpid(): the exit status and the time of the exit."""
         try:
-            pid, status, usage = os.wait4(self.pid, options)
+            pid, status = os.waitpid(self.pid, options)
         except ChildProcessError:       # reaped elsewhere
             if self.popen.returncode is None:
                 self.popen.wait()
@@ -117,7 +116,6 @@ class ChildProcess:
         if pid == 0:
             return
         self.popen.returncode = os.waitstatus_to_exitcode(status)
-        self._max_rss = usage.ru_maxrss * 1024          # Linux: kilobytes
         self.ended = time.monotonic()
 
     def wait(self, timeout: float = START_TIMEOUT, expect: int | None = None) -> int:
@@ -175,12 +173,15 @@ class ChildProcess:
         return _status_value(self.pid, "VmRSS") if self.poll() is None else None
 
     def peak_rss_bytes(self) -> int:
-        """Peak resident set size: the kernel's high-water mark (/proc/PID/status VmHWM) while
-        it runs, the exact ru_maxrss from wait4 once it has been reaped."""
+        """Peak resident set size: the kernel's high-water mark of the process's own memory
+        (/proc/PID/status VmHWM), as last read; every poll, wait and signal reads it.
+
+        Not wait4's ru_maxrss: Linux carries the high-water mark of the memory an exec
+        replaces into it, so a child of a test process that has grown to 300 MB reports at
+        least 300 MB however little it used itself."""
         if self.poll() is None:
             self._sample_rss()
-            return self._peak_seen
-        return max(self._max_rss or 0, self._peak_seen)
+        return self._peak_seen
 
 
 def feedhandler_argv(subcommand: str, *args: str) -> list[str]:

@@ -72,6 +72,7 @@ class TcpProxy:
         self.links_opened = 0
         self.refused = 0                        # connections closed at once (refuse_new)
         self._pending: list[DownFault] = []     # armed while no link was open
+        self._cut_plan: list[int] = []          # cut offsets of the next links, in order
         self._lock = threading.Lock()
         self._resumed = threading.Event()
         self._resumed.set()
@@ -116,6 +117,13 @@ class TcpProxy:
         """Close the link once exactly `at` bytes of the server's stream have been forwarded
         (at once if more have): a cut in the middle of whatever frame spans that offset."""
         self._arm(DownFault("cut", at))
+
+    def cut_successive_links_at(self, offsets) -> None:
+        """Cut each of the next links opened once exactly its offset of `offsets` (in order:
+        the first new link at the first) has been forwarded; then leave new links alone. Armed
+        before the links exist, so a fast stream cannot run past an offset before it is armed."""
+        with self._lock:
+            self._cut_plan.extend(offsets)
 
     def drop(self, at: int, length: int) -> None:
         """Do not forward `length` server->client bytes from byte `at` of the link."""
@@ -200,6 +208,9 @@ class TcpProxy:
                 link = Link(client, server, faults=self._pending,
                             recorded=bytearray() if self.record else None)
                 self._pending = []
+                if self._cut_plan:
+                    link.faults.append(DownFault("cut", self._cut_plan.pop(0)))
+                    link.faults.sort(key=lambda f: f.at)
                 self.links.append(link)
                 self.links_opened += 1
             link.threads = [
