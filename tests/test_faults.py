@@ -207,16 +207,6 @@ def test_broker_paused_mid_run(node, tmp_path, paused):
            recover)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a failed checkpoint record kills the publisher thread: with `batched`, the delivery "
-    "error callback (feedhandler.kafka.sink ticks_in) reads value[8] of every failed record "
-    "outside the dead-letter topic as a batch type, and the checkpoint's JSON value raises "
-    "KeyError('n') inside Producer.flush, which confluent_kafka surfaces as SystemError "
-    "(_PyErr_SetObject: exception <class 'tuple'>); the account is never settled: final "
-    "account produced/delivered/failed/lost all 0, a traceback on stderr, and not exit 1. "
-    "(Checked: with ticks_in answering for the checkpoint topic, the run exits 1 with no "
-    "traceback; a fix must count a checkpoint record as 0 ticks, or lost exceeds missing by "
-    "the failed checkpoint records)"))
 def test_broker_away_longer_than_a_set_delivery_timeout_is_counted_lost(node, tmp_path):
     """With a delivery timeout set by the user (-X message.timeout.ms=3000) and the broker
     killed mid-run and only restarted after the handler has finished: exit 1 (ticks lost), no
@@ -242,7 +232,11 @@ def test_broker_away_longer_than_a_set_delivery_timeout_is_counted_lost(node, tm
           f"{result.missing_count} | account lost {account['lost']} | peak RSS "
           f"{handler.peak_rss_bytes() / 2**20:.0f} MB")
     assert not result.duplicates and not result.order_regressions, result.summary()
-    assert account["delivered"] == result.ticks and account["lost"] == result.missing_count > 0
+    # Every tick is delivered or lost; a record whose delivery timed out while its request was
+    # in flight may still have been written, so `lost` is an upper bound of what Kafka misses.
+    assert account["delivered"] + account["lost"] == count
+    assert account["delivered"] <= result.ticks and account["lost"] >= result.missing_count > 0
+    assert result.ticks - account["delivered"] == account["lost"] - result.missing_count
     assert handler.peak_rss_bytes() < RSS_BOUND
 
 
@@ -320,12 +314,9 @@ def test_sigterm_under_load_then_the_same_command_finishes_the_session(node, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=SlowRestart, reason=(
-    "an at-least-once restart holds the feed for ~19 s before it delivers: "
-    "feedhandler.kafka.resume.partition_ends reads each partition's tail one after another "
-    "(assign + consume to EOF, ~1 s each) and asks get_watermark_offsets per partition "
-    "(~0.4 s each): 18.6 s for the 4 topics x 3 partitions of a batched run"))
 def test_an_at_least_once_restart_delivers_again_within_the_bound(node, tmp_path):
+    """The restart reads every partition's end at once (it used to read them one after another,
+    about 19 s for a batched run's 4 topics x 3 partitions, while the feed waited)."""
     restarted = sigterm_then_rerun(node, tmp_path, "restartbound.", ())
     if restarted > RESTART_BOUND:
         raise SlowRestart(f"the restart delivered {restarted:.1f} s after its start "

@@ -24,10 +24,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from feedhandler.kafka.config import KafkaClientConfig
 from feedhandler.kafka.routing import BATCH_DTYPES, TICK_HEADER_SIZE, Routes, StockDirectory
@@ -197,24 +199,58 @@ def tick_of(message, value_format: str) -> tuple[bytes | None, int, int]:
         int.from_bytes(value[10:TICK_HEADER_SIZE], "little")
 
 
-def _tail(consumer: Consumer, topic: str, partition: int, low: int, high: int,
-          value_format: str, position: int, timeout: float) -> list:
-    """The records at the end of a partition that may hold ticks at or past `position`.
+def _watermarks_of(client: KafkaClientConfig, topics: list[str],
+                   timeout: float) -> dict[tuple[str, int], tuple[int, int]]:
+    """(low, high) offsets of every partition of `topics` (missing topics have none), asked
+    for all at once."""
+    admin = AdminClient(client.admin())
+    existing = admin.list_topics(timeout=timeout).topics
+    partitions = [TopicPartition(topic, p) for topic in topics if topic in existing
+                  for p in existing[topic].partitions]
+    if not partitions:
+        return {}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = ({(tp.topic, tp.partition): future.result().offset
+                          for tp, future in admin.list_offsets(
+                              {tp: spec for tp in partitions},
+                              request_timeout=timeout).items()}
+                         for spec in (OffsetSpec.earliest(), OffsetSpec.latest()))
+            return {key: (low[key], high[key]) for key in low}
+        except KafkaException as error:
+            # a partition created a moment ago may not have its leader yet
+            if error.args[0].code() not in _NOT_READY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _tails(consumer: Consumer, watermarks: dict[tuple[str, int], tuple[int, int]],
+           value_format: str, position: int, timeout: float) -> list:
+    """The records at the ends of the partitions that may hold ticks at or past `position`,
+    read from all partitions at once.
 
     Per-tick records of a partition are in feed order, so its last record says everything.
     A batched release puts one record per message type into each partition, so the types
     interleave: read back until a record whose release ends before `position` (its `next`
     header), or the partition's start."""
-    if value_format != "batched":
-        return _read(consumer, [TopicPartition(topic, partition, high - 1)], timeout)
-    window = 256
-    while True:
-        start = max(low, high - window)
-        records = _read(consumer, [TopicPartition(topic, partition, start)], timeout)
-        release_end = int(dict(records[0].headers() or ()).get("next", b"0"))
-        if start == low or release_end <= position:
-            return records
+    window = 1 if value_format != "batched" else 256
+    pending = {key: bounds for key, bounds in watermarks.items() if bounds[1] > bounds[0]}
+    records = []
+    while pending:
+        starts = {key: max(low, high - window) for key, (low, high) in pending.items()}
+        read = defaultdict(list)
+        for message in _read(consumer, [TopicPartition(topic, partition, start) for
+                                        (topic, partition), start in starts.items()], timeout):
+            read[message.topic(), message.partition()].append(message)
+        for key, messages in read.items():
+            release_end = int(dict(messages[0].headers() or ()).get("next", b"0"))
+            if value_format != "batched" or starts[key] == pending[key][0] \
+                    or release_end <= position:
+                records += messages
+                del pending[key]
         window *= 4
+    return records
 
 
 def partition_ends(client: KafkaClientConfig, routes: Routes, value_format: str,
@@ -223,29 +259,24 @@ def partition_ends(client: KafkaClientConfig, routes: Routes, value_format: str,
     """Per tick topic and the dead-letter topic, a table [partition, message type byte] of the
     last sequence number of `session` that the partition holds for that type; every tick
     before the checkpoint `position` counts as held."""
+    topics = [*routes.topics, routes.dead_letter]
+    watermarks = _watermarks_of(client, topics, timeout)
+    ends = {topic: np.full((1 + max((p for t, p in watermarks if t == topic), default=-1),
+                            TYPE_CODES), position - 1, np.uint64) for topic in topics}
     consumer = _consumer(client)
     try:
-        ends = {}
-        for topic in [*routes.topics, routes.dead_letter]:
-            partitions = _ends(consumer, topic, timeout)
-            table = np.full((max((p for p, _, _ in partitions), default=-1) + 1, TYPE_CODES),
-                            position - 1, np.uint64)
-            for partition, low, high in partitions:
-                if high <= low:
-                    continue
-                for message in _tail(consumer, topic, partition, low, high, value_format,
-                                     position, timeout):
-                    tick_session, message_type, sequence = tick_of(message, value_format)
-                    if tick_session != session:
-                        continue
-                    row = table[partition]
-                    if value_format == "batched" and topic != routes.dead_letter:
-                        row[message_type] = max(int(row[message_type]), sequence)
-                    else:           # in feed order whatever the type
-                        row[:] = np.maximum(row, sequence)
-            ends[topic] = table
+        records = _tails(consumer, watermarks, value_format, position, timeout)
     finally:
         consumer.close()
+    for message in records:
+        tick_session, message_type, sequence = tick_of(message, value_format)
+        if tick_session != session:
+            continue
+        row = ends[message.topic()][message.partition()]
+        if value_format == "batched" and message.topic() != routes.dead_letter:
+            row[message_type] = max(int(row[message_type]), sequence)
+        else:           # in feed order whatever the type
+            row[:] = np.maximum(row, sequence)
     return ends
 
 

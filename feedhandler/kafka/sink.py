@@ -74,17 +74,18 @@ def open_sink(config: SinkConfig) -> KafkaSink:
     """Create the producer, then the missing topics (a ProducerLink that is required but cannot
     be had leaves no topic), and the sink for the configured path."""
     client = KafkaClientConfig(config.bootstrap_servers, config.producer_overrides)
-    dead_letter = config.routes.dead_letter
-    if config.value_format == "batched":
-        def ticks_in(message) -> int:
-            """Ticks a failed record carried: a batched record holds many rows."""
-            if message.topic() == dead_letter:
-                return 1
-            value = message.value()
-            return len(value) // BATCH_DTYPES[chr(value[8])].itemsize
-        errors = DeliveryErrors(ticks_in)
-    else:
-        errors = DeliveryErrors()
+    dead_letter, checkpoint = config.routes.dead_letter, config.routes.checkpoint
+    batched = config.value_format == "batched"
+
+    def ticks_in(message) -> int:
+        """Ticks a failed record carried: a checkpoint none, a batched record many rows."""
+        if message.topic() == checkpoint:
+            return 0
+        if not batched or message.topic() == dead_letter:
+            return 1
+        value = message.value()
+        return len(value) // BATCH_DTYPES[chr(value[8])].itemsize
+    errors = DeliveryErrors(ticks_in)
     producer, link, _ = create_producer(client, errors, config.producer_link)
     routes = config.routes
     partitions = ensure_topics(client,
