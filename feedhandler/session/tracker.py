@@ -64,6 +64,9 @@ class SequenceTracker:
         self.other_session_frames = 0
         self.ended = False
         self.held_bytes = 0
+        # A held frame that could not be trimmed, found while releasing frames behind it: the
+        # next accept() raises it, once the frames released before it have been handed out.
+        self._pending_error: ProtocolError | None = None
         # Frames after next_sequence: (first, arrival, end, frame), the earliest first.
         self._held: list[tuple[int, int, int, bytes]] = []
         self._arrivals = itertools.count()
@@ -141,6 +144,9 @@ class SequenceTracker:
         are not delivered; end of session sets `ended` once nothing is open before it. A frame
         of another session raises SessionChanged and is counted in `other_session_frames`; one
         whose messages run past sequence number 2^64 - 1 raises ProtocolError."""
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            raise error
         session, first, count = packet.peek(frame)
         if session != self.session:
             if self.session:
@@ -219,7 +225,11 @@ class SequenceTracker:
         while held and held[0][0] <= self.next_sequence:
             first, _, end, frame = heapq.heappop(held)
             self.held_bytes -= len(frame)
-            self._deliver(frame, first, end, delivered)
+            try:
+                self._deliver(frame, first, end, delivered)
+            except ProtocolError as error:     # after the frames already in `delivered`
+                self._pending_error = error
+                return
 
     def _gap_moved(self, *, given_up: bool) -> None:
         """After next_sequence or what is known ahead of it changed: open, close or move the
