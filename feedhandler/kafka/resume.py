@@ -109,27 +109,6 @@ def _read(consumer: Consumer, partitions: list[TopicPartition], timeout: float) 
     return messages
 
 
-def _ends(consumer: Consumer, topic: str, timeout: float) -> list[tuple[int, int, int]]:
-    """(partition, low, high) watermarks of every partition of `topic`; [] if it is missing."""
-    metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-    if metadata is None or metadata.error is not None:
-        return []
-    return [(p, *_watermarks(consumer, TopicPartition(topic, p), timeout))
-            for p in sorted(metadata.partitions)]
-
-
-def _watermarks(consumer: Consumer, partition: TopicPartition, timeout: float) -> tuple[int, int]:
-    """(low, high) offsets; a partition just created may not have its leader yet."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return consumer.get_watermark_offsets(partition, timeout=timeout)
-        except KafkaException as error:
-            if error.args[0].code() not in _NOT_READY or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def fence_previous(client: KafkaClientConfig, timeout: float = READ_TIMEOUT) -> None:
     """Exactly-once: fence an earlier instance with the same transactional.id and abort the
     transaction it left open, so that what is committed cannot change while the checkpoint is
@@ -145,11 +124,10 @@ def read_checkpoints(client: KafkaClientConfig, routes: Routes, timeout: float =
                      isolation: str = "read_committed") -> dict[bytes, Checkpoint]:
     """The checkpoint topic's latest state per feed session (space-padded session name); only
     committed checkpoints by default (exactly-once)."""
+    partitions = [TopicPartition(topic, partition, low) for (topic, partition), (low, high)
+                  in _watermarks_of(client, [routes.checkpoint], timeout).items() if high > low]
     consumer = _consumer(client, isolation)
     try:
-        partitions = [TopicPartition(routes.checkpoint, p, low)
-                      for p, low, high in _ends(consumer, routes.checkpoint, timeout)
-                      if high > low]
         latest = {message.key(): message.value()
                   for message in _read(consumer, partitions, timeout)}
     finally:
