@@ -294,9 +294,9 @@ class KafkaSink:
     def _release_held(self) -> None:
         """Produce what a delivery path holds back (batched); nothing by default."""
 
-    def _make_room(self, records: int, nbytes: int) -> None:
-        """Wait until the producer queue can take `records` more of `nbytes` in all (in an
-        open transaction, for exactly-once)."""
+    def _before_producing(self, records: int, nbytes: int) -> None:
+        """Before records are handed to the producer: open a transaction if exactly-once has
+        none open, and wait until the producer queue can take `records` more of `nbytes`."""
         if self.transactional and not self._in_transaction:
             self.producer.begin_transaction()
             self._in_transaction = True
@@ -319,7 +319,7 @@ class KafkaSink:
             self.ledger.handed_over(1, nbytes)
             self.ledger.errors.count("record larger than queue.buffering.max.kbytes", 1, topic)
             return
-        self._make_room(1, nbytes)
+        self._before_producing(1, nbytes)
         while True:
             try:
                 self.producer.produce(topic, value, key, partition=partition,
@@ -365,7 +365,7 @@ class LinkedTickSink(KafkaSink):
         # The structs are at least as long as the messages, raw or struct.
         nbytes = sum(rows.nbytes for rows in packet.messages.values()) + \
             (TICK_HEADER_SIZE + KEY_BYTES) * ticks
-        self._make_room(ticks, nbytes)
+        self._before_producing(ticks, nbytes)
         records_before = self.ledger.records
         fallbacks_before = self.link.timestamp_fallbacks
         records = self.link.produce_ticks(
@@ -403,7 +403,7 @@ class ProducerTickSink(KafkaSink):
                                            ("sequence", b"%d" % record["sequence"])])
                 continue
             nbytes = sum(len(r["value"]) + len(r["key"]) for r in records)
-            self._make_room(len(records), nbytes)
+            self._before_producing(len(records), nbytes)
             accepted = self.producer.produce_batch(topic, records)
             self.ledger.handed_over(len(records), nbytes)
             if accepted != len(records):
