@@ -120,3 +120,15 @@ def test_decode_many_matches_decode_frame_by_frame():
     with pytest.raises(DecodeError, match="checksum"):
         packet.decode_many(mixed)
     assert packet.decode_many([]) == []
+
+
+def test_wrap_puts_a_plain_moldudp64_packet_into_an_uncompressed_frame():
+    mold_packet = DOC_EXAMPLE[packet.FRAME_HEADER_SIZE:]
+    assert packet.wrap(mold_packet) == DOC_EXAMPLE
+    assert packet.wrap(memoryview(mold_packet)) == DOC_EXAMPLE
+    heartbeat = b"000042A   " + (9).to_bytes(8, "big") + bytes(2)
+    assert packet.decode(packet.wrap(heartbeat)).is_heartbeat
+    for bad in (mold_packet[:packet.PACKET_HEADER_SIZE - 1],
+                bytes(packet.MAX_PACKET_LENGTH + 1)):
+        with pytest.raises(ValueError, match="MoldUDP64 packet of"):
+            packet.wrap(bad)

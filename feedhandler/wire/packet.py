@@ -14,7 +14,7 @@ from feedhandler.wire import _decode
 from feedhandler.wire._decode import HeaderField, Packet
 from feedhandler.wire.itch import check_policy, frame_messages
 
-__all__ = ["FRAME_HEADER_SIZE", "PACKET_HEADER_SIZE", "FRAME_HEADER_FIELDS", "PACKET_HEADER_FIELDS", "HeaderField", "MAX_FRAME_LENGTH", "MAX_PACKET_LENGTH", "HEARTBEAT_COUNT", "END_OF_SESSION_COUNT", "CODECS", "SESSION_LENGTH", "Packet", "peek", "decode", "decode_many", "encode_block", "encode"]
+__all__ = ["FRAME_HEADER_SIZE", "PACKET_HEADER_SIZE", "FRAME_HEADER_FIELDS", "PACKET_HEADER_FIELDS", "HeaderField", "MAX_FRAME_LENGTH", "MAX_PACKET_LENGTH", "HEARTBEAT_COUNT", "END_OF_SESSION_COUNT", "CODECS", "SESSION_LENGTH", "Packet", "peek", "decode", "decode_many", "encode_block", "encode", "wrap"]
 
 # Everything below comes from the packed structs and constants of ext/frame_layout.pxd.
 FRAME_HEADER_SIZE: int = _decode.FRAME_HEADER_SIZE
@@ -68,18 +68,35 @@ def encode_block(block, count: int, *, session: bytes, sequence: int, codec: str
         raise ValueError(f"codec must be one of {sorted(CODECS)}, not {codec!r}")
     packet_header = _PACKET_HEADER.pack(bytes(session), sequence, count)
     packet = packet_header + bytes(block)
+    if codec == "none":
+        return wrap(packet)
     if len(packet) > MAX_PACKET_LENGTH:
         raise ValueError(f"packet of {len(packet)} bytes exceeds {MAX_PACKET_LENGTH}")
     # The MoldUDP64 header stays readable, so session code can follow sequence numbers
     # without decompressing.
-    if codec == "lz4":
-        payload = packet_header + lz4.block.compress(block, store_size=False)
-    else:
-        payload = packet
-    header = _FRAME_HEADER.pack(FRAME_HEADER_SIZE - _LENGTH_FIELD_SIZE + len(payload),
-                                _decode.FRAME_TYPE_SEQUENCED, _decode.FRAME_VERSION,
-                                CODECS[codec], 0, len(packet), _decode.frame_checksum(packet))
-    return header + payload
+    return _frame_header(CODECS["lz4"], len(packet), _decode.frame_checksum(packet),
+                         packet_header + lz4.block.compress(block, store_size=False))
+
+
+def wrap(mold_packet) -> bytes:
+    """One uncompressed frame around a MoldUDP64 packet (header and message blocks).
+
+    The transports that carry plain MoldUDP64 (datagrams) or single messages (SoupBinTCP) wrap
+    what they receive this way, so that every transport hands the pipeline the same unit: the
+    sequence tracker, trimming, the decoder and the quarantine see one format. Only the length
+    is checked here; the decoder checks the rest."""
+    length = len(mold_packet)
+    if not PACKET_HEADER_SIZE <= length <= MAX_PACKET_LENGTH:
+        raise ValueError(f"a MoldUDP64 packet of {length} bytes: it must hold its "
+                         f"{PACKET_HEADER_SIZE}-byte header and at most {MAX_PACKET_LENGTH} bytes")
+    return _frame_header(CODECS["none"], length, _decode.frame_checksum(mold_packet),
+                         mold_packet)
+
+
+def _frame_header(codec: int, packet_length: int, checksum: int, payload) -> bytes:
+    return _FRAME_HEADER.pack(FRAME_HEADER_SIZE - _LENGTH_FIELD_SIZE + len(payload),
+                              _decode.FRAME_TYPE_SEQUENCED, _decode.FRAME_VERSION, codec, 0,
+                              packet_length, checksum) + bytes(payload)
 
 
 def encode(messages, *, session: bytes, sequence: int, codec: str = "lz4") -> bytes:
