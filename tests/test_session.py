@@ -103,6 +103,7 @@ def test_disconnect_mid_frame_then_resume_has_no_gap_and_no_duplicate(caplog):
     expected = orderflow.generate(count, symbols=SYMBOLS, seed=12)
     with simulator(count=count, seed=12, messages_per_packet=250) as sim:
         # Cut inside the 11th frame (after the 23-byte login accepted), three times.
+        sim.wait_prepared()
         cut = sessionproto.LOGIN_ACCEPTED_LENGTH + 4 + int(sim.store.chunks[0].offsets[10]) + 7
         proxy = CuttingProxy(sim.port, after=cut, cuts=3)
         try:

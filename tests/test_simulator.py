@@ -157,6 +157,8 @@ def test_slow_client_neither_stalls_others_nor_grows_server_memory(monkeypatch, 
 
         threading.Thread(target=heartbeats, daemon=True).start()
         fast = client(sim.port)
+        # The session is generated after the simulator starts listening: measure serving only.
+        sim.wait_prepared()
         tracemalloc.start()
         try:
             started = time.monotonic()
@@ -330,3 +332,39 @@ def test_command_line_refuses_bad_options(arguments, complaint):
     process = run_cli("simulate", "--listen", "127.0.0.1:0", *arguments)
     _, errors = process.communicate(timeout=20)
     assert process.returncode == 2 and complaint in errors
+
+
+def test_listens_at_once_while_the_session_is_generated(monkeypatch, caplog):
+    """Clients may connect and log in while a --count session is still being generated; they
+    get the whole session once it is ready (no 'connection refused' at start-up)."""
+    release = threading.Event()
+    generate = simulator.orderflow.generate
+
+    def slow_generate(*args, **kwargs):
+        release.wait(10)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(simulator.orderflow, "generate", slow_generate)
+    caplog.set_level(logging.INFO, "feedhandler.exchange")
+    started = []
+    starter = threading.Thread(target=lambda: started.append(
+        Simulator(SimulatorConfig(port=0, status_interval=None, symbols=SYMBOLS,
+                                  count=3000)).start()), daemon=True)
+    starter.start()
+    starter.join(5)
+    try:
+        assert started, "the simulator did not listen while its session was being generated"
+        sim = started[0]
+        wait_for_log(caplog, "preparing the session: generating 3000 messages", timeout=3)
+        feed = client(sim.port)
+        # The connection is accepted at once; the login is answered once the session is ready.
+        threading.Timer(0.2, release.set).start()
+        feed.open()
+        assert release.is_set()
+        for _ in feed.frames():
+            pass
+        assert feed.messages_received == 3000 and feed.gaps == []
+    finally:
+        release.set()
+        for sim in started:
+            sim.stop()

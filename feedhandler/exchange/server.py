@@ -102,6 +102,7 @@ class Simulator:
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._prepared = threading.Event()      # the first chunk is framed (or the session ended)
         self._failure: BaseException | None = None
         self._next_sequence = 1
         self._clock = LiveClock() if config.stamps_live else None
@@ -117,25 +118,27 @@ class Simulator:
                                       config.seed)
         else:
             self._pacing = Pacing(config.messages_per_packet)
-        self._prepared: FrameChunk | None = None
         self._retain = config.retain_bytes
         if config.replay is not None:
             replay.open_itch(config.replay).close()     # a missing file fails here, not later
             blocks = replay.read_blocks(config.replay)
             self._blocks = blocks if config.count is None else limit_blocks(blocks, config.count)
         elif config.count is not None:
-            # A whole synthetic run is generated and framed once, before serving; its frames
-            # are all kept, so any client can replay it from any point.
-            started = time.perf_counter()
-            block = orderflow.generate(config.count, symbols=config.symbols, seed=config.seed)
-            self._prepared = self._frame(block)
-            self._blocks = iter(())
+            # A whole synthetic run is generated and framed once, as the first chunk, while
+            # clients can already connect; its frames are all kept, so any client can replay it
+            # from any point.
+            self._blocks = self._whole_session(config.count)
             self._retain = None
-            self.generation_seconds = time.perf_counter() - started
-            log.info("generated and framed %d messages in %.2f s", block.count,
-                     self.generation_seconds)
         else:
             self._blocks = synthetic_blocks(config)
+
+    def _whole_session(self, count: int) -> Iterator[MessageBlock]:
+        config = self.config
+        log.info("preparing the session: generating %d messages", count)
+        started = time.perf_counter()
+        yield orderflow.generate(count, symbols=config.symbols, seed=config.seed)
+        self.generation_seconds = time.perf_counter() - started
+        log.info("generated and framed %d messages in %.2f s", count, self.generation_seconds)
 
     def _next_chunk(self) -> FrameChunk | None:
         """Frame the next block of the source (runs on a worker thread while serving)."""
@@ -168,6 +171,12 @@ class Simulator:
             raise self._failure
         return self
 
+    def wait_prepared(self, timeout: float = 60.0) -> None:
+        """Block until the first chunk of the session is framed: with a count, the whole
+        session (clients may connect before that; they wait for their first frame)."""
+        if not self._prepared.wait(timeout):
+            raise TimeoutError("simulator did not prepare its session")
+
     def _run_in_thread(self):
         try:
             self.run()
@@ -197,10 +206,7 @@ class Simulator:
         self._stop = asyncio.Event()
         self.store = FrameStore(retain_bytes=self._retain)
         self._appended = asyncio.Event()
-        if self._prepared is not None:
-            self.store.append(self._prepared)
-            self.store.finish()
-            self._prepared = None
+        self._framed = asyncio.Event()      # _prepared, for the event loop
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((config.host, config.port))
@@ -269,6 +275,8 @@ class Simulator:
                 store.append(chunk)
                 store.publish_due(time.monotonic() - self._started)
             self._appended.set()
+            self._framed.set()
+            self._prepared.set()
 
     async def _publish(self):
         """Publish paced frames when they fall due."""
@@ -423,6 +431,9 @@ class _Client:
         if session and session != config.session.rstrip(b" "):
             await self._send(login_rejected(SESSION_NOT_AVAILABLE))
             raise _Disconnect(f"login rejected: asked for session {session!r}")
+        # A login that comes while the session is being prepared waits for its first chunk,
+        # where the requested sequence number can be placed.
+        await self.simulator._framed.wait()
         store = self.simulator.store
         cursor = store.position(sequence)
         first = store.sequence_at(cursor)
