@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything feedhandler needs on a fresh Debian/Ubuntu machine and builds it in place:
-# liblz4 headers and kcat from apt, the Python build and test dependencies from PyPI.
+# liblz4 headers, kcat, and (when missing) a Java 17+ runtime and Maven for the Kafka broker from
+# apt; the Python build and test dependencies from PyPI.
 # Idempotent: a second run only checks. Needs root (or sudo) for apt-get.
 set -euo pipefail
 export PIP_ROOT_USER_ACTION=ignore
@@ -11,10 +12,25 @@ missing=()
 for package in "${apt_packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
-if [ ${#missing[@]} -gt 0 ]; then
+# Any JDK 17 or newer will do for the broker and its helper tools (scripts/kafka.sh runs Java
+# source files, so a JDK, not only a runtime); only install one when there is
+# none, so an operator's own JDK is left alone.
+java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1 || true)
+need_java=false
+[ "${java_major:-0}" -ge 17 ] || need_java=true
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+if [ ${#missing[@]} -gt 0 ] || $need_java; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
+    if $need_java; then
+        # Debian 12 and Ubuntu 22.04+ have 17; newer releases only a later default.
+        if apt-cache show openjdk-17-jdk-headless >/dev/null 2>&1; then
+            missing+=(openjdk-17-jdk-headless)
+        else
+            missing+=(default-jdk-headless)
+        fi
+    fi
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 

@@ -13,7 +13,11 @@ symbols=${DEMO_SYMBOLS:-500}
 port=${DEMO_PORT:-9009}
 prefix="demo$(date +%s)."
 
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "1/5 build: apt packages, Python dependencies, the Cython extensions (scripts/bootstrap.sh)"
 bash scripts/bootstrap.sh
+step "2/5 Kafka: a real Apache Kafka 4.x broker in KRaft mode on 127.0.0.1 (scripts/kafka.sh)"
 bootstrap=$(bash scripts/kafka.sh start)
 simulator_pid=
 cleanup() {
@@ -22,16 +26,24 @@ cleanup() {
 }
 trap cleanup EXIT
 
+step "3/5 exchange: the simulator serves a synthetic TotalView-ITCH 5.0 session of $count messages" \
+     "($symbols stocks) on 127.0.0.1:$port"
 python3 -m feedhandler simulate --listen "127.0.0.1:$port" --count "$count" --symbols "$symbols" \
     --exit-after-end --quiet &
 simulator_pid=$!
+# The simulator listens at once and generates the session behind it; wait for the socket only.
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+done
 
-echo "== handler: $count messages, format $format, $workers workers -> Kafka at $bootstrap" >&2
+step "4/5 handler: log in, decode on $workers threads, publish every tick as '$format' records" \
+     "to $bootstrap (one status line a second, then the account)"
 status=0
 python3 -m feedhandler run --connect "127.0.0.1:$port" --bootstrap-servers "$bootstrap" \
     --format "$format" --workers "$workers" --topic-prefix "$prefix" || status=$?
 
-echo "== read back from Kafka with kcat:" >&2
+step "5/5 what landed: every topic read back from Kafka by kcat, an independent reader"
 total=0
 for topic in orders trades reference noii deadletter; do
     records=$(kcat -b "$bootstrap" -C -t "$prefix$topic" -o beginning -e -q -f '%o\n' | wc -l)
@@ -39,4 +51,12 @@ for topic in orders trades reference noii deadletter; do
     total=$((total + records))
 done
 printf '  %-28s %10d records\n' "total" "$total" >&2
+if [ "$format" != batched ]; then
+    if [ "$total" -eq "$count" ]; then
+        echo "  every one of the $count messages of the session is in Kafka, once" >&2
+    else
+        echo "  MISMATCH: $count messages sent, $total records in Kafka" >&2
+        status=1
+    fi
+fi
 exit "$status"

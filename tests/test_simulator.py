@@ -368,3 +368,19 @@ def test_listens_at_once_while_the_session_is_generated(monkeypatch, caplog):
         release.set()
         for sim in started:
             sim.stop()
+
+
+def test_a_connection_closed_without_a_word_is_not_a_warning(caplog):
+    """Port probes (the demo waits for the port this way) and health checks are routine; a
+    client that sends half a login and goes is worth a warning."""
+    with serving(count=100) as sim:
+        caplog.set_level(logging.INFO, "feedhandler.exchange")
+        socket.create_connection(("127.0.0.1", sim.port)).close()
+        wait_for_log(caplog, "without a word")
+        half = socket.create_connection(("127.0.0.1", sim.port))
+        half.sendall(LOGIN[:10])
+        half.close()
+        wait_for_log(caplog, "in the middle of a frame")
+    probe, = [r for r in caplog.records if "without a word" in r.getMessage()]
+    partial, = [r for r in caplog.records if "in the middle of a frame" in r.getMessage()]
+    assert (probe.levelno, partial.levelno) == (logging.INFO, logging.WARNING)

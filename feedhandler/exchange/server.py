@@ -344,6 +344,7 @@ class _Client:
         self.frames_sent = 0
         self.end_delivered = False
         self._received = bytearray()
+        self._heard_from = False                 # any byte received from the client
         # False while a send is under way (or was cut off): a debug frame now would land in
         # the middle of another frame.
         self._between_frames = True
@@ -410,12 +411,17 @@ class _Client:
                 continue
             if not data:
                 where = " in the middle of a frame" if buffered else ""
-                raise _Disconnect(f"client closed the connection{where}",
-                                  logging.WARNING if buffered or self.cursor is None
+                # A connection that closes before sending anything (a port probe, a health
+                # check) is routine; one that gave up on a login or inside a frame is not.
+                probe = self.cursor is None and not self._heard_from
+                raise _Disconnect(f"client closed the connection{where}"
+                                  f"{' without a word' if probe else ''}",
+                                  logging.WARNING if buffered or (self.cursor is None and not probe)
                                   else logging.INFO)
             if not buffered:
                 self._partial_since = time.monotonic()
             self._last_received = time.monotonic()
+            self._heard_from = True
             buffered += data
 
     async def _login(self):
