@@ -156,9 +156,11 @@ def test_slow_client_neither_stalls_others_nor_grows_server_memory(monkeypatch, 
                 slow.sendall(sessionproto.empty_frame(sessionproto.CLIENT_HEARTBEAT))
 
         threading.Thread(target=heartbeats, daemon=True).start()
-        fast = client(sim.port)
         # The session is generated after the simulator starts listening: measure serving only.
         sim.wait_prepared()
+        wait_until(lambda: any(c.cursor is not None for c in sim.clients), 5, "no login")
+        stalled, = sim.clients          # the server's side of the slow client, even once closed
+        fast = client(sim.port)
         tracemalloc.start()
         try:
             started = time.monotonic()
@@ -171,7 +173,6 @@ def test_slow_client_neither_stalls_others_nor_grows_server_memory(monkeypatch, 
         assert received > 10_000_000
         # Clients are served from the shared store: nothing is queued per client.
         assert growth < 2_000_000
-        stalled = min(sim.clients, key=lambda c: c.messages_sent)
         assert stalled.messages_sent < count // 4
         wait_for_log(caplog, "client not reading: could not send for 1 s", timeout=3)
         stop_heartbeats.set()

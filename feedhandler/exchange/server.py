@@ -440,6 +440,7 @@ class _Client:
         # A login that comes while the session is being prepared waits for its first chunk,
         # where the requested sequence number can be placed.
         await self.simulator._framed.wait()
+        self._last_received = time.monotonic()      # the client's silence counts from here
         store = self.simulator.store
         cursor = store.position(sequence)
         first = store.sequence_at(cursor)
