@@ -22,7 +22,7 @@ from feedhandler.session.protocol import (
     LOGOUT_REQUEST, PASSWORD_LENGTH, USERNAME_LENGTH, ProtocolError, check_server_frame,
     empty_frame, login_request, pad, parse_debug, parse_login_accepted, parse_login_rejected,
 )
-from feedhandler.session.source import (GAP_WAIT, MAX_BATCH, RECEIVE_BUFFER, FrameSource,
+from feedhandler.session.source import (GAP_WAIT, MAX_BATCH, RECEIVE_BUFFER, Lz4FramedSource,
                                         _LinkDown)
 from feedhandler.session.tracker import SequenceTracker
 
@@ -47,7 +47,7 @@ def _ascii(value: str | bytes) -> bytes:
     return value.encode("ascii") if isinstance(value, str) else bytes(value)
 
 
-class SessionClient(FrameSource):
+class SessionClient(Lz4FramedSource):
     """One session with a feed server, read from a single thread (`FrameSource`).
 
     sequence: first sequence number wanted; 1 = the whole session, 0 = from now on.
