@@ -308,3 +308,14 @@ def test_close_logs_out():
         while soupbin.logout_request() not in bytes(server.received[0][49:]):
             assert time.monotonic() < deadline, server.received
             time.sleep(0.02)
+
+
+@pytest.mark.parametrize("argv,problem", [
+    (["--transport", "soupbintcp", "--listen", "127.0.0.1:1"], "needs --connect"),
+    (["--connect", "127.0.0.1:1", "--line-b", "127.0.0.1:2"], "--line-b needs --transport"),
+])
+def test_cli_refuses_soupbintcp_without_a_connection_to_make(argv, problem, capsys):
+    from feedhandler.cli import main
+
+    assert main(["run", *argv, "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert problem in capsys.readouterr().err
