@@ -14,21 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from faults.processes import free_port, listening  # noqa: E402 (the fault suite's helpers)
+
 TRANSPORTS = ("lz4", "soupbintcp")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def feedhandler(*args: str) -> list[str]:
@@ -42,12 +39,9 @@ def one_run(transport: str, count: int, bootstrap: str, prefix: str) -> tuple[fl
         str(count), "--seed", "7", "--quiet", "--exit-after-end"), stdout=subprocess.DEVNULL)
     try:
         for _ in range(600):
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
+            if listening(port):
+                break
             time.sleep(0.05)
-        # The probe connection counts as a client that never logs in; it is dropped at the login
-        # timeout and does not hold up the run.
         handler = subprocess.Popen(feedhandler(
             "run", "--transport", transport, "--connect", f"127.0.0.1:{port}",
             "--bootstrap-servers", bootstrap, "--topic-prefix", prefix, "--json-stats",
