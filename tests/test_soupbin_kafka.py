@@ -69,3 +69,26 @@ def test_failover_to_line_b_exactly_once(kafka, topic_prefix, tmp_path):
             handler.wait(TIMEOUT)
     assert "failing over to line B" in handler.stderr(), handler.tail()
     verify(handler, kafka, topic_prefix)
+
+
+def test_a_second_run_resumes_from_the_checkpoint_and_writes_nothing_twice(kafka, topic_prefix,
+                                                                           tmp_path):
+    """The checkpoint keeps the session as the SoupBinTCP login gave it; the same command again
+    logs in after the last tick Kafka holds and gets end of session."""
+    with serve(tmp_path) as simulator:
+        with run(tmp_path, kafka, topic_prefix, simulator.address) as first:
+            first.wait(TIMEOUT)
+        verify(first, kafka, topic_prefix)
+        with start_handler("--transport", "soupbintcp", "--connect", simulator.address,
+                           "--bootstrap-servers", kafka, "--topic-prefix", topic_prefix,
+                           "--format", FORMAT, "--partitions", "3", "--quiet",
+                           workdir=tmp_path / "second") as second:
+            second.wait(TIMEOUT)
+    assert second.returncode == ExitCode.OK, second.tail()
+    account = final_account(second)
+    # Nothing read again: it logged in after the last tick (from 1 it would have read them all
+    # and counted them as already in Kafka).
+    assert account["messages"] == account["already_in_kafka"] == account["delivered"] == 0
+    result = check_topics(kafka, Routes.by_category(topic_prefix), FORMAT,
+                          expected=range(1, COUNT + 1))
+    assert result.ok and result.ticks == COUNT, result.summary()
