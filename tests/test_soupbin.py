@@ -4,6 +4,7 @@ packets into one frame (client) and write them from stored frames (simulator).""
 
 from __future__ import annotations
 
+import random
 import re
 from pathlib import Path
 
@@ -259,3 +260,58 @@ def test_sequenced_packets_refuses_what_framing_did_not_write(damage):
     with pytest.raises(PacketError) as error:
         _soupbin.sequenced_packets(bytes(frame), skip)
     assert error.value.code == "frame_malformed"
+
+
+def reference_gather(data: bytes, start: int, max_messages: int = 65534):
+    """What gather_frame must do, written plainly: (messages, stop) or ("error", offset)."""
+    at, messages = start, []
+    while len(messages) < max_messages and len(data) - at >= 3:
+        length = int.from_bytes(data[at:at + 2], "big")
+        if length == 0:
+            return ("error", at) if not messages else (messages, at)
+        if data[at + 2] != ord("S"):
+            break
+        if length == 1:
+            return ("error", at) if not messages else (messages, at)
+        if at + 2 + length > len(data):
+            break
+        messages.append(data[at + 3:at + 2 + length])
+        at += 2 + length
+    return messages, at
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_gather_agrees_with_a_plain_reference_on_random_streams(seed):
+    """Random mixes of S packets (1-300 byte messages), control packets, zero lengths, empty S
+    packets and a cut anywhere: gather_frame and the reference agree at every start offset."""
+    rng = random.Random(seed)
+    pieces = []
+    for _ in range(rng.randint(1, 60)):
+        kind = rng.random()
+        if kind < 0.75:
+            pieces.append(soupbin.sequenced_data(rng.randbytes(rng.randint(1, 300))))
+        elif kind < 0.85:
+            pieces.append(rng.choice([soupbin.server_heartbeat(), soupbin.debug("x"),
+                                      soupbin.unsequenced_data(b"u")]))
+        elif kind < 0.92:
+            pieces.append(b"\x00\x00" + bytes([rng.randrange(256)]))
+        else:
+            pieces.append(b"\x00\x01S")
+    data = b"".join(pieces)
+    data = data[:rng.randint(0, len(data))]
+    for start in sorted({0, *(rng.randrange(len(data) + 1) for _ in range(10))}):
+        cap = rng.choice([1, 3, 65534])
+        expected = reference_gather(data, start, cap)
+        if expected[0] == "error":
+            with pytest.raises(PacketError) as error:
+                _soupbin.gather_frame(data, start, len(data), SESSION, 9, max_messages=cap)
+            assert error.value.offset == expected[1]
+            continue
+        messages, stop = expected
+        frame, count, end = _soupbin.gather_frame(data, start, len(data), SESSION, 9,
+                                                  max_messages=cap)
+        assert (count, end) == (len(messages), stop)
+        if messages:
+            assert frame == packet.encode(messages, session=SESSION, sequence=9, codec="none")
+        else:
+            assert frame is None
