@@ -142,9 +142,12 @@ def split_packets(data: bytes) -> list[tuple[int, bytes]]:
 
 
 # ---- hostile servers -----------------------------------------------------------------------------
+TRICKLE = 0.3
+
+
 class FakeServer:
     """Accepts connections on 127.0.0.1; for each, reads the login request, then sends
-    `script(connection_number)` and keeps the connection open `hold` seconds (or until the
+    `script(connection_number)` (bytes, or a list of pieces sent TRICKLE s apart) and keeps the connection open `hold` seconds (or until the
     client goes). Records what each client sent."""
 
     def __init__(self, script, hold: float = 5.0):
@@ -182,8 +185,13 @@ class FakeServer:
                 if len(got) < 49:
                     continue
                 self.logins.append(soupbin.parse_login_request(bytes(got[:49])))
+                script = self.script(len(self.received))
                 try:
-                    sock.sendall(self.script(len(self.received)))
+                    # A list is sent a piece at a time, TRICKLE seconds apart.
+                    for number, piece in enumerate([script] if isinstance(script, bytes)
+                                                   else script):
+                        time.sleep(TRICKLE if number else 0)
+                        sock.sendall(piece)
                 except OSError:
                     continue
                 while time.monotonic() < deadline and not self._closing.is_set():
@@ -319,3 +327,17 @@ def test_cli_refuses_soupbintcp_without_a_connection_to_make(argv, problem, caps
 
     assert main(["run", *argv, "--bootstrap-servers", "127.0.0.1:1"]) == 2
     assert problem in capsys.readouterr().err
+
+
+def test_a_packet_stalled_midway_is_a_dead_link():
+    """A sequenced data packet trickled a byte every TRICKLE seconds: the stall timeout ends
+    the link, and says how much of the packet (its u16 length) came."""
+    packet_bytes = data(MESSAGES[0])
+    script = [ACCEPTED + packet_bytes[:4]] + [bytes([b]) for b in packet_bytes[4:]]
+    with FakeServer(lambda _: script, hold=6.0) as server:
+        source = client(server.port, stall_timeout=1.0, max_reconnects=0)
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost, match=r"stalled in the middle of a frame: incomplete "
+                                                 r"after 1\.\d s \([4-7] bytes of 15\)"):
+            read_all(source)
+        assert time.monotonic() - started < 4
