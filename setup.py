@@ -19,6 +19,7 @@ def extension(name: str, source: str, libraries=()) -> Extension:
 setup(
     ext_modules=cythonize(
         [extension("wire._decode", "decode.pyx", libraries=["lz4"]),
+         extension("wire._soupbin", "soupbin.pyx"),
          extension("kafka._records", "records.pyx"),
          extension("kafka._producer_link", "producer_link.pyx", libraries=["dl"])],
         include_path=["ext"],

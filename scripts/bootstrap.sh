@@ -7,7 +7,8 @@ set -euo pipefail
 export PIP_ROOT_USER_ACTION=ignore
 cd "$(dirname "$0")/.."
 
-apt_packages=(liblz4-dev kcat)
+# tshark: the independent SoupBinTCP/MoldUDP64 decoder of tests/test_soupbin_tshark.py.
+apt_packages=(liblz4-dev kcat tshark)
 missing=()
 for package in "${apt_packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

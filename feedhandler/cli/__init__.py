@@ -11,6 +11,10 @@ import logging
 import sys
 
 
+# What `simulate` serves and `run --connect` speaks.
+TRANSPORTS = ("lz4", "soupbintcp")
+
+
 def _host_port(text: str) -> tuple[str, int]:
     host, separator, port = text.rpartition(":")
     if not separator or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -57,7 +61,10 @@ def add_simulate_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--messages-per-packet", type=int, default=sim.DEFAULT_MESSAGES_PER_PACKET,
                         help=f"messages per frame (default {sim.DEFAULT_MESSAGES_PER_PACKET})")
     parser.add_argument("--codec", choices=["lz4", "none"], default="lz4",
-                        help="frame compression (default lz4)")
+                        help="frame compression (default lz4; soupbintcp sends plain messages)")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="lz4",
+                        help="lz4: the feed's own LZ4-framed session (default); soupbintcp: "
+                             "NASDAQ SoupBinTCP 4.1, one ITCH message per sequenced data packet")
     parser.add_argument("--replay", metavar="FILE",
                         help="serve a NASDAQ TotalView-ITCH 5.0 file (binary file framing, plain "
                              "or gzip) instead of synthetic data")
@@ -79,6 +86,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser):
 def simulate(args: argparse.Namespace) -> int:
     from feedhandler.exchange.config import SimulatorConfig
     from feedhandler.exchange.server import Simulator
+    from feedhandler.exchange.soupbin_server import SoupBinSimulator
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -91,7 +99,7 @@ def simulate(args: argparse.Namespace) -> int:
             codec=args.codec, replay=args.replay, speed=args.speed,
             exit_after_end=args.exit_after_end, retain_bytes=args.retain_mb << 20,
             max_clients=args.max_clients, status_interval=None if args.quiet else 1.0)
-        simulator = Simulator(config)
+        simulator = (SoupBinSimulator if args.transport == "soupbintcp" else Simulator)(config)
     except (ValueError, OSError) as error:
         print(f"feedhandler simulate: {error}", file=sys.stderr)
         return 2
@@ -108,7 +116,7 @@ def simulate(args: argparse.Namespace) -> int:
 def add_run_arguments(parser: argparse.ArgumentParser):
     from feedhandler.cli.run import add_run_arguments as add
 
-    add(parser, _host_port)
+    add(parser, _host_port, TRANSPORTS)
 
 
 def run(args: argparse.Namespace) -> int:

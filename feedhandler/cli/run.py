@@ -36,6 +36,7 @@ from feedhandler.pipeline.handler import Handler, HandlerConfig
 from feedhandler.session import (FrameSource, ListenSource, LoginRejected, SessionClient,
                                  SessionError)
 from feedhandler.session.protocol import LINK_TIMEOUT, SESSION_LENGTH, SESSION_NOT_AVAILABLE
+from feedhandler.session.soupbin import SoupBinClient
 
 log = logging.getLogger("feedhandler.run")
 
@@ -80,7 +81,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, host_port, transports) -> None:
     parser.epilog = epilog()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     feed = parser.add_mutually_exclusive_group(required=True)
@@ -88,6 +89,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
                       help="log in to a feed server (e.g. `feedhandler simulate`)")
     feed.add_argument("--listen", type=host_port, metavar="HOST:PORT",
                       help="accept one connection that streams data frames (no login)")
+    parser.add_argument("--transport", choices=transports, default="lz4",
+                        help="--connect: lz4 = the feed's own LZ4-framed session (default); "
+                             "soupbintcp = NASDAQ SoupBinTCP 4.1")
+    parser.add_argument("--line-b", type=host_port, metavar="HOST:PORT",
+                        help="--transport soupbintcp: a backup session the client fails over to "
+                             "(at the next sequence number) when the line it reads is lost")
     parser.add_argument("--username", default="feed", help="login username (default feed)")
     parser.add_argument("--password", default="feed", help="login password (default feed)")
     parser.add_argument("--session", default="", help="session to join (default: current)")
@@ -159,6 +166,10 @@ def midnight_ms(trade_date: datetime.date | None) -> int:
 
 def frame_source(args: argparse.Namespace, session: str | bytes, sequence: int) -> FrameSource:
     """The frame source of --connect or --listen."""
+    if args.transport == "soupbintcp":
+        return SoupBinClient(*args.connect, backup=args.line_b, username=args.username,
+                             password=args.password, session=session, sequence=sequence,
+                             max_reconnects=args.max_reconnects, stall_timeout=args.stall_timeout)
     if args.connect:
         return SessionClient(*args.connect, username=args.username, password=args.password,
                              session=session, sequence=sequence,
@@ -253,6 +264,10 @@ def _fail(code: ExitCode, problem) -> ExitCode:
 def _run(args: argparse.Namespace) -> int:
     try:
         validate.counts(args)
+        if args.transport == "soupbintcp" and not args.connect:
+            raise validate.UsageError("--transport soupbintcp needs --connect")
+        if args.line_b and args.transport != "soupbintcp":
+            raise validate.UsageError("--line-b needs --transport soupbintcp")
         routes = validate.routes(args.topic_prefix, args.route)
         settings = list(args.producer_settings)
         if args.exactly_once and not any(key == "transactional.id" for key, _ in settings):

@@ -235,7 +235,7 @@ class Simulator:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-            client = _Client(self, sock, f"client {number} ({peer[0]}:{peer[1]})")
+            client = self._new_client(sock, f"client {number} ({peer[0]}:{peer[1]})")
             if len(self.clients) >= self.config.max_clients:
                 log.warning("%s: refused: %d clients already connected", client.name,
                             len(self.clients))
@@ -244,6 +244,10 @@ class Simulator:
                 continue
             self.clients.add(client)
             client.task = asyncio.create_task(client.run())
+
+    def _new_client(self, sock: socket.socket, name: str) -> _Client:
+        """One client connection; a transport's simulator serves its own kind."""
+        return _Client(self, sock, name)
 
     def _fastest_client(self) -> int:
         cursors = [client.cursor for client in self.clients if client.cursor is not None]
@@ -330,7 +334,13 @@ class Simulator:
 
 
 class _Client:
-    """One connection: login, then frames from its own cursor into the store."""
+    """One connection: login, then frames from its own cursor into the store.
+
+    The session protocol's packets are made and read by the methods under "the protocol's
+    packets"; another transport's connection overrides those (the packet types of login,
+    client heartbeat and logout are the same bytes in both protocols)."""
+
+    length_field = LENGTH_PREFIX
 
     def __init__(self, simulator: Simulator, sock: socket.socket, name: str):
         self.simulator = simulator
@@ -355,9 +365,46 @@ class _Client:
     def tell(self, text: str):
         """Best effort: a debug frame explaining why the server is about to close."""
         try:
-            self.sock.send(debug(text))
+            self.sock.send(self._debug_packet(text))
         except OSError:
             pass
+
+    # ---- the protocol's packets --------------------------------------------------------------------
+    @staticmethod
+    def _check_client_packet(packet_type: int, length: int):
+        check_client_frame(packet_type, length)
+
+    @staticmethod
+    def _debug_packet(text: str) -> bytes:
+        return debug(text)
+
+    @staticmethod
+    def _parse_login(frame) -> tuple[bytes, bytes, bytes, int]:
+        return parse_login_request(frame)
+
+    @staticmethod
+    def _login_rejected(reason: bytes) -> bytes:
+        return login_rejected(reason)
+
+    @staticmethod
+    def _login_accepted(session: bytes, sequence: int) -> bytes:
+        return login_accepted(session, sequence)
+
+    @staticmethod
+    def _rest_of_frame(frame, sequence: int) -> bytes:
+        """A stored frame from `sequence`, a message inside it, on."""
+        return trim_frame(frame, sequence)
+
+    @staticmethod
+    def _data(frames):
+        """Stored frames as they go on the wire."""
+        return frames
+
+    def _heartbeat(self) -> bytes:
+        return heartbeat(self.simulator.session, self.next_sequence)
+
+    def _end_of_session(self) -> bytes:
+        return end_of_session(self.simulator.session, self.next_sequence)
 
     async def run(self):
         level, reason = logging.INFO, "cancelled"
@@ -385,16 +432,17 @@ class _Client:
         partial_frame_timeout."""
         loop = asyncio.get_running_loop()
         buffered = self._received
+        prefix = self.length_field.size
         while True:
-            if len(buffered) >= 5:
-                length = LENGTH_PREFIX.unpack_from(buffered)[0]
+            if len(buffered) > prefix:
+                length = self.length_field.unpack_from(buffered)[0]
                 try:
-                    check_client_frame(buffered[4], length)
-                except ProtocolError as error:
+                    self._check_client_packet(buffered[prefix], length)
+                except (ProtocolError, ValueError) as error:
                     raise _Disconnect(str(error), tell=True) from None
-                if len(buffered) >= 4 + length:
-                    frame = bytes(buffered[:4 + length])
-                    del buffered[:4 + length]
+                if len(buffered) >= prefix + length:
+                    frame = bytes(buffered[:prefix + length])
+                    del buffered[:prefix + length]
                     self._partial_since = time.monotonic()
                     return frame
             now = time.monotonic()
@@ -428,14 +476,18 @@ class _Client:
         config = self.config
         frame = await self._next_frame(time.monotonic() + config.login_timeout,
                                        f"no login request within {config.login_timeout:g} s")
-        if frame[4] != LOGIN_REQUEST:
-            raise _Disconnect(f"{chr(frame[4])!r} frame before login", tell=True)
-        username, password, session, sequence = parse_login_request(frame)
+        packet_type = frame[self.length_field.size]
+        if packet_type != LOGIN_REQUEST:
+            raise _Disconnect(f"{chr(packet_type)!r} frame before login", tell=True)
+        try:
+            username, password, session, sequence = self._parse_login(frame)
+        except ValueError as error:
+            raise _Disconnect(f"bad login request: {error}", tell=True) from None
         if (username, password) != (config.username, config.password):
-            await self._send(login_rejected(NOT_AUTHORIZED))
+            await self._send(self._login_rejected(NOT_AUTHORIZED))
             raise _Disconnect(f"login rejected: wrong username or password (user {username!r})")
         if session and session != config.session.rstrip(b" "):
-            await self._send(login_rejected(SESSION_NOT_AVAILABLE))
+            await self._send(self._login_rejected(SESSION_NOT_AVAILABLE))
             raise _Disconnect(f"login rejected: asked for session {session!r}")
         # A login that comes while the session is being prepared waits for its first chunk,
         # where the requested sequence number can be placed.
@@ -447,10 +499,10 @@ class _Client:
         first_frame = None
         if first < sequence < store.sequence_at(cursor + 1) and cursor < store.published:
             # The resume point is inside a frame: send just the rest of that frame.
-            first_frame = trim_frame(store.frame_bytes_at(cursor), sequence)
+            first_frame = self._rest_of_frame(store.frame_bytes_at(cursor), sequence)
             first, cursor = sequence, cursor + 1
         self.cursor, self.next_sequence = cursor, store.sequence_at(cursor)
-        await self._send(login_accepted(self.simulator.session, first))
+        await self._send(self._login_accepted(self.simulator.session, first))
         log.info("%s: logged in as %r from sequence %d (asked for %d)", self.name,
                  username.decode(), first, sequence)
         if first_frame is not None:
@@ -464,10 +516,11 @@ class _Client:
             frame = await self._next_frame(self._last_received + self.config.timeout,
                                            f"no heartbeat from the client for "
                                            f"{self.config.timeout:g} s")
-            if frame[4] == LOGOUT_REQUEST:
+            packet_type = frame[self.length_field.size]
+            if packet_type == LOGOUT_REQUEST:
                 return
-            if frame[4] != CLIENT_HEARTBEAT:
-                raise _Disconnect(f"{chr(frame[4])!r} frame after login", tell=True)
+            if packet_type != CLIENT_HEARTBEAT:
+                raise _Disconnect(f"{chr(packet_type)!r} frame after login", tell=True)
 
     # ---- sending ---------------------------------------------------------------------------------
     async def _send(self, data):
@@ -484,7 +537,6 @@ class _Client:
     async def _send_frames(self):
         """Frames from the cursor on, heartbeats while there are none, end of session last."""
         store = self.simulator.store
-        session = self.simulator.session
         while True:
             if self.cursor < store.first_frame:
                 raise _Disconnect(f"fell behind the retransmission store (needs sequence "
@@ -494,19 +546,19 @@ class _Client:
                 data, after = store.slice(self.cursor, SEND_CHUNK)
                 # Looked up before sending: the store may drop these frames meanwhile.
                 after_sequence = store.sequence_at(after)
-                await self._send(data)
+                await self._send(self._data(data))
                 self.messages_sent += after_sequence - self.next_sequence
                 self.frames_sent += after - self.cursor
                 self.cursor, self.next_sequence = after, after_sequence
                 continue
             if store.ended:
-                await self._send(end_of_session(session, self.next_sequence))
+                await self._send(self._end_of_session())
                 self.end_delivered = True
                 return
             changed = store.changed()
             idle = self._last_sent + self.config.heartbeat_interval - time.monotonic()
             if idle <= 0:
-                await self._send(heartbeat(session, self.next_sequence))
+                await self._send(self._heartbeat())
                 continue
             try:
                 await asyncio.wait_for(changed.wait(), idle)

@@ -22,7 +22,7 @@ from feedhandler.session.protocol import (
     LOGOUT_REQUEST, PASSWORD_LENGTH, USERNAME_LENGTH, ProtocolError, check_server_frame,
     empty_frame, login_request, pad, parse_debug, parse_login_accepted, parse_login_rejected,
 )
-from feedhandler.session.source import (GAP_WAIT, MAX_BATCH, RECEIVE_BUFFER, FrameSource,
+from feedhandler.session.source import (GAP_WAIT, MAX_BATCH, RECEIVE_BUFFER, Lz4FramedSource,
                                         _LinkDown)
 from feedhandler.session.tracker import SequenceTracker
 
@@ -47,7 +47,7 @@ def _ascii(value: str | bytes) -> bytes:
     return value.encode("ascii") if isinstance(value, str) else bytes(value)
 
 
-class SessionClient(FrameSource):
+class SessionClient(Lz4FramedSource):
     """One session with a feed server, read from a single thread (`FrameSource`).
 
     sequence: first sequence number wanted; 1 = the whole session, 0 = from now on.
@@ -76,6 +76,9 @@ class SessionClient(FrameSource):
     go out from a thread of the client's own, under the same lock as every other send."""
 
     peer = "server"
+    # What the link sends besides the login (the transport's own packets).
+    heartbeat_packet = _HEARTBEAT
+    logout_packet = _LOGOUT
 
     def __init__(self, host: str, port: int, *, username: str | bytes, password: str | bytes,
                  session: str | bytes = b"", sequence: int = 1,
@@ -173,7 +176,7 @@ class SessionClient(FrameSource):
         sock = self._sock
         if sock is not None and self._logged_in:
             try:
-                self._send(sock, _LOGOUT)
+                self._send(sock, self.logout_packet)
             except OSError:
                 pass
         super().close()
@@ -187,8 +190,12 @@ class SessionClient(FrameSource):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, len(self._buffer))
         sock.connect(self.address)
         sock.settimeout(self._wake_up)
-        self._send(sock, login_request(*self._login_fields, self.tracker.session,
-                                       self.tracker.next_sequence))
+        self._send(sock, self._login_request())
+
+    def _login_request(self) -> bytes:
+        """The login for the tracker's session and next sequence number."""
+        return login_request(*self._login_fields, self.tracker.session,
+                             self.tracker.next_sequence)
 
     def _await_login(self):
         """Read until login accepted (or close()); what follows it stays in the buffer."""
@@ -229,7 +236,7 @@ class SessionClient(FrameSource):
         # After close() the logout has gone out already.
         if logout and self._logged_in and not self._closing.is_set():
             try:
-                self._send(sock, _LOGOUT)
+                self._send(sock, self.logout_packet)
             except OSError:
                 pass
         sock.close()
@@ -239,8 +246,8 @@ class SessionClient(FrameSource):
             sock.sendall(frame)
             self._last_sent = time.monotonic()
 
-    def _login_accepted(self, frame):
-        session, next_sequence = parse_login_accepted(frame)
+    def _login_accepted(self, session: bytes, next_sequence: int):
+        """Login accepted for `session` (padded as the tracker keeps it), next `next_sequence`."""
         requested = self.tracker.next_sequence
         self.tracker.login(session, next_sequence)
         self._logged_in = True
@@ -265,7 +272,7 @@ class SessionClient(FrameSource):
         if frame_type == LOGIN_ACCEPTED:
             if self._logged_in:
                 raise ProtocolError("second login accepted")
-            self._login_accepted(frame)
+            self._login_accepted(*parse_login_accepted(frame))
             return True
         if frame_type == LOGIN_REJECTED:
             raise LoginRejected(parse_login_rejected(frame))
@@ -301,6 +308,6 @@ class SessionClient(FrameSource):
                 continue
             if time.monotonic() - self._last_sent >= interval:
                 try:
-                    self._send(sock, _HEARTBEAT)
+                    self._send(sock, self.heartbeat_packet)
                 except OSError:
                     pass

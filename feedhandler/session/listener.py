@@ -10,11 +10,12 @@ from collections.abc import Iterator
 
 from feedhandler.session.errors import ConnectionLost
 from feedhandler.session.protocol import LINK_TIMEOUT, ProtocolError
-from feedhandler.session.source import GAP_WAIT, MAX_BATCH, RECEIVE_BUFFER, FrameSource, _LinkDown
+from feedhandler.session.source import (GAP_WAIT, MAX_BATCH, RECEIVE_BUFFER, Lz4FramedSource,
+                                        _LinkDown)
 from feedhandler.session.tracker import SequenceTracker
 
 
-class ListenSource(FrameSource):
+class ListenSource(Lz4FramedSource):
     """Accepts one feed connection on (host, port) and yields its data frames.
 
     session: the session expected, or b"" for whichever the first frame has; a frame of

@@ -1,11 +1,16 @@
 """Frame sources: where the pipeline's frames come from, one class per transport.
 
-Every source reads length-prefixed frames from one TCP connection at a time into a large
-buffer with `recv_into`, copies each whole frame out once, and passes each data frame through
-its `SequenceTracker`, so gaps, duplicates and session changes mean the same for every
-transport. `SessionClient` (`feedhandler.session.client`) logs in to a feed server and
-reconnects; `ListenSource` (`feedhandler.session.listener`) accepts one connection that pushes
-data frames.
+Every source reads length-prefixed packets from one TCP connection at a time into a large
+buffer with `recv_into`, turns what it read into feed frames (`_scan`, the one thing each
+transport's framing decides) and passes each data frame through its `SequenceTracker`, so gaps,
+duplicates and session changes mean the same for every transport. `FrameSource` holds what they
+share: the buffer, reads, stalls, close() and the error kept until a batch is out.
+
+`Lz4FramedSource` reads the feed's own frames (u32 length, then a frame as `packet` writes it):
+`SessionClient` (`feedhandler.session.client`) logs in to a feed server and reconnects;
+`ListenSource` (`feedhandler.session.listener`) accepts one connection that pushes data frames.
+`SoupBinClient` (`feedhandler.session.soupbin`) reads SoupBinTCP 4.1 and gathers its sequenced
+data packets into frames.
 """
 
 from __future__ import annotations
@@ -36,8 +41,6 @@ GAP_WAIT = 0.5
 # frame and a due gap.
 WAKE_UP_INTERVAL = 0.5
 
-_unpack_length = LENGTH_PREFIX.unpack_from
-
 
 class _LinkDown(Exception):
     """The peer closed the current connection; `mid_frame` if it did so inside a frame."""
@@ -62,6 +65,8 @@ class FrameSource:
     """
 
     peer = "peer"       # how errors and log lines name the other end
+    # The transport's packet prefix: a big-endian length of the bytes after it, then a type byte.
+    length_field = LENGTH_PREFIX
 
     def __init__(self, tracker: SequenceTracker, *, stall_timeout: float = LINK_TIMEOUT,
                  gap_wait: float = GAP_WAIT, receive_buffer: int = RECEIVE_BUFFER,
@@ -120,16 +125,8 @@ class FrameSource:
                 pass
 
     # ---- what each transport decides -------------------------------------------------------------
-    def _check_prefix(self, frame_type: int, length: int) -> None:
-        """Refuse a frame from its 5-byte prefix (ProtocolError); called for every frame but a
-        data frame of a legal length. By default only data frames are allowed."""
-        if frame_type != SEQUENCED_DATA:
-            raise ProtocolError(f"frame type 0x{frame_type:02x} where only data frames are "
-                                "expected")
-        check_server_frame(frame_type, length)
-
     def _control(self, frame_type: int, frame: bytes) -> bool:
-        """A frame that `_check_prefix` let through and is not data; True stops the reading of
+        """A packet the framing let through that is not data; True stops the reading of
         the buffer after it (the frame changed what comes next, e.g. login accepted)."""
         raise ProtocolError(f"unexpected frame type 0x{frame_type:02x}")
 
@@ -156,8 +153,9 @@ class FrameSource:
             reason = f"nothing for {self.stall_timeout:g} s"
         else:
             reason = f"incomplete after {waited:.1f} s ({buffered} bytes"
-            if buffered >= 4:
-                reason += f" of {4 + _unpack_length(self._buffer, self._start)[0]}"
+            size = self.length_field.size
+            if buffered >= size:
+                reason += f" of {size + self.length_field.unpack_from(self._buffer, self._start)[0]}"
             reason += ")"
         raise _LinkDown(f"{self.peer} stalled in the middle of a frame: {reason}", True)
 
@@ -199,53 +197,40 @@ class FrameSource:
                 self._fill()
 
     def _frame_buffered(self) -> bool:
+        """A whole packet (prefix, type byte and payload) is in the buffer."""
         start, end = self._start, self._end
-        return end - start >= 5 and start + 4 + _unpack_length(self._buffer, start)[0] <= end
+        size = self.length_field.size
+        return end - start > size and \
+            start + size + self.length_field.unpack_from(self._buffer, start)[0] <= end
 
     def _parse(self, max_frames: int) -> list[bytes]:
-        """The data frames to deliver among the complete frames in the buffer (at most
-        `max_frames`; up to end of session or a control frame that stops reading). An error
+        """The data frames to deliver among the complete packets in the buffer (at most
+        `max_frames`; up to end of session or a control packet that stops reading). An error
         after some frames were accepted is kept for `_receive` to raise once they are yielded,
         since the tracker already counts them as delivered."""
-        buffer, view = self._buffer, self._view
-        start, end = self._start, self._end
-        accept = self._accept_data
         batch: list[bytes] = []
-        parsed = False
+        start = self._start
         needed = 0
         try:
-            while end - start >= 5:
-                length = _unpack_length(buffer, start)[0]
-                frame_type = buffer[start + 4]
-                if frame_type != SEQUENCED_DATA or not (
-                        MIN_DATA_FRAME_LENGTH <= length <= MAX_SERVER_FRAME_LENGTH):
-                    self._check_prefix(frame_type, length)
-                stop = start + 4 + length
-                if stop > end:
-                    needed = stop - start
-                    break
-                frame = bytes(view[start:stop])
-                start = stop
-                parsed = True
-                if frame_type != SEQUENCED_DATA:
-                    if self._control(frame_type, frame):
-                        break
-                    continue
-                batch += accept(frame)
-                if len(batch) >= max_frames or self.tracker.ended:
-                    break
+            needed = self._scan(batch, max_frames)
         except Exception as error:
             if not batch:
                 raise
             self._deferred = error
         finally:
-            self._start = start
-            if parsed:
-                # The next frame's first byte came with the last read at the earliest.
+            if self._start != start:
+                # The next packet's first byte came with the last read at the earliest.
                 self._frame_since = self._last_read
-        if needed + MIN_READ > len(buffer):
+        if needed + MIN_READ > len(self._buffer):
             self._grow(needed + MIN_READ)
         return batch
+
+    def _scan(self, batch: list[bytes], max_frames: int) -> int:
+        """The transport's framing: consume whole packets from `_start` (moving it past each
+        one, also when it raises), append the data frames to deliver to `batch`; return the size
+        of an incomplete packet at the front (0 if none or unknown)."""
+        raise NotImplementedError
+
 
     def _grow(self, needed: int) -> None:
         """A bigger buffer, for a frame longer than the free space a read needs after it."""
@@ -286,3 +271,43 @@ class FrameSource:
             self._check_stall(now)
         self._waited(now, end > start)
 
+
+class Lz4FramedSource(FrameSource):
+    """A source of the feed's own frames: u32 length, type byte, and for data (type S) a frame
+    exactly as `packet.encode_block` writes it."""
+
+    def _check_prefix(self, frame_type: int, length: int) -> None:
+        """Refuse a frame from its 5-byte prefix (ProtocolError); called for every frame but a
+        data frame of a legal length. By default only data frames are allowed."""
+        if frame_type != SEQUENCED_DATA:
+            raise ProtocolError(f"frame type 0x{frame_type:02x} where only data frames are "
+                                "expected")
+        check_server_frame(frame_type, length)
+
+    def _scan(self, batch: list[bytes], max_frames: int) -> int:
+        buffer, view = self._buffer, self._view
+        start, end = self._start, self._end
+        accept = self._accept_data
+        unpack_length = self.length_field.unpack_from
+        try:
+            while end - start >= 5:
+                length = unpack_length(buffer, start)[0]
+                frame_type = buffer[start + 4]
+                if frame_type != SEQUENCED_DATA or not (
+                        MIN_DATA_FRAME_LENGTH <= length <= MAX_SERVER_FRAME_LENGTH):
+                    self._check_prefix(frame_type, length)
+                stop = start + 4 + length
+                if stop > end:
+                    return stop - start
+                frame = bytes(view[start:stop])
+                start = stop
+                if frame_type != SEQUENCED_DATA:
+                    if self._control(frame_type, frame):
+                        break
+                    continue
+                batch += accept(frame)
+                if len(batch) >= max_frames or self.tracker.ended:
+                    break
+        finally:
+            self._start = start
+        return 0
