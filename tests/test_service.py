@@ -3,7 +3,9 @@ socket from the real `feedhandler run`, the watchdog, SIGHUP, OS thread names, -
 --version."""
 
 import os
+import argparse
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from feedhandler.cli import _host_port
 from feedhandler.cli.exit_codes import ExitCode
+from feedhandler.cli.run import add_run_arguments
 from feedhandler.exchange.server import Simulator, SimulatorConfig
 from feedhandler.ops import service, threads
 from feedhandler.ops.version import package_version
@@ -260,3 +264,51 @@ def test_version_names_every_part(how):
 def test_package_version_is_pyprojects():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert package_version() == pyproject
+
+
+# ---- the systemd unit -----------------------------------------------------------------------
+UNIT = ROOT / "docs" / "feedhandler.service"
+
+
+def unit_settings() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    text = UNIT.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        key, equals, value = line.partition("=")
+        if equals and not line.startswith(("#", "[")):
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_the_unit_asks_for_notify_watchdog_restarts_limits_and_hardening():
+    settings = unit_settings()
+    for key, value in (("Type", "notify"), ("NotifyAccess", "main"), ("Restart", "on-failure"),
+                       ("KillSignal", "SIGTERM"), ("NoNewPrivileges", "yes"),
+                       ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
+                       ("PrivateTmp", "yes"), ("DynamicUser", "yes"),
+                       ("CapabilityBoundingSet", ""),
+                       ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX")):
+        assert settings.get(key) == [value], key
+    for key in ("WatchdogSec", "RestartSec", "StartLimitBurst", "LimitNOFILE", "MemoryMax",
+                "ReadWritePaths"):
+        assert key in settings, key
+    # Every flag of ExecStart exists, and the stop timeout covers the flush: systemd's
+    # SIGKILL must not cut a drain short.
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser, _host_port)
+    command = settings["ExecStart"][0].split()
+    assert command[1] == "run"
+    args = parser.parse_args(command[2:])
+    assert int(settings["TimeoutStopSec"][0].removesuffix("s")) > args.flush_timeout
+    assert args.metrics_port
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="no systemd-analyze")
+def test_systemd_analyze_verifies_the_unit(tmp_path):
+    """With ExecStart pointing at this Python (verify wants an executable that exists)."""
+    unit = tmp_path / "feedhandler.service"
+    unit.write_text(UNIT.read_text().replace("/opt/feedhandler/venv/bin/feedhandler",
+                                             f"{sys.executable} -m feedhandler"))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
