@@ -51,16 +51,26 @@ def scrape(port: int) -> dict[str, float]:
     return samples
 
 
-def served_names(port: int) -> set[str]:
-    """Every metric name a scrape declares (a family without samples yet included), with a
-    histogram's _bucket, _sum and _count."""
+def served_families(port: int) -> dict[str, str]:
+    """{name: type} of every metric family a scrape declares (those without samples yet
+    included)."""
     _, text = fetch(port, "/metrics")
-    names = set()
-    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE):
-        names.add(name)
+    return dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
+
+
+def served_names(families: dict[str, str]) -> set[str]:
+    """The names a query can use: each family's, and a histogram's _bucket, _sum and _count."""
+    names = set(families)
+    for name, kind in families.items():
         if kind == "histogram":
             names.update(f"{name}_{suffix}" for suffix in ("bucket", "sum", "count"))
     return names
+
+
+def documented_metrics() -> dict[str, str]:
+    """{name: type} from the metric reference table in docs/operations.md."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    return dict(re.findall(r"^\| `(feedhandler_\w+)` \| (\w+) \|", text, re.MULTILINE))
 
 
 def wait_until(predicate, timeout=30.0, what="condition"):
@@ -196,10 +206,14 @@ def test_a_real_run_serves_metrics_health_and_every_metric_the_dashboard_queries
         time.sleep(1)
         second = scrape(port)
         assert second["feedhandler_delivered_total"] > first["feedhandler_delivered_total"]
+        families = served_families(port)
         queried = dashboard_metrics()
         assert len(queried) >= 8
-        missing = queried - served_names(port)
+        missing = queried - served_names(families)
         assert not missing, f"the dashboard queries metrics no run serves: {missing}"
+        documented = documented_metrics()
+        assert {name: "gauge" if kind == "info" else kind
+                for name, kind in documented.items()} == families
         stdout, stderr = process.communicate(timeout=120)
     finally:
         exchange.stop()

@@ -318,6 +318,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _start(args, routes, kafka, cpus, metrics, statistics) -> int:
+    """From the checks that need Kafka or the feed to the final account."""
     if args.producer_link == "require" and (problem := link_problem()):
         return _fail(ExitCode.COULD_NOT_START, f"--producer-link require: {problem}")
     try:

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -30,6 +31,7 @@ from prometheus_client.registry import Collector
 
 from feedhandler.kafka.ledger import LATENCY_BACKLOG
 from feedhandler.ops.threads import name_thread
+from feedhandler.ops.version import version_info
 
 log = logging.getLogger(__name__)
 
@@ -316,18 +318,17 @@ class MetricsServer:
     """The HTTP endpoint: /metrics (Prometheus text format), /healthz and /readyz (JSON, 200 or
     503), on a thread of its own named fh-metrics. Bound at once (`OSError` if it cannot be),
     before anything else starts, so that a port in use fails the start; the pipeline is
-    `attach`ed once it exists. `phase` is "starting", then "running", then "stopping"."""
+    `attach`ed once it exists; the caller sets `phase`: "starting", then "running" (once
+    attached), then "stopping"."""
 
     def __init__(self, host: str, port: int, statistics: KafkaStatistics | None = None):
-        from feedhandler.ops.version import version_info
-
         self.statistics = statistics
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_InfoCollector(version_info()))
         self.collector: PipelineCollector | None = None
         self.phase = "starting"
-        self._stop = threading.Event()
-        self._server = _Server((host, port), _handler_for(self))
+        self._server = _Server((host, port), _endpoints_of(self))
+        self._server.take_samples = self.take_samples
         self.address = self._server.server_address[:2]
         self._thread = threading.Thread(target=self._serve, name="fh-metrics", daemon=True)
         self._thread.start()
@@ -338,8 +339,11 @@ class MetricsServer:
 
     def _serve(self) -> None:
         name_thread("fh-metrics")      # request threads inherit the kernel name
-        self._server.take_samples = lambda: self.collector and self.collector.take_samples()
         self._server.serve_forever(poll_interval=SAMPLE_INTERVAL)
+
+    def take_samples(self) -> None:
+        if self.collector is not None:
+            self.collector.take_samples()
 
     def close(self) -> None:
         self._server.shutdown()
@@ -348,14 +352,22 @@ class MetricsServer:
     def metrics(self) -> bytes:
         return generate_latest(self.registry)
 
+    def current_phase(self) -> str:
+        """`phase`, "stopping" as soon as the handler drains (end of feed or a signal)."""
+        if self.phase == "running" and self.collector is not None \
+                and self.collector.handler.draining.is_set():
+            return "stopping"
+        return self.phase
+
     def ready(self) -> tuple[bool, dict]:
-        ready = self.phase == "running"
-        return ready, {"status": "ready" if ready else self.phase}
+        phase = self.current_phase()
+        return phase == "running", {"status": "ready" if phase == "running" else phase}
 
     def health(self) -> tuple[bool, dict]:
         """(healthy, body): running, the feed up and Kafka reachable; else the reasons."""
-        if self.phase != "running" or self.collector is None:
-            return False, {"status": self.phase, "reasons": [self.phase]}
+        phase = self.current_phase()
+        if phase != "running":
+            return False, {"status": phase, "reasons": [phase]}
         handler = self.collector.handler
         feed_up, feed = feed_state(self.collector.source)
         kafka_up, kafka = (self.statistics.kafka_state() if self.statistics is not None
@@ -387,15 +399,15 @@ class _InfoCollector(Collector):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    take_samples = staticmethod(lambda: None)
+    take_samples: Callable[[], None]
 
     def service_actions(self):
         # serve_forever calls this between requests, at least every poll interval.
         self.take_samples()
 
 
-def _handler_for(server: MetricsServer):
-    class Handler(BaseHTTPRequestHandler):
+def _endpoints_of(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
+    class Endpoints(BaseHTTPRequestHandler):
         def do_GET(self):
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
@@ -417,4 +429,4 @@ def _handler_for(server: MetricsServer):
 
         def log_message(self, format, *args):     # noqa: A002 - the base class's name
             log.debug("%s %s", self.address_string(), format % args)
-    return Handler
+    return Endpoints
