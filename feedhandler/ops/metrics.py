@@ -240,14 +240,17 @@ class PipelineCollector(Collector):
         def gauge(name, documentation, value):
             return GaugeMetricFamily(f"{PREFIX}_{name}", documentation, value=value)
 
+        def counters_by(name, documentation, label, values: dict):
+            family = CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=[label])
+            for key, value in sorted(values.items()):
+                family.add_metric([key], value)
+            return family
+
         yield counter("frames", "Frames read from the feed", account.frames)
         yield counter("messages", "Messages in the frames read, quarantined ones included",
                       account.messages)
-        by_type = CounterMetricFamily(f"{PREFIX}_decoded_messages",
-                                      "Messages decoded, by ITCH message type", labels=["type"])
-        for message_type, ticks in sorted(dict(account.decoded_by_type).items()):
-            by_type.add_metric([message_type], ticks)
-        yield by_type
+        yield counters_by("decoded_messages", "Messages decoded, by ITCH message type", "type",
+                          dict(account.decoded_by_type))
         yield counter("quarantined", "Messages set aside as undecodable (dead-lettered)",
                       account.quarantined)
         yield counter("quarantined_frames", "Whole frames set aside as undecodable",
@@ -258,12 +261,8 @@ class PipelineCollector(Collector):
         yield counter("records_produced", "Records handed to the Kafka producer", ledger.records)
         yield counter("delivered", "Ticks acknowledged by Kafka", self.delivered())
         yield counter("failed", "Ticks whose delivery failed", ledger.errors.units)
-        failed = CounterMetricFamily(f"{PREFIX}_failed_records",
-                                     "Records whose delivery failed, by librdkafka's reason",
-                                     labels=["reason"])
-        for reason, records in sorted(_failure_reasons(ledger.errors).items()):
-            failed.add_metric([reason], records)
-        yield failed
+        yield counters_by("failed_records", "Records whose delivery failed, by librdkafka's "
+                          "reason", "reason", _failure_reasons(ledger.errors))
         yield counter("already_in_kafka", "Ticks a resumed run skipped: Kafka held them",
                       ledger.already_in_kafka)
         yield counter("timestamp_fallbacks", "Records sent with the produce time as timestamp",
