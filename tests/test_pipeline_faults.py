@@ -57,7 +57,7 @@ def test_a_failing_source_is_drained_flushed_and_settled_before_the_error(kafka,
     assert account.frames == 100 and account.decoded == 100 * PER_FRAME
     assert account.delivered == 100 * PER_FRAME and account.lost == 0
     assert handler.outstanding() == 0
-    assert not [t for t in threading.enumerate() if t.name == "publisher"]
+    assert not [t for t in threading.enumerate() if t.name == "fh-publisher"]
     assert sys.getswitchinterval() == switch_interval
     assert ticks_in_kafka(kafka, handler.config.routes, value_format) == 100 * PER_FRAME
 

@@ -127,11 +127,28 @@ def run(args: argparse.Namespace) -> int:
     return run_handler(args)
 
 
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.exit(version(namespace))
+
+
+def version(_args: argparse.Namespace) -> int:
+    from feedhandler.ops.version import version_report
+
+    print(version_report())
+    return 0
+
+
 SUBCOMMANDS = {
     "simulate": (add_simulate_arguments, simulate,
                  "serve a synthetic or replayed ITCH 5.0 session over TCP"),
     "run": (add_run_arguments, run,
             "read a feed, decode it in parallel and publish every tick to Kafka"),
+    "version": (lambda parser: None, version,
+                "print the versions of feedhandler and what it runs on (also --version)"),
 }
 
 
@@ -139,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="feedhandler",
         description="NASDAQ TotalView-ITCH 5.0 feed handler and exchange simulator.")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the versions of feedhandler and what it runs on")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add_arguments, _, help_text) in SUBCOMMANDS.items():
         add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))

@@ -31,7 +31,9 @@ from feedhandler.kafka.producer import PRODUCER_LINK_MODES, ProducerLinkUnavaila
 from feedhandler.kafka.resume import (Checkpoint, fence_previous, latest_checkpoint,
                                       read_checkpoints)
 from feedhandler.kafka.routing import CATEGORIES, VALUE_FORMATS
+from feedhandler.kafka.sink import STATISTICS_INTERVAL_MS
 from feedhandler.kafka.topics import KafkaStartError, check_reachable
+from feedhandler.ops import service, threads
 from feedhandler.pipeline.handler import Handler, HandlerConfig
 from feedhandler.session import (FrameSource, ListenSource, LoginRejected, SessionClient,
                                  SessionError)
@@ -68,6 +70,13 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _count(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {value}")
     return value
 
 
@@ -152,6 +161,16 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port, transports) ->
                         metavar="SECONDS",
                         help="the process's GIL switch interval while it runs (default "
                              f"{DEFAULT_GIL_SWITCH_INTERVAL}; Python's own is 0.005)")
+    parser.add_argument("--metrics-port", type=_port, default=0, metavar="PORT",
+                        help="serve Prometheus metrics (/metrics), /healthz and /readyz on this "
+                             "port (default 0: off); see docs/operations.md")
+    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDRESS",
+                        help="address the metrics port binds to (default 127.0.0.1; 0.0.0.0 "
+                             "for every interface)")
+    parser.add_argument("--cpus", metavar="LIST",
+                        help="CPU affinity: a list for the whole process (0,1 or 0-3), and/or "
+                             "per thread role ROLE=CPUS with roles reader, decode, publisher "
+                             "(e.g. reader=0,decode=1+2,publisher=1; + joins CPUs of one role)")
     parser.add_argument("--quiet", action="store_true", help="no status lines")
     parser.add_argument("--json-stats", action="store_true",
                         help="status lines and final account as JSON on stdout")
@@ -211,13 +230,14 @@ class StatusPrinter(threading.Thread):
     """One status line a second: rates in and out, queue depth and producer lag."""
 
     def __init__(self, handler: Handler, source: FrameSource, as_json: bool):
-        super().__init__(name="status", daemon=True)
+        super().__init__(name="fh-status", daemon=True)
         self.handler = handler
         self.source = source
         self.as_json = as_json
         self.done = threading.Event()
 
     def run(self):
+        threads.name_thread(self.name)
         account, acks = self.handler.account, self.handler.acks
         last = (time.monotonic(), account.messages, acks.ticks)
         while not self.done.wait(1.0):
@@ -247,13 +267,30 @@ class StatusPrinter(threading.Thread):
 
 
 def run(args: argparse.Namespace) -> int:
-    # Until the handler's own handlers take over, SIGTERM stops startup as SIGINT does.
+    # Until the handler's own handlers take over, SIGTERM stops startup as SIGINT does, and
+    # SIGHUP runs the reload hooks only.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: _hang_up(None))
+    threads.name_thread("feedhandler")      # what ps shows; threads created later inherit it
     try:
         return _run(args)
     except KeyboardInterrupt:       # before the signal handlers are in place: nothing read
         print("feedhandler run: interrupted before the feed was read", file=sys.stderr)
         return ExitCode.INTERRUPTED
+
+
+def _hang_up(handler: Handler | None) -> None:
+    """SIGHUP: the reload hooks (reopen log files...), then the account so far in the log.
+    The handler goes on as before."""
+    log.warning("SIGHUP: reloading")
+    service.reload()
+    if handler is not None:
+        account = handler.account
+        log.warning("account so far: %s", json.dumps({
+            **{key: getattr(account, key) for key in ("frames", "messages", "decoded",
+                                                      "quarantined")},
+            "produced": handler.sink.ledger.ticks, "delivered": handler.acks.ticks,
+            "failed": handler.sink.ledger.errors.units, "in_producer": handler.outstanding()}))
 
 
 def _fail(code: ExitCode, problem) -> ExitCode:
@@ -273,8 +310,30 @@ def _run(args: argparse.Namespace) -> int:
         if args.exactly_once and not any(key == "transactional.id" for key, _ in settings):
             settings.append(("transactional.id", f"feedhandler-{args.topic_prefix}"))
         kafka = validate.kafka_client(args.bootstrap_servers, settings)
-    except validate.UsageError as error:
+        cpus = threads.parse_cpus(args.cpus) if args.cpus else {}
+    except (validate.UsageError, ValueError) as error:
         return _fail(ExitCode.USAGE, error)
+    threads.pin_process(cpus)
+    metrics = statistics = None
+    if args.metrics_port:
+        from feedhandler.ops.metrics import KafkaStatistics, MetricsServer
+
+        statistics = KafkaStatistics(int(kafka.settings.get("statistics.interval.ms",
+                                                            STATISTICS_INTERVAL_MS)))
+        try:
+            metrics = MetricsServer(args.metrics_host, args.metrics_port, statistics)
+        except OSError as error:
+            return _fail(ExitCode.COULD_NOT_START, f"--metrics-port: cannot serve on "
+                         f"{args.metrics_host}:{args.metrics_port}: {error.strerror or error}")
+    try:
+        return _start(args, routes, kafka, cpus, metrics, statistics)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _start(args, routes, kafka, cpus, metrics, statistics) -> int:
+    """From the checks that need Kafka or the feed to the final account."""
     if args.producer_link == "require" and (problem := link_problem()):
         return _fail(ExitCode.COULD_NOT_START, f"--producer-link require: {problem}")
     try:
@@ -286,7 +345,8 @@ def _run(args: argparse.Namespace) -> int:
         workers=args.workers, routes=routes, partitions=args.partitions,
         replication_factor=args.replication_factor, producer_overrides=kafka.settings,
         headers=args.headers, timestamp_base_ms=midnight_ms(args.trade_date),
-        flush_timeout=args.flush_timeout, producer_link=args.producer_link)
+        flush_timeout=args.flush_timeout, producer_link=args.producer_link, cpus=cpus,
+        statistics=statistics)
     try:
         if "transactional.id" in kafka.settings:
             fence_previous(kafka)
@@ -312,16 +372,25 @@ def _run(args: argparse.Namespace) -> int:
         source.close()
         return _fail(ExitCode.COULD_NOT_START, error)
 
+    notifier = service.ServiceNotifier(service.SystemdNotifier(), handler)
+
     def on_signal(signum, _frame):
         log.warning("%s: stop reading, drain and flush", signal.Signals(signum).name)
+        notifier.stopping(signal.Signals(signum).name)
         handler.stop()
         source.close()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: _hang_up(handler))
     status = None if args.quiet else StatusPrinter(handler, source, args.json_stats)
     if status:
         status.start()
+    if metrics is not None:
+        metrics.attach(handler, source)
+        metrics.phase = "running"
+    if notifier.notifier.enabled:
+        notifier.start()        # READY=1: the feed is logged in (or listening), Kafka answered
     sys.setswitchinterval(args.gil_switch_interval)
     started = time.monotonic()
     failure = None
@@ -332,6 +401,10 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if status:
             status.done.set()
+        if metrics is not None:
+            metrics.phase = "stopping"
+        notifier.stopping("the feed ended")
+        notifier.done.set()
     account = handler.account
     elapsed = time.monotonic() - started
     summary = {**account.as_dict(), "seconds": round(elapsed, 3),

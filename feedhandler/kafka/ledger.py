@@ -19,6 +19,7 @@ from feedhandler.kafka._producer_link import ProducerLink
 log = logging.getLogger(__name__)
 
 LATENCY_SAMPLES = 1_000_000
+LATENCY_BACKLOG = 1 << 18       # latency samples a metrics reader may fall behind by
 FAILURE_LOG_INTERVAL = 5.0      # seconds between log lines about one failure reason
 
 
@@ -88,7 +89,11 @@ class Acknowledgements:
         self.frames: deque = deque()
         self.ticks = 0
         self.next_sequence = 0
-        self.latencies_ns: list[int] = []
+        self.latencies_ns: list[int] = []       # the first LATENCY_SAMPLES, for percentiles_ms
+        # Every sample, until feedhandler.ops.metrics takes them: a deque of at most
+        # LATENCY_BACKLOG it puts here; None (no samples kept) without metrics.
+        self.recent_latencies_ns: deque[int] | None = None
+        self.checks = 0     # calls of update(): the publisher is alive (service watchdog)
 
     def frame_produced(self, records_total: int, ticks: int, received_ns: int | None,
                        next_sequence: int | None) -> None:
@@ -97,17 +102,28 @@ class Acknowledgements:
         self.frames.append((records_total, ticks, received_ns, next_sequence))
 
     def update(self, acknowledged_records: int) -> None:
+        self.checks += 1
         now = time.monotonic_ns()
         while self.frames and self.frames[0][0] <= acknowledged_records:
             _, ticks, received, next_sequence = self.frames.popleft()
             self.ticks += ticks
             if next_sequence is not None:
                 self.next_sequence = next_sequence
-            if received is not None and len(self.latencies_ns) < LATENCY_SAMPLES:
-                self.latencies_ns.append(now - received)
+            if received is not None:
+                if self.recent_latencies_ns is not None:
+                    self.recent_latencies_ns.append(now - received)
+                if len(self.latencies_ns) < LATENCY_SAMPLES:
+                    self.latencies_ns.append(now - received)
 
     def oldest_age_ms(self) -> float:
-        oldest = next((frame[2] for frame in self.frames if frame[2] is not None), None)
+        """Age of the oldest frame not yet acknowledged; safe from any thread (the deque may
+        change under the look: then the figure is retaken)."""
+        while True:
+            try:
+                oldest = next((frame[2] for frame in self.frames if frame[2] is not None), None)
+                break
+            except RuntimeError:        # deque mutated during iteration
+                continue
         return (time.monotonic_ns() - oldest) / 1e6 if oldest is not None else 0.0
 
     def percentiles_ms(self) -> dict[str, float]:
@@ -149,6 +165,10 @@ class DeliveryLedger:
         gone = self.records - queued_records
         while self._marks and self._marks[0][0] <= gone:
             self._bytes_out = self._marks.popleft()[1]
+        return self.bytes - self._bytes_out
+
+    def queued_bytes_estimate(self) -> int:
+        """The last figure `queued_bytes` took, without updating it: for other threads."""
         return self.bytes - self._bytes_out
 
     def acknowledged_records(self, queued_records: int) -> int:

@@ -21,6 +21,7 @@ retried in `_produce`, the one place that does so.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
@@ -49,6 +50,7 @@ KEY_BYTES = 8                 # what a per-tick record's key is counted as (stoc
 # this long; its commit waits for every record in it to be acknowledged.
 TRANSACTION_INTERVAL = 0.1
 RECORD_OVERHEAD = 1024        # headers and framing a record carries besides its value
+STATISTICS_INTERVAL_MS = 5000  # librdkafka statistics, when SinkConfig.statistics asks for them
 
 
 @dataclass
@@ -68,6 +70,9 @@ class SinkConfig:
     # Resume a feed session where Kafka's data ends: skip the ticks the partitions hold, and
     # key stocks as before (feedhandler.kafka.resume); None for a session of its own.
     resume: Checkpoint | None = None
+    # librdkafka's statistics (a JSON string), every `statistics.interval.ms` (an -X setting
+    # wins over STATISTICS_INTERVAL_MS); called on the thread that polls the producer.
+    statistics: Callable[[str], None] | None = None
 
 
 def open_sink(config: SinkConfig) -> KafkaSink:
@@ -86,7 +91,12 @@ def open_sink(config: SinkConfig) -> KafkaSink:
         value = message.value()
         return len(value) // BATCH_DTYPES[chr(value[8])].itemsize
     errors = DeliveryErrors(ticks_in)
-    producer, link, _ = create_producer(client, errors, config.producer_link)
+    producer_client = client
+    if config.statistics is not None:
+        producer_client = KafkaClientConfig(config.bootstrap_servers, {
+            "statistics.interval.ms": STATISTICS_INTERVAL_MS, **config.producer_overrides,
+            "stats_cb": config.statistics})
+    producer, link, _ = create_producer(producer_client, errors, config.producer_link)
     routes = config.routes
     partitions = ensure_topics(client,
                                {**{topic: config.partitions for topic in routes.topics},
@@ -271,6 +281,11 @@ class KafkaSink:
     def outstanding(self) -> int:
         """Records in the producer, not yet acknowledged or failed."""
         return len(self.producer)
+
+    @property
+    def checkpointed_sequence(self) -> int:
+        """The position the newest checkpoint written says the session resumes from."""
+        return self._checkpointed[0]
 
     # ---- for the delivery paths ------------------------------------------------------------------
     def _publish_ticks(self, packet: Packet, ticks: int, received_ns: int) -> None:

@@ -21,14 +21,17 @@ or re-raises.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
 import time
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from feedhandler.kafka.sink import POLL_INTERVAL, SinkConfig, frame_messages, open_sink, ticks_of
+from feedhandler.kafka.sink import POLL_INTERVAL, SinkConfig, frame_messages, open_sink
+from feedhandler.ops.threads import borrowed_thread, every_role, start_role
 from feedhandler.wire import packet as packets
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,9 @@ class HandlerConfig(SinkConfig):
 
     workers: int = 2
     queue_reads: int = 0            # socket reads queued for the publisher; 0 = 4 per worker
+    # CPUs per thread role ("reader", "decode", "publisher"), from feedhandler.ops.threads
+    # parse_cpus; a role not named keeps the mask it inherits.
+    cpus: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -49,6 +55,7 @@ class Account:
     frames: int = 0
     messages: int = 0
     decoded: int = 0
+    decoded_by_type: Counter = field(default_factory=Counter)   # message type -> ticks
     quarantined: int = 0
     quarantined_frames: int = 0
     records: int = 0
@@ -73,7 +80,7 @@ class Account:
         return self.failed + self.undelivered + self.missing
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "lost": self.lost}
+        return {**asdict(self), "decoded_by_type": dict(self.decoded_by_type), "lost": self.lost}
 
 
 class Handler:
@@ -87,6 +94,14 @@ class Handler:
         self._stopping = threading.Event()
         self._pending: queue.Queue = queue.Queue(config.queue_reads or 4 * config.workers)
         self._publisher_error: BaseException | None = None
+        # For metrics and the service watchdog, read from other threads: when the newest
+        # socket read came in; per read, the nanoseconds from its arrival until the sink took
+        # its frames (a deque feedhandler.ops.metrics puts here and empties; None without
+        # metrics); whether the publisher is flushing (nothing more comes) or has settled.
+        self.last_read_ns = 0
+        self.produce_latencies_ns: deque[int] | None = None
+        self.draining = threading.Event()
+        self.settled = False
         self.sink = open_sink(config)
         self.account.producer_path = self.sink.path
 
@@ -110,24 +125,31 @@ class Handler:
         of frames or of lists of frames (one list per socket read, decoded as one task, which
         spares the per-frame cost of the hand-offs)."""
         batches = frames.batches() if hasattr(frames, "batches") else frames
-        publisher = threading.Thread(target=self._publish_loop, name="publisher", daemon=True)
-        publisher.start()
-        try:
-            with ThreadPoolExecutor(self.config.workers, thread_name_prefix="decode") as pool:
-                try:
-                    self._read(batches, pool, publisher)
-                finally:
-                    self._put_end(publisher)
-        finally:
-            publisher.join()
-            self._feed_figures(frames)
+        cpus = every_role(self.config.cpus)
+        with borrowed_thread("fh-reader", "reader", cpus):
+            publisher = threading.Thread(target=self._publish_loop, name="fh-publisher",
+                                         daemon=True)
+            publisher.start()
+            workers = itertools.count()
+
+            def start_worker():
+                start_role(f"fh-decode-{next(workers)}", "decode", cpus)
+            try:
+                with ThreadPoolExecutor(self.config.workers, initializer=start_worker) as pool:
+                    try:
+                        self._read(batches, pool, publisher)
+                    finally:
+                        self._put_end(publisher)
+            finally:
+                publisher.join()
+                self._feed_figures(frames)
         if self._publisher_error:
             raise self._publisher_error
         return self.account
 
     def _read(self, batches, pool: ThreadPoolExecutor, publisher: threading.Thread) -> None:
         for batch in batches:
-            received = time.monotonic_ns()
+            received = self.last_read_ns = time.monotonic_ns()
             if not isinstance(batch, list):
                 batch = [batch]
             self.account.frames += len(batch)
@@ -175,6 +197,7 @@ class Handler:
     # ---- the publisher thread -------------------------------------------------------------------
 
     def _publish_loop(self) -> None:
+        start_role("fh-publisher", "publisher", self.config.cpus)
         try:
             while True:
                 try:
@@ -188,6 +211,8 @@ class Handler:
                 for packet in future.result():
                     self._count(packet)
                     self.sink.publish(packet, received)
+                if self.produce_latencies_ns is not None:
+                    self.produce_latencies_ns.append(time.monotonic_ns() - received)
                 self.sink.service()
         except BaseException as error:      # surfaced by run() on the reader's thread
             log.exception("publisher failed")
@@ -199,7 +224,11 @@ class Handler:
         account = self.account
         if packet.count is not None and not packet.is_end_of_session:
             account.messages += packet.count
-        account.decoded += ticks_of(packet)
+        by_type = account.decoded_by_type
+        for message_type, rows in packet.messages.items():
+            ticks = len(rows)
+            by_type[message_type] += ticks
+            account.decoded += ticks
         for entry in packet.quarantined:
             if packet.count is not None:
                 account.quarantined += 1
@@ -213,6 +242,7 @@ class Handler:
 
     def _settle(self) -> None:
         """Flush, then settle the account: every tick is delivered, failed or undelivered."""
+        self.draining.set()
         account, ledger = self.account, self.sink.ledger
         for name, ticks in self.sink.finish().items():    # delivered, failed, undelivered
             setattr(account, name, ticks)
@@ -223,3 +253,4 @@ class Handler:
         account.timestamp_fallbacks = self.sink.timestamps.fallbacks
         account.backpressure_waits = ledger.backpressure_waits
         account.failure_reasons = dict(ledger.errors.reasons)
+        self.settled = True
