@@ -16,9 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from feedhandler.cli import _host_port
 from feedhandler.cli.exit_codes import ExitCode
-from feedhandler.cli.run import add_run_arguments
+from feedhandler.cli import add_run_arguments
 from feedhandler.exchange.server import Simulator, SimulatorConfig
 from feedhandler.ops import service, threads
 from feedhandler.ops.version import package_version
@@ -295,7 +294,7 @@ def test_the_unit_asks_for_notify_watchdog_restarts_limits_and_hardening():
     # Every flag of ExecStart exists, and the stop timeout covers the flush: systemd's
     # SIGKILL must not cut a drain short.
     parser = argparse.ArgumentParser()
-    add_run_arguments(parser, _host_port)
+    add_run_arguments(parser)
     command = settings["ExecStart"][0].split()
     assert command[1] == "run"
     args = parser.parse_args(command[2:])
