@@ -18,6 +18,10 @@ def _host_port(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+# The feed's transports: the LZ4-framed TCP session, and MoldUDP64 over UDP.
+TRANSPORTS = ("lz4", "moldudp64")
+
+
 def _ascii(text: str) -> bytes:
     try:
         return text.encode("ascii")
@@ -54,8 +58,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--burst", type=float, default=1.0,
                         help="with --rate: peak-to-average rate; messages come in bursts this "
                              "many times faster than --rate with silences between (default 1)")
-    parser.add_argument("--messages-per-packet", type=int, default=sim.DEFAULT_MESSAGES_PER_PACKET,
-                        help=f"messages per frame (default {sim.DEFAULT_MESSAGES_PER_PACKET})")
+    parser.add_argument("--messages-per-packet", type=int,
+                        help=f"messages per frame (default {sim.DEFAULT_MESSAGES_PER_PACKET}; "
+                             "moldudp64: as many as --max-payload always holds)")
     parser.add_argument("--codec", choices=["lz4", "none"], default="lz4",
                         help="frame compression (default lz4)")
     parser.add_argument("--replay", metavar="FILE",
@@ -74,24 +79,60 @@ def add_simulate_arguments(parser: argparse.ArgumentParser):
                              "end of session and disconnected (default: keep serving)")
     parser.add_argument("--quiet", action="store_true",
                         help="no status line and only warnings in the log")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="lz4",
+                        help="lz4: the TCP session of --listen (default); moldudp64: "
+                             "datagrams to --group (and --line-b), re-requests on "
+                             "--request-server")
+    add_moldudp_simulate_arguments(parser.add_argument_group("moldudp64"))
+
+
+def add_moldudp_simulate_arguments(group) -> None:
+    from feedhandler.wire import moldudp
+
+    group.add_argument("--group", type=_host_port, metavar="ADDR:PORT",
+                       help="A line: multicast group or unicast address to send to")
+    group.add_argument("--line-b", type=_host_port, metavar="ADDR:PORT",
+                       help="B line: a second group or address carrying the same packets")
+    group.add_argument("--interface", metavar="ADDR",
+                       help="local address multicast leaves from (IP_MULTICAST_IF)")
+    group.add_argument("--request-server", type=_host_port, metavar="HOST:PORT",
+                       help="where the request server listens (default: none)")
+    group.add_argument("--drop-rate", type=float, default=0.0, metavar="P",
+                       help="A line: drop each data datagram with probability P (seeded)")
+    group.add_argument("--drop-every", type=int, default=0, metavar="N",
+                       help="A line: drop every Nth data datagram")
+    group.add_argument("--drop-rate-b", type=float, default=0.0, metavar="P",
+                       help="B line: its own --drop-rate")
+    group.add_argument("--drop-every-b", type=int, default=0, metavar="N",
+                       help="B line: its own --drop-every")
+    group.add_argument("--max-payload", type=int, default=moldudp.DEFAULT_MAX_PAYLOAD,
+                       help=f"largest datagram in bytes (default {moldudp.DEFAULT_MAX_PAYLOAD}, "
+                            "fits Ethernet; loopback takes up to 65507)")
+    group.add_argument("--ttl", type=int, default=1, help="multicast TTL (default 1)")
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from feedhandler.exchange.config import SimulatorConfig
+    from feedhandler.exchange.config import DEFAULT_MESSAGES_PER_PACKET, SimulatorConfig
     from feedhandler.exchange.server import Simulator
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.listen
+    settings = dict(
+        session=args.session, count=args.count, seed=args.seed, symbols=args.symbols,
+        rate=args.rate, burst=args.burst, messages_per_packet=args.messages_per_packet,
+        replay=args.replay, speed=args.speed, exit_after_end=args.exit_after_end,
+        retain_bytes=args.retain_mb << 20, status_interval=None if args.quiet else 1.0)
     try:
-        config = SimulatorConfig(
-            host=host, port=port, session=args.session, username=args.username,
-            password=args.password, count=args.count, seed=args.seed, symbols=args.symbols,
-            rate=args.rate, burst=args.burst, messages_per_packet=args.messages_per_packet,
-            codec=args.codec, replay=args.replay, speed=args.speed,
-            exit_after_end=args.exit_after_end, retain_bytes=args.retain_mb << 20,
-            max_clients=args.max_clients, status_interval=None if args.quiet else 1.0)
-        simulator = Simulator(config)
+        if args.transport == "moldudp64":
+            simulator = _mold_simulator(args, settings)
+        else:
+            if settings["messages_per_packet"] is None:
+                settings["messages_per_packet"] = DEFAULT_MESSAGES_PER_PACKET
+            config = SimulatorConfig(
+                host=host, port=port, username=args.username, password=args.password,
+                codec=args.codec, max_clients=args.max_clients, **settings)
+            simulator = Simulator(config)
     except (ValueError, OSError) as error:
         print(f"feedhandler simulate: {error}", file=sys.stderr)
         return 2
@@ -103,6 +144,19 @@ def simulate(args: argparse.Namespace) -> int:
         print(f"feedhandler simulate: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _mold_simulator(args: argparse.Namespace, settings: dict):
+    from feedhandler.exchange.moldudp_server import MoldSimulator, mold_config
+
+    if args.group is None:
+        raise ValueError("--transport moldudp64 needs --group ADDR:PORT")
+    return MoldSimulator(mold_config(
+        group=args.group, line_b=args.line_b, interface=args.interface,
+        request_server=args.request_server, drop_rate=args.drop_rate,
+        drop_every=args.drop_every, drop_rate_b=args.drop_rate_b,
+        drop_every_b=args.drop_every_b, max_payload=args.max_payload, ttl=args.ttl,
+        **settings))
 
 
 def add_run_arguments(parser: argparse.ArgumentParser):

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from confluent_kafka import KafkaException
 
-from feedhandler.cli import validate
+from feedhandler.cli import TRANSPORTS, validate
 from feedhandler.cli.exit_codes import ExitCode, epilog
 from feedhandler.kafka.producer import PRODUCER_LINK_MODES, ProducerLinkUnavailable, link_problem
 from feedhandler.kafka.resume import (Checkpoint, fence_previous, latest_checkpoint,
@@ -35,6 +35,7 @@ from feedhandler.kafka.topics import KafkaStartError, check_reachable
 from feedhandler.pipeline.handler import Handler, HandlerConfig
 from feedhandler.session import (FrameSource, ListenSource, LoginRejected, SessionClient,
                                  SessionError)
+from feedhandler.session.moldudp import MoldSource
 from feedhandler.session.protocol import LINK_TIMEOUT, SESSION_LENGTH, SESSION_NOT_AVAILABLE
 
 log = logging.getLogger("feedhandler.run")
@@ -83,7 +84,22 @@ def _seconds(text: str) -> float:
 def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
     parser.epilog = epilog()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    feed = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--transport", choices=TRANSPORTS, default="lz4",
+                        help="lz4: the TCP session of --connect or --listen (default); "
+                             "moldudp64: UDP datagrams on --group (and --line-b), gaps "
+                             "re-requested from --request-server")
+    mold = parser.add_argument_group("moldudp64")
+    mold.add_argument("--group", type=host_port, metavar="ADDR:PORT",
+                      help="A line: multicast group to join, or local unicast address to bind")
+    mold.add_argument("--line-b", type=host_port, metavar="ADDR:PORT",
+                      help="B line of the same session: each message is taken from whichever "
+                           "line brings it first")
+    mold.add_argument("--interface", metavar="ADDR",
+                      help="local address to join the groups on (default: any)")
+    mold.add_argument("--request-server", type=host_port, metavar="HOST:PORT",
+                      help="MoldUDP64 request server for gaps both lines missed (default: none, "
+                           "gaps are counted as missing)")
+    feed = parser.add_mutually_exclusive_group()
     feed.add_argument("--connect", type=host_port, metavar="HOST:PORT",
                       help="log in to a feed server (e.g. `feedhandler simulate`)")
     feed.add_argument("--listen", type=host_port, metavar="HOST:PORT",
@@ -158,7 +174,11 @@ def midnight_ms(trade_date: datetime.date | None) -> int:
 
 
 def frame_source(args: argparse.Namespace, session: str | bytes, sequence: int) -> FrameSource:
-    """The frame source of --connect or --listen."""
+    """The frame source of --connect, --listen or --transport moldudp64."""
+    if args.transport == "moldudp64":
+        return MoldSource([args.group] + ([args.line_b] if args.line_b else []),
+                          interface=args.interface, request_server=args.request_server,
+                          session=session, sequence=sequence, stall_timeout=args.stall_timeout)
     if args.connect:
         return SessionClient(*args.connect, username=args.username, password=args.password,
                              session=session, sequence=sequence,
@@ -170,8 +190,10 @@ def frame_source(args: argparse.Namespace, session: str | bytes, sequence: int) 
 def open_source(args: argparse.Namespace, checkpoints: dict[bytes, Checkpoint]) -> FrameSource:
     """The frame source, opened. Without --sequence, a --connect run logs in to the session of
     the newest checkpoint (or --session's) at its position; when the exchange no longer has
-    that session (a new day), to the current session from its start."""
-    if args.sequence is not None or not args.connect:
+    that session (a new day), to the current session from its start. MoldUDP64 does the
+    same without a login: it follows the checkpoint's session from its position (re-requesting
+    what the stream is ahead of), and refuses datagrams of any other session."""
+    if args.sequence is not None or args.listen:
         source = frame_source(args, args.session, 1 if args.sequence is None else args.sequence)
         source.open()
         return source
@@ -245,6 +267,18 @@ def run(args: argparse.Namespace) -> int:
         return ExitCode.INTERRUPTED
 
 
+def _check_transport(args: argparse.Namespace) -> None:
+    if args.transport == "moldudp64":
+        if args.group is None or args.connect or args.listen:
+            raise validate.UsageError("--transport moldudp64 takes --group ADDR:PORT (and "
+                                      "--line-b, --interface, --request-server), not --connect "
+                                      "or --listen")
+    elif not (args.connect or args.listen) or args.group or args.line_b \
+            or args.request_server:
+        raise validate.UsageError(f"--transport {args.transport} takes --connect or --listen "
+                                  "(--group, --line-b and --request-server are for moldudp64)")
+
+
 def _fail(code: ExitCode, problem) -> ExitCode:
     print(f"feedhandler run: {problem}", file=sys.stderr, flush=True)
     return code
@@ -253,6 +287,7 @@ def _fail(code: ExitCode, problem) -> ExitCode:
 def _run(args: argparse.Namespace) -> int:
     try:
         validate.counts(args)
+        _check_transport(args)
         routes = validate.routes(args.topic_prefix, args.route)
         settings = list(args.producer_settings)
         if args.exactly_once and not any(key == "transactional.id" for key, _ in settings):
@@ -288,8 +323,8 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(ExitCode.COULD_NOT_START, f"the feed refused the login: {error}")
     except (SessionError, OSError) as error:
         return _fail(ExitCode.COULD_NOT_START, error)
-    if args.connect:
-        session = source.tracker.session
+    session = source.tracker.session
+    if args.connect or (args.transport == "moldudp64" and session):
         config.resume = checkpoints.get(session) or Checkpoint(session)
     try:
         handler = Handler(config)
@@ -322,6 +357,8 @@ def _run(args: argparse.Namespace) -> int:
     summary = {**account.as_dict(), "seconds": round(elapsed, 3),
                "ticks_per_s": round(account.delivered / elapsed) if elapsed else 0,
                "latency_ms": handler.acks.percentiles_ms()}
+    if hasattr(source, "stats"):
+        summary["feed"] = source.stats()
     if args.json_stats:
         print(json.dumps({"final": summary}), flush=True)
     print(format_account(summary), file=sys.stderr, flush=True)
@@ -347,4 +384,8 @@ def format_account(summary: dict) -> str:
     if summary["latency_ms"]:
         lines.append("  frame->ack latency   " + ", ".join(
             f"{k} {v} ms" for k, v in summary["latency_ms"].items()))
+    for part, figures in summary.get("feed", {}).get("lines", {}).items():
+        lines.append(f"  line {part:<15} {json.dumps(figures)}")
+    if "feed" in summary:
+        lines.append(f"  recovery             {json.dumps(summary['feed']['recovery'])}")
     return "\n".join(lines)
