@@ -1,0 +1,177 @@
+"""MoldUDP64 over real UDP sockets on 127.0.0.1 (and multicast inside a network namespace):
+the simulator publishing and serving re-requests, MoldSource receiving, arbitrating A/B lines,
+recovering and giving up, and refusing hostile datagrams."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import netns
+from feedhandler.exchange import orderflow
+from feedhandler.session.moldudp import MoldSource
+from feedhandler.wire import moldudp
+from moldudp_helpers import HOST, closed_port, free_port, read_all, sequences, simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+COUNT = 20_000
+SEED = 5
+SYMBOLS = 20
+RATE = 200_000
+EXPECTED = orderflow.generate(COUNT, symbols=SYMBOLS, seed=SEED).data
+
+
+def receive(lines: int = 1, *, request_server: bool = True, source_options=None,
+            **settings):
+    """Run a simulator session into a MoldSource; (source, simulator, message blocks)."""
+    ports = [free_port() for _ in range(lines)]
+    request_port = free_port()
+    exchange = simulator(ports, request_port if request_server else None, count=COUNT,
+                         seed=SEED, rate=RATE, **settings)
+    options = {"request_server": (HOST, request_port), **(source_options or {})}
+    with MoldSource([(HOST, port) for port in ports], **options) as source:
+        source.open()
+        with exchange:
+            blocks, _ = read_all(source)
+    return source, exchange, blocks
+
+
+def test_a_unicast_session_arrives_whole_and_in_order():
+    source, exchange, blocks = receive()
+    assert blocks == EXPECTED
+    tracker = source.tracker
+    assert source.ended and tracker.gaps == [] and tracker.rerequests == 0
+    assert source.stats()["lines"]["A"]["messages"] == COUNT
+
+
+def test_one_percent_loss_is_recovered_through_the_request_server():
+    source, exchange, blocks = receive(drop_rate=0.01)
+    dropped = exchange.lines[0].dropped
+    assert dropped, "the seeded loss dropped nothing"
+    assert blocks == EXPECTED
+    assert source.tracker.missing == 0 and source.tracker.rerequests > 0
+    # Only what was lost was asked for, and everything lost was answered.
+    assert sequences(source.requested) <= sequences(dropped) | {COUNT + 1}
+    assert sequences(dropped) <= sequences(exchange.requests_served)
+    recovery = source.stats()["recovery"]
+    assert recovery["messages_first"] == len(sequences(dropped))
+    assert recovery["gap_filled_ms"]["max"] < 2000
+
+
+def test_a_b_lines_with_independent_loss_re_request_only_what_both_lost():
+    source, exchange, blocks = receive(lines=2, drop_rate=0.01, drop_rate_b=0.01)
+    lost_a, lost_b = (sequences(line.dropped) for line in exchange.lines)
+    assert lost_a and lost_b and lost_a != lost_b
+    assert blocks == EXPECTED and source.tracker.missing == 0
+    both_lost = lost_a & lost_b
+    assert sequences(exchange.requests_served) <= both_lost
+    assert sequences(source.requested) <= both_lost
+    lines = source.stats()["lines"]
+    assert lines["A"]["gap_messages"] == len(lost_a)
+    assert lines["B"]["gap_messages"] == len(lost_b)
+    assert lines["A"]["late"] + lines["B"]["late"] > 0
+    taken = lines["A"]["messages_first"] + lines["B"]["messages_first"]
+    assert taken + source.stats()["recovery"]["messages_first"] == COUNT
+
+
+def test_a_b_lines_need_no_request_server_when_one_line_has_everything():
+    source, exchange, blocks = receive(lines=2, request_server=False, drop_every=7,
+                                       source_options={"request_server": None})
+    assert blocks == EXPECTED and source.tracker.missing == 0
+    assert source.requests_sent == 0
+    lines = source.stats()["lines"]
+    assert lines["B"]["messages_first"] >= len(sequences(exchange.lines[0].dropped))
+    assert lines["A"]["messages_first"] + lines["B"]["messages_first"] == COUNT
+
+
+def test_an_unreachable_request_server_makes_the_loss_missing():
+    source, exchange, blocks = receive(
+        request_server=False, drop_every=50,
+        source_options={"request_server": (HOST, closed_port())})
+    lost = sequences(exchange.lines[0].dropped)
+    assert lost and source.ended
+    assert source.tracker.missing == len(lost)
+    assert source.requests_refused >= 1
+    assert len(blocks) < len(EXPECTED)
+
+
+def test_a_silent_request_server_is_given_up_after_its_tries():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind((HOST, 0))
+        started = time.monotonic()
+        source, exchange, _ = receive(
+            request_server=False, drop_every=200,
+            source_options={"request_server": silent.getsockname(), "request_timeout": 0.05,
+                            "max_requests": 3})
+        received = 0
+        silent.setblocking(False)
+        try:
+            while silent.recv(64):
+                received += 1
+        except BlockingIOError:
+            pass
+    lost = sequences(exchange.lines[0].dropped)
+    assert source.tracker.missing == len(lost)
+    # Three tries for the first gap; after that one try per gap (the server never answered).
+    gaps = len(exchange.lines[0].dropped)
+    assert received == source.requests_sent <= 3 + (gaps - 1) + 2
+    assert time.monotonic() - started < 30
+
+
+# ---- hostile traffic ----------------------------------------------------------------------------
+SESSION = b"HOSTILE001"
+
+
+def test_hostile_datagrams_are_counted_logged_and_survived(caplog):
+    port = free_port()
+    messages = [b"S" + bytes(10) + b"O", b"S" + bytes(10) + b"S"]
+    good = moldudp.downstream(SESSION, 1, messages)
+    hostile = {
+        "short": [good[:12]],
+        "oversized": [moldudp.downstream(SESSION, 1, [b"S" + bytes(10) + b"O"] * 100)],
+        "blocks": [good[:-1], good + b"\x01", good[:18] + b"\x00\x09" + good[20:]],
+        "other_session": [moldudp.downstream(b"OTHER00001", 3, messages)],
+    }
+    with MoldSource([(HOST, port)], session=SESSION, request_server=None, max_datagram=1000,
+                    gap_wait=0.01) as source, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as feed:
+        source.open()
+        caplog.set_level(logging.WARNING, "feedhandler.session.moldudp")
+
+        def send(datagram):
+            feed.sendto(datagram, (HOST, port))
+
+        send(good)
+        for datagrams in hostile.values():
+            for datagram in datagrams:
+                send(datagram)
+        for _ in range(5000):                   # a heartbeat flood
+            send(moldudp.heartbeat(SESSION, 3))
+        send(moldudp.downstream(SESSION, 3, messages))
+        send(good)                              # sequence running backwards
+        send(moldudp.end_of_session(SESSION, 5))
+        frames = [frame for batch in source.batches() for frame in batch]
+    line = source.stats()["lines"]["A"]
+    assert line["refused"] == {reason: len(datagrams) for reason, datagrams in hostile.items()}
+    assert line["backwards"] == 1 and line["heartbeats"] > 1000
+    assert source.tracker.next_sequence == 5 and source.tracker.missing == 0
+    assert source.tracker.duplicates == 2 and len(frames) == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for reason in hostile:
+        assert sum(f"({reason})" in w for w in warnings) == 1, warnings
+
+
+def test_silence_on_every_line_ends_the_source():
+    from feedhandler.session import ConnectionLost
+
+    with MoldSource([(HOST, free_port())], request_server=None, stall_timeout=0.3) as source:
+        with pytest.raises(ConnectionLost, match="not even a heartbeat"):
+            for _ in source.batches():
+                pass
