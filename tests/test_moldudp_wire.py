@@ -103,7 +103,7 @@ def test_the_largest_messages_fit_the_default_payload():
 
 def test_the_worked_example_in_the_docs_is_these_bytes():
     text = (ROOT / "docs" / "protocol.md").read_text()
-    section = text[text.index("## MoldUDP64"):]
+    section = text[text.index("## MoldUDP64 over UDP"):]
     examples = re.findall(r"```text\n(.*?)```", section, re.S)
     hex_lines = lambda block: bytes.fromhex("".join(
         line.split("#")[0] for line in block.splitlines()))
