@@ -9,6 +9,7 @@ import logging
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -82,8 +83,10 @@ def test_a_b_lines_with_independent_loss_re_request_only_what_both_lost():
 
 
 def test_a_b_lines_need_no_request_server_when_one_line_has_everything():
+    # Without a request server a gap is given up after gap_wait: long enough here for a busy
+    # machine to get round to the B line's copy.
     source, exchange, blocks = receive(lines=2, request_server=False, drop_every=7,
-                                       source_options={"request_server": None})
+                                       source_options={"request_server": None, "gap_wait": 1})
     assert blocks == EXPECTED and source.tracker.missing == 0
     assert source.requests_sent == 0
     lines = source.stats()["lines"]
@@ -175,3 +178,55 @@ def test_silence_on_every_line_ends_the_source():
         with pytest.raises(ConnectionLost, match="not even a heartbeat"):
             for _ in source.batches():
                 pass
+
+
+# ---- multicast, inside a network namespace of its own ------------------------------------------
+NETNS_SESSION = str(ROOT / "tests" / "moldudp_netns_session.py")
+NETNS_COUNT = 20_000
+
+
+def run_in_namespace(*args: str) -> dict:
+    result = netns.run([sys.executable, NETNS_SESSION, "--count", str(NETNS_COUNT), *args])
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_multicast_a_b_groups_joined_on_loopback_deliver_everything():
+    outcome = run_in_namespace()
+    assert outcome["whole"] and outcome["ended"] and outcome["missing"] == 0
+    lost_a, lost_b = (sequences(dropped) for dropped in outcome["dropped"])
+    assert lost_a and lost_b
+    assert sequences(outcome["requested"]) <= lost_a & lost_b
+    lines = outcome["stats"]["lines"]
+    assert lines["A"]["gap_messages"] == len(lost_a) and lines["B"]["gap_messages"] == len(lost_b)
+    assert lines["A"]["refused"] == lines["B"]["refused"] == {}
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None,
+                    reason="tshark (Wireshark) is not installed: apt-get install tshark")
+def test_tshark_decodes_the_simulator_and_handler_traffic(tmp_path):
+    capture = tmp_path / "moldudp64.pcap"
+    outcome = run_in_namespace("--capture", str(capture), "--drop-rate", "0.03")
+    port, request_port = outcome["port"], outcome["request_port"]
+    result = subprocess.run(
+        ["tshark", "-r", str(capture), "-d", f"udp.port=={port},moldudp64",
+         "-d", f"udp.port=={request_port},moldudp64", "-T", "fields", "-e", "ip.dst",
+         "-e", "udp.srcport", "-e", "udp.dstport", "-e", "moldudp64.session",
+         "-e", "moldudp64.sequence", "-e", "moldudp64.count"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert rows and all(session.strip() == "SIMULATOR" for *_, session, _, _ in rows)
+    line_a = [(int(sequence), int(count)) for destination, _, _, _, sequence, count in rows
+              if destination == "239.192.0.1"]
+    data = [(sequence, count) for sequence, count in line_a if 0 < count < 0xFFFF]
+    sent = sequences(data)
+    assert sent | sequences(outcome["dropped"][0]) == set(range(1, NETNS_COUNT + 1))
+    assert not sent & sequences(outcome["dropped"][0])
+    assert (NETNS_COUNT + 1, 0xFFFF) in line_a
+    requests = [[int(sequence), int(count)] for _, _, destination, _, sequence, count in rows
+                if destination == str(request_port)]
+    assert requests and requests == outcome["requested"]
+    answers = [(int(sequence), int(count)) for _, source, _, _, sequence, count in rows
+               if source == str(request_port)]
+    assert sequences(outcome["served"]) <= sequences(answers)

@@ -36,7 +36,7 @@ from feedhandler.wire import moldudp, packet
 RECEIVE_BUFFER = 32 << 20
 # Datagrams one wake-up reads from its sockets before it hands them on as one batch.
 MAX_BATCH = 256
-GAP_WAIT = 0.05             # seconds a gap may wait for the other line before a re-request
+GAP_WAIT = 0.1              # seconds a gap may wait for the other line before a re-request
 REQUEST_TIMEOUT = 0.25      # seconds before a request with no answer is sent again
 MAX_REQUESTS = 5            # tries per gap
 GIVE_UP_AFTER = 5.0         # seconds of re-requesting a gap before it is counted as missing
