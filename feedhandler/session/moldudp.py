@@ -249,6 +249,10 @@ class MoldSource:
             raise
         self._selector = selector
         self._last_heard = time.monotonic()
+        for line in self.lines:
+            self.log.info("reading MoldUDP64 line %s on %s:%d%s", line.stats.name,
+                          *line.address, f" (joined on {self.interface})"
+                          if self.interface and is_multicast(line.address[0]) else "")
 
     @property
     def bound(self) -> list[tuple[str, int]]:
@@ -264,11 +268,15 @@ class MoldSource:
                 events = self._selector.select(WAKE_UP_INTERVAL)
                 now = time.monotonic()
                 batch: list[bytes] = []
+                # The wake-up's datagrams shared among the ready sockets, so that no line
+                # starves the other.
+                share = max(1, max_frames // max(1, len(events)))
+                caught_up = True
                 for key, _ in events:
                     if self._closing.is_set():
                         break
-                    self._drain(key.data, batch, max_frames, now)
-                batch += self._recover(now)
+                    caught_up &= self._drain(key.data, batch, len(batch) + share, now)
+                batch += self._recover(now, caught_up)
                 self._follow_gap(now)
                 if batch:
                     self._last_heard = now
@@ -308,9 +316,9 @@ class MoldSource:
         return figures
 
     # ---- reading ---------------------------------------------------------------------------------
-    def _drain(self, line: _Line | None, batch: list[bytes], cap: int, now: float) -> None:
-        """Read the socket until EAGAIN or the batch is full; a line's datagrams or (line None)
-        the request server's answers."""
+    def _drain(self, line: _Line | None, batch: list[bytes], cap: int, now: float) -> bool:
+        """Read the socket until EAGAIN (then True) or until the batch holds `cap` frames; a
+        line's datagrams or (line None) the request server's answers."""
         sock = self._requests if line is None else line.sock
         stats = self.recovery if line is None else line.stats
         view, limit = self._view, self.max_datagram
@@ -318,13 +326,13 @@ class MoldSource:
             try:
                 length = sock.recv_into(view)
             except BlockingIOError:
-                return
+                return True
             except ConnectionRefusedError:
                 self._refused_by_server()
-                return
-            except OSError as error:
+                continue
+            except OSError:
                 if self._closing.is_set():
-                    return
+                    return True
                 raise
             if line is None:
                 self._answered = True
@@ -347,6 +355,7 @@ class MoldSource:
                 continue
             self._take(stats, line is not None, packet.wrap(view[:length]), first, count, batch,
                        now)
+        return False
 
     def _take(self, stats: LineStats, in_order: bool, frame: bytes, first: int, count: int,
               batch: list[bytes], now: float) -> None:
@@ -423,11 +432,17 @@ class MoldSource:
         if first is None:
             self._progress_mark, self._tries = 0, 0
 
-    def _recover(self, now: float) -> list[bytes]:
+    def _recover(self, now: float, caught_up: bool) -> list[bytes]:
         """Re-request the open gap once it is due, again after request_timeout, and give it up
-        by the rules; returns the frames a give-up released."""
+        by the rules; returns the frames a give-up released.
+
+        While datagrams are still waiting in a socket (the reader is behind: `caught_up` is
+        false), what a gap waits for may be among them, even with end of session seen on one
+        line: only held frames over the tracker's limit make it act then."""
         tracker = self.tracker
         released: list[bytes] = []
+        if not caught_up and tracker.held_bytes <= tracker.max_held_bytes:
+            return released
         while tracker.gap_due(now, self.gap_wait):
             if self._requests is None or self._server_unreachable:
                 released += self._give_up("no request server" if self._requests is None
