@@ -230,3 +230,17 @@ def test_tshark_decodes_the_simulator_and_handler_traffic(tmp_path):
     answers = [(int(sequence), int(count)) for _, source, _, _, sequence, count in rows
                if source == str(request_port)]
     assert sequences(outcome["served"]) <= sequences(answers)
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+def test_multicast_a_b_into_a_broker_inside_the_namespace(tmp_path):
+    """The whole path inside a namespace: its own broker, the simulator on two groups with 1 %
+    loss each, `feedhandler run` joining them; every sequence number once in Kafka."""
+    result = netns.run([sys.executable, str(ROOT / "tests" / "moldudp_netns_kafka.py"),
+                        str(tmp_path / "kafka")], timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "kafka" not in outcome, f"no broker in the namespace: {outcome.get('kafka')}"
+    assert outcome["code"] == 0 and outcome["final"]["lost"] == 0, outcome
+    assert outcome["ok"], outcome["summary"]
