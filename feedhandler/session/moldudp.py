@@ -23,13 +23,13 @@ import logging
 import selectors
 import socket
 import statistics
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from feedhandler.session.errors import ConnectionLost
 from feedhandler.session.protocol import LINK_TIMEOUT, ProtocolError
+from feedhandler.session.source import FrameSource
 from feedhandler.session.tracker import SequenceTracker
 from feedhandler.wire import moldudp, packet
 
@@ -138,8 +138,10 @@ def open_line_socket(address: tuple[str, int], interface: str | None,
     return sock
 
 
-class MoldSource:
+class MoldSource(FrameSource):
     """The frame source of a MoldUDP64 session on one line or two (A/B); see the module text.
+    Of FrameSource it uses the interface (ended, frames, close, the context manager), not the
+    stream buffer: each datagram is read whole into a buffer of its own.
 
     lines: ADDRESS:PORT pairs, the A line first; request_server: (host, port) or None (gaps
     are then given up after `gap_wait`). `session` and `sequence` as for the tracker: "" = the
@@ -169,19 +171,19 @@ class MoldSource:
         if max_requests < 1 or max_outstanding < 1 or gap_wait < 0 or request_timeout <= 0:
             raise ValueError("max_requests and max_outstanding must be >= 1, gap_wait >= 0 and "
                              "request_timeout > 0")
-        self.log = logger or logging.getLogger(__name__)
-        self.tracker = SequenceTracker(session, sequence, name="moldudp64", logger=self.log)
+        logger = logger or logging.getLogger(__name__)
+        super().__init__(SequenceTracker(session, sequence, name="moldudp64", logger=logger),
+                         stall_timeout=stall_timeout, gap_wait=gap_wait, receive_buffer=0,
+                         logger=logger)
         self.addresses = list(lines)
         self.interface = interface
         self.request_server = request_server
-        self.gap_wait = gap_wait
         self.request_timeout = request_timeout
         self.max_requests = max_requests
         self.give_up_after = give_up_after
         self.max_outstanding = max_outstanding
         self.max_request_count = max_request_count
         self.max_datagram = max_datagram
-        self.stall_timeout = stall_timeout
         self.receive_buffer = receive_buffer
         self.lines: list[_Line] = []
         self.recovery = LineStats("recovery")     # what the request server sent
@@ -194,7 +196,6 @@ class MoldSource:
         self._view = memoryview(self._buffer)
         self._selector: selectors.BaseSelector | None = None
         self._requests: socket.socket | None = None
-        self._closing = threading.Event()
         # first sequence number -> (count, arrival) of the packets taken, the newest last
         self._first_arrival: collections.OrderedDict[int, tuple[int, float]] = \
             collections.OrderedDict()
@@ -210,16 +211,6 @@ class MoldSource:
         self._server_silent = False                         # a gap given up without an answer
         self._answered = False
         self._log_times: dict[str, float] = {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
-    @property
-    def ended(self) -> bool:
-        return self.tracker.ended
 
     # ---- public ----------------------------------------------------------------------------------
     def open(self) -> None:
@@ -288,14 +279,6 @@ class MoldSource:
                                          f"{self.stall_timeout:g} s (not even a heartbeat)")
         finally:
             self._close_sockets()
-
-    def frames(self) -> Iterator[bytes]:
-        for batch in self.batches(max_frames=1):
-            yield from batch
-
-    def close(self) -> None:
-        """Stop `batches()` within WAKE_UP_INTERVAL; safe from any thread, more than once."""
-        self._closing.set()
 
     def stats(self) -> dict:
         """Per-line figures, the request server's part and the refused datagrams, for the
