@@ -27,9 +27,11 @@ from feedhandler.wire import moldudp, packet
 
 log = logging.getLogger(__name__)
 
-END_REPEATS = 3                 # end of session is sent this many times (UDP may lose one)
+END_REPEATS = 3                 # end of session is sent this many times at once (UDP)
 END_REPEAT_INTERVAL = 0.1       # seconds between them
-END_LINGER = 1.0                # exit_after_end: seconds the request server stays up after
+# exit_after_end: seconds the simulator goes on after the end, sending end of session in place
+# of heartbeats and answering requests, before it exits.
+END_LINGER = 5.0
 RESPONSE_RATE = 50_000          # datagrams a second the request server sends at most
 LOG_INTERVAL = 5.0
 _LENGTH_FIELD = packet.FRAME_HEADER_FIELDS["frame_length"]
@@ -200,16 +202,26 @@ class MoldSimulator(Simulator):
                 await asyncio.wait_for(changed.wait(), idle)
             except TimeoutError:
                 pass
+        await self._send_end(sock)
+
+    async def _send_end(self, sock: socket.socket):
+        """End of session END_REPEATS times, then in place of heartbeats: for END_LINGER
+        seconds with exit_after_end, else until stopped."""
+        end = moldudp.end_of_session(self.session, self._sent_sequence)
         for _ in range(END_REPEATS):
             for line in self.lines:
-                await self._send(sock, moldudp.end_of_session(self.session, self._sent_sequence),
-                                 line.address)
+                await self._send(sock, end, line.address)
             await asyncio.sleep(END_REPEAT_INTERVAL)
         self.end_sent = True
         log.info("end of session sent at sequence %d", self._sent_sequence)
-        if self.config.exit_after_end:
-            await asyncio.sleep(END_LINGER)
-            self._stop.set()
+        interval = self.config.heartbeat_interval
+        linger = END_LINGER if self.config.exit_after_end else float("inf")
+        while linger > 0:
+            await asyncio.sleep(min(interval, linger))
+            linger -= interval
+            for line in self.lines:
+                await self._send(sock, end, line.address)
+        self._stop.set()
 
     async def _send_frames(self, sock: socket.socket, data: memoryview) -> None:
         header_size = packet.FRAME_HEADER_SIZE

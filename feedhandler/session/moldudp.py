@@ -200,6 +200,8 @@ class MoldSource(FrameSource):
         self._first_arrival: collections.OrderedDict[int, tuple[int, float]] = \
             collections.OrderedDict()
         self._last_heard = 0.0
+        self._reading_since = 0.0          # batches() started
+        self._first_datagram: float | None = None
         # (first message, gaps given up, when) of the open gap as it was first seen
         self._gap_seen: tuple[int, int, float] | None = None
         self._progress_mark = 0         # the gap's first message when the tries began
@@ -254,6 +256,7 @@ class MoldSource(FrameSource):
         """Frames in sequence order, one list per wake-up (at most `max_frames` datagrams read);
         ends at end of session (with nothing open before it) or at `close()`."""
         self.open()
+        self._reading_since = time.monotonic()
         try:
             while not self._closing.is_set() and not self.tracker.ended:
                 events = self._selector.select(WAKE_UP_INTERVAL)
@@ -292,6 +295,9 @@ class MoldSource(FrameSource):
                          "requests_refused": self.requests_refused,
                          "gaps_filled": self.tracker.gaps_filled},
         }
+        if self._first_datagram is not None:
+            # Time the reader waited for the feed to start, e.g. to take it out of a rate.
+            figures["waited_for_first_s"] = round(self._first_datagram - self._reading_since, 3)
         if self.recovery_seconds:
             figures["recovery"]["gap_filled_ms"] = {
                 "p50": round(statistics.median(self.recovery_seconds) * 1e3, 1),
@@ -321,6 +327,8 @@ class MoldSource(FrameSource):
                 self._answered = True
                 self._server_unreachable = self._server_silent = False
             stats.datagrams += 1
+            if self._first_datagram is None:
+                self._first_datagram = now
             if length > limit:
                 self._refuse(stats, "oversized", f"a datagram of more than {limit} bytes")
                 continue
@@ -413,7 +421,7 @@ class MoldSource(FrameSource):
             seen = (first, len(tracker.gaps), now)
         self._gap_seen = seen
         if first is None:
-            self._progress_mark, self._tries = 0, 0
+            self._progress_mark, self._tries, self._requested_end = 0, 0, 0
 
     def _recover(self, now: float, caught_up: bool) -> list[bytes]:
         """Re-request the open gap once it is due, again after request_timeout, and give it up
@@ -426,7 +434,7 @@ class MoldSource(FrameSource):
         released: list[bytes] = []
         if not caught_up and tracker.held_bytes <= tracker.max_held_bytes:
             return released
-        while tracker.gap_due(now, self.gap_wait):
+        while tracker.gap_due(now, self.gap_wait) or self._answers_in():
             if self._requests is None or self._server_unreachable:
                 released += self._give_up("no request server" if self._requests is None
                                           else "request server unreachable")
@@ -453,6 +461,12 @@ class MoldSource(FrameSource):
             self._last_request = now
             break
         return released
+
+    def _answers_in(self) -> bool:
+        """A recovery under way has had every message it asked for (the gap starts at or after
+        them): the next stretch is asked for at once, without another gap_wait."""
+        gap = self.tracker.open_gap
+        return gap is not None and 0 < self._requested_end <= gap[0]
 
     def _request(self, first: int, last: int) -> int:
         """Up to max_outstanding requests for first..last; returns the sequence number after
@@ -488,7 +502,7 @@ class MoldSource(FrameSource):
         if not self._answered and self._requests is not None:
             # Not one answer to any try: the next gaps get one try each until one comes.
             self._server_silent = True
-        self._tries = 0
+        self._tries, self._requested_end = 0, 0
         return self.tracker.give_up()
 
     def _close_sockets(self) -> None:

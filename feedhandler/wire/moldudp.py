@@ -23,7 +23,7 @@ __all__ = ["HEADER_SIZE", "REQUEST_SIZE", "DEFAULT_MAX_PAYLOAD", "MAX_UDP_PAYLOA
            "messages_per_datagram"]
 
 _HEADER = struct.Struct(_decode.PACKET_HEADER_FORMAT)
-_BLOCK_LENGTH = struct.Struct(">H")
+_BLOCK_LENGTH = struct.Struct(">H")      # a message block's length prefix
 HEADER_SIZE = _HEADER.size
 # A request packet is the downstream header alone: session, first sequence number, count.
 REQUEST_SIZE = HEADER_SIZE
@@ -98,22 +98,16 @@ def parse_request(datagram) -> tuple[bytes, int, int]:
 def check_blocks(datagram, length: int, count: int) -> None:
     """MoldError unless the first `length` bytes of `datagram` are a header and exactly `count`
     message blocks (heartbeats and end of session: the header alone)."""
+    blocks = _decode.count_blocks(datagram, length)
     if count in (packet.HEARTBEAT_COUNT, packet.END_OF_SESSION_COUNT):
-        if length != HEADER_SIZE:
+        if blocks:
             raise MoldError("blocks", f"{length - HEADER_SIZE} bytes after a header of count "
                                       f"{count}")
-        return
-    position = HEADER_SIZE
-    unpack = _BLOCK_LENGTH.unpack_from
-    for _ in range(count):
-        if position + 2 > length:
-            break
-        position += 2 + unpack(datagram, position)[0]
-    else:
-        if position == length:
-            return
-    raise MoldError("blocks", f"{count} message blocks do not fill the {length - HEADER_SIZE} "
-                              f"bytes after the header exactly")
+    elif blocks != count:
+        raise MoldError("blocks", f"the {length - HEADER_SIZE} bytes after the header are "
+                                  + (f"{blocks} message blocks" if blocks >= 0 else
+                                     "message blocks of which the last overruns the datagram")
+                                  + f", the count says {count}")
 
 
 def messages_per_datagram(max_payload: int) -> int:
