@@ -25,7 +25,8 @@ INTERFACE = "127.0.0.1"
 
 
 def capture(path: str) -> subprocess.Popen:
-    tshark = subprocess.Popen(["tshark", "-i", "lo", "-f", "udp", "-w", path],
+    # A 64 MiB capture buffer: a busy machine must not make the capture drop packets.
+    tshark = subprocess.Popen(["tshark", "-i", "lo", "-B", "64", "-f", "udp", "-w", path],
                               stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     for line in tshark.stderr:
@@ -52,16 +53,18 @@ def main() -> None:
     source.open()
     with exchange:
         blocks, _ = read_all(source)
+    capture_report = ""
     if tshark is not None:
         time.sleep(0.5)
         tshark.terminate()
-        tshark.wait(30)
+        capture_report = tshark.communicate(timeout=30)[1]
     expected = orderflow.generate(args.count, symbols=20, seed=9).data
     print(json.dumps({
         "whole": blocks == expected, "ended": source.ended, "missing": source.tracker.missing,
         "dropped": [line.dropped for line in exchange.lines],
         "served": exchange.requests_served, "requested": source.requested,
-        "stats": source.stats(), "port": PORT, "request_port": REQUEST_PORT}))
+        "stats": source.stats(), "port": PORT, "request_port": REQUEST_PORT,
+        "capture_report": capture_report}))
 
 
 if __name__ == "__main__":

@@ -221,12 +221,13 @@ def test_tshark_decodes_the_simulator_and_handler_traffic(tmp_path):
               if destination == "239.192.0.1"]
     data = [(sequence, count) for sequence, count in line_a if 0 < count < 0xFFFF]
     sent = sequences(data)
-    assert sent | sequences(outcome["dropped"][0]) == set(range(1, NETNS_COUNT + 1))
+    report = outcome["capture_report"]
+    assert sent | sequences(outcome["dropped"][0]) == set(range(1, NETNS_COUNT + 1)), report
     assert not sent & sequences(outcome["dropped"][0])
     assert (NETNS_COUNT + 1, 0xFFFF) in line_a
     requests = [[int(sequence), int(count)] for _, _, destination, _, sequence, count in rows
                 if destination == str(request_port)]
-    assert requests and requests == outcome["requested"]
+    assert requests and requests == outcome["requested"], report
     answers = [(int(sequence), int(count)) for _, source, _, _, sequence, count in rows
                if source == str(request_port)]
     assert sequences(outcome["served"]) <= sequences(answers)
