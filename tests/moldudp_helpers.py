@@ -8,7 +8,6 @@ import socket
 from feedhandler.exchange.moldudp_server import MoldSimulator, mold_config
 from feedhandler.session.moldudp import MoldSource
 from feedhandler.session.protocol import message_block
-from feedhandler.wire import packet
 
 HOST = "127.0.0.1"
 
@@ -46,6 +45,3 @@ def sequences(ranges: list[tuple[int, int]]) -> set[int]:
     """The sequence numbers of (first, count) ranges."""
     return {number for first, count in ranges for number in range(first, first + count)}
 
-
-def frame_messages(frames: list[bytes]) -> int:
-    return sum(packet.peek(frame)[2] for frame in frames)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -245,3 +246,44 @@ def test_multicast_a_b_into_a_broker_inside_the_namespace(tmp_path):
     assert "kafka" not in outcome, f"no broker in the namespace: {outcome.get('kafka')}"
     assert outcome["code"] == 0 and outcome["final"]["lost"] == 0, outcome
     assert outcome["ok"], outcome["summary"]
+
+
+# ---- the command line --------------------------------------------------------------------------
+def feedhandler(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "feedhandler", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["--transport", "moldudp64"], "--transport moldudp64 takes --group"),
+    (["--transport", "moldudp64", "--group", "127.0.0.1:9", "--connect", "127.0.0.1:9"],
+     "not --connect or --listen"),
+    (["--connect", "127.0.0.1:9", "--group", "127.0.0.1:9"], "are for moldudp64"),
+    ([], "takes --connect or --listen"),
+])
+def test_run_refuses_transport_arguments_that_do_not_go_together(args, problem):
+    result = feedhandler("run", *args)
+    assert result.returncode == 2, result.stderr
+    assert problem in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_cannot_start_on_an_address_that_is_not_local(kafka):
+    # 192.0.2.0/24 is TEST-NET-1: never a local address, so the bind fails; nothing is sent.
+    result = feedhandler("run", "--transport", "moldudp64", "--group", "192.0.2.1:31001",
+                         "--bootstrap-servers", kafka, "--topic-prefix", "never.")
+    assert result.returncode == 3, result.stderr
+    assert "feedhandler run:" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["--transport", "moldudp64"], "needs --group"),
+    (["--transport", "moldudp64", "--group", "127.0.0.1:9", "--messages-per-packet", "100"],
+     "may not fit a 1400-byte datagram"),
+    (["--transport", "moldudp64", "--group", "127.0.0.1:9", "--drop-rate", "1.5"],
+     "drop rate"),
+])
+def test_simulate_refuses_bad_moldudp64_settings(args, problem):
+    result = feedhandler("simulate", *args)
+    assert result.returncode == 2, result.stderr
+    assert problem in result.stderr and "Traceback" not in result.stderr

@@ -48,8 +48,6 @@ LOG_INTERVAL = 5.0          # seconds between log lines about refused datagrams 
 LATENESS_WINDOW = 8192
 LATENESS_SAMPLES = 100_000
 
-REFUSAL_REASONS = ("short", "oversized", "blocks", "other_session", "overflow")
-
 
 @dataclass
 class LineStats:
@@ -91,13 +89,6 @@ class _Line:
         self.stats = LineStats(name)
         self.sock = sock
         self.address = address
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    host, separator, port = text.rpartition(":")
-    if not separator or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
-        raise ValueError(f"expected ADDRESS:PORT, got {text!r}")
-    return host, int(port)
 
 
 def is_multicast(host: str) -> bool:
@@ -246,11 +237,6 @@ class MoldSource(FrameSource):
             self.log.info("reading MoldUDP64 line %s on %s:%d%s", line.stats.name,
                           *line.address, f" (joined on {self.interface})"
                           if self.interface and is_multicast(line.address[0]) else "")
-
-    @property
-    def bound(self) -> list[tuple[str, int]]:
-        """The addresses the line sockets are bound to (a port 0 resolved)."""
-        return [line.sock.getsockname() for line in self.lines]
 
     def batches(self, max_frames: int = MAX_BATCH) -> Iterator[list[bytes]]:
         """Frames in sequence order, one list per wake-up (at most `max_frames` datagrams read);
