@@ -6,7 +6,7 @@ the simulator and `feedhandler run` as processes on 127.0.0.1 against the local 
 Runs lz4 (TCP session) and moldudp64 (unicast UDP, request server on) alternately, --runs
 times each, and prints per run and as medians: ticks delivered per second of the handler's
 run (moldudp64: from its first datagram), the handler's CPU seconds (user + system, from wait4), gaps re-requested and the time
-from a gap becoming the first open one to its filling. Topics are deleted afterwards."""
+from a datagram showing messages missing to their arrival. Topics are deleted afterwards."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import pytest
 import netns
 from feedhandler.exchange import orderflow
 from feedhandler.session.moldudp import MoldSource
-from feedhandler.wire import moldudp
+from feedhandler.wire import moldudp, packet
 from moldudp_helpers import HOST, closed_port, free_port, read_all, sequences, simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +68,10 @@ def test_one_percent_loss_is_recovered_through_the_request_server():
 
 
 def test_a_b_lines_with_independent_loss_re_request_only_what_both_lost():
-    source, exchange, blocks = receive(lines=2, drop_rate=0.01, drop_rate_b=0.01)
+    # gap_wait: the simulator shares this process's GIL, and a busy machine may hold the B
+    # copy back for longer than the default wait.
+    source, exchange, blocks = receive(lines=2, drop_rate=0.01, drop_rate_b=0.01,
+                                       source_options={"gap_wait": 0.5})
     lost_a, lost_b = (sequences(line.dropped) for line in exchange.lines)
     assert lost_a and lost_b and lost_a != lost_b
     assert blocks == EXPECTED and source.tracker.missing == 0
@@ -166,7 +169,8 @@ def test_hostile_datagrams_are_counted_logged_and_survived(caplog):
     assert line["refused"] == {reason: len(datagrams) for reason, datagrams in hostile.items()}
     assert line["backwards"] == 1 and line["heartbeats"] > 1000
     assert source.tracker.next_sequence == 5 and source.tracker.missing == 0
-    assert source.tracker.duplicates == 2 and len(frames) == 2
+    assert source.tracker.duplicates == 2
+    assert [packet.peek(frame)[1:] for frame in frames] == [(1, 4)]     # merged, in order
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     for reason in hostile:
         assert sum(f"({reason})" in w for w in warnings) == 1, warnings

@@ -129,6 +129,32 @@ def open_line_socket(address: tuple[str, int], interface: str | None,
     return sock
 
 
+def merge_frames(frames: list[bytes]) -> list[bytes]:
+    """Frames in sequence order, each run of consecutive ones merged into one frame (as many
+    messages as a packet's count holds): one datagram carries a few dozen messages, and the
+    pipeline's cost per frame (decode call set-up, publishing) would otherwise dominate."""
+    if len(frames) < 2:
+        return frames
+    skip = packet.FRAME_HEADER_SIZE + packet.PACKET_HEADER_SIZE
+    merged: list[bytes] = []
+    blocks: list = []
+    session = first = count = 0
+    for frame in frames:
+        frame_session, frame_first, frame_count = packet.peek(frame)
+        if blocks and (frame_first != first + count
+                       or count + frame_count >= packet.END_OF_SESSION_COUNT):
+            merged.append(packet.encode_block(b"".join(blocks), count, session=session,
+                                              sequence=first, codec="none"))
+            blocks = []
+        if not blocks:
+            session, first, count = frame_session, frame_first, 0
+        blocks.append(memoryview(frame)[skip:])
+        count += frame_count
+    merged.append(packet.encode_block(b"".join(blocks), count, session=session,
+                                      sequence=first, codec="none"))
+    return merged
+
+
 class MoldSource(FrameSource):
     """The frame source of a MoldUDP64 session on one line or two (A/B); see the module text.
     Of FrameSource it uses the interface (ended, frames, close, the context manager), not the
@@ -181,7 +207,9 @@ class MoldSource(FrameSource):
         self.requests_sent = 0
         self.requested: list[tuple[int, int]] = []  # (first, count) of every request sent
         self.requests_refused = 0                   # the request server was unreachable
-        self.recovery_seconds: list[float] = []     # gap seen -> filled, per filled gap
+        # per stretch of missing messages: seen missing -> filled (the latest ones)
+        self.recovery_seconds: collections.deque[float] = collections.deque(
+            maxlen=LATENESS_SAMPLES)
         # 2 bytes more than allowed: a datagram that fills it was larger than max_datagram.
         self._buffer = bytearray(max_datagram + 1)
         self._view = memoryview(self._buffer)
@@ -191,10 +219,11 @@ class MoldSource(FrameSource):
         self._first_arrival: collections.OrderedDict[int, tuple[int, float]] = \
             collections.OrderedDict()
         self._last_heard = 0.0
+        self._horizon = 0               # after the last message any datagram showed exists
+        # (first missing message, when) of each stretch found missing, oldest first
+        self._missing_since: collections.deque[tuple[int, float]] = collections.deque()
         self._reading_since = 0.0          # batches() started
         self._first_datagram: float | None = None
-        # (first message, gaps given up, when) of the open gap as it was first seen
-        self._gap_seen: tuple[int, int, float] | None = None
         self._progress_mark = 0         # the gap's first message when the tries began
         self._progress_at = 0.0
         self._tries = 0                 # request rounds since the gap last moved on
@@ -260,7 +289,7 @@ class MoldSource(FrameSource):
                 self._follow_gap(now)
                 if batch:
                     self._last_heard = now
-                    yield batch
+                    yield merge_frames(batch)
                 elif events:
                     self._last_heard = now
                 elif now - self._last_heard > self.stall_timeout:
@@ -353,6 +382,11 @@ class MoldSource(FrameSource):
                            f"to {first}")
         if in_order:
             stats.next_sequence = max(stats.next_sequence, first + (0 if control else count))
+        known = max(self._horizon, tracker.next_sequence)
+        if first > known > 0:
+            # Messages before `first` are known to exist and have not come: missing since now.
+            self._missing_since.append((known, now))
+        self._horizon = max(self._horizon, first + (0 if control else count))
         if not control:
             # The same packet from another line (A/B lines carry identical packets): late, and
             # nothing for the tracker to do, whether the first copy was delivered or is held.
@@ -393,20 +427,13 @@ class MoldSource(FrameSource):
 
     # ---- gaps --------------------------------------------------------------------------------
     def _follow_gap(self, now: float) -> None:
-        """Time each gap from when it became the first open one until it was filled
-        (recovery_seconds); gaps given up are not timed."""
+        """Time each stretch of missing messages from when a later one showed it missing to
+        when it was filled (recovery_seconds); stretches given up are not timed."""
         tracker = self.tracker
-        gap = tracker.open_gap
-        first = None if gap is None else gap[0]
-        seen = self._gap_seen
-        if seen is not None and seen[0] != first:
-            if len(tracker.gaps) == seen[1]:
-                self.recovery_seconds.append(now - seen[2])
-            seen = None
-        if seen is None and first is not None:
-            seen = (first, len(tracker.gaps), now)
-        self._gap_seen = seen
-        if first is None:
+        missing = self._missing_since
+        while missing and missing[0][0] < tracker.next_sequence:
+            self.recovery_seconds.append(now - missing.popleft()[1])
+        if tracker.open_gap is None:
             self._progress_mark, self._tries, self._requested_end = 0, 0, 0
 
     def _recover(self, now: float, caught_up: bool) -> list[bytes]:
@@ -489,6 +516,9 @@ class MoldSource(FrameSource):
             # Not one answer to any try: the next gaps get one try each until one comes.
             self._server_silent = True
         self._tries, self._requested_end = 0, 0
+        missing = self._missing_since
+        while missing and missing[0][0] <= last:
+            missing.popleft()
         return self.tracker.give_up()
 
     def _close_sockets(self) -> None:
