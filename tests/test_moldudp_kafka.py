@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ RATE = 300_000
 
 
 def start_handler(kafka: str, prefix: str, lines: list[int], request_port: int,
-                  log: Path) -> subprocess.Popen:
+                  log: Path, *extra: str) -> subprocess.Popen:
     """`feedhandler run` on the lines, once it reads them (its log says so)."""
     argv = [sys.executable, "-m", "feedhandler", "run", "--transport", "moldudp64",
             "--group", f"{HOST}:{lines[0]}", "--request-server", f"{HOST}:{request_port}",
@@ -34,6 +35,7 @@ def start_handler(kafka: str, prefix: str, lines: list[int], request_port: int,
             "--json-stats"]
     if len(lines) > 1:
         argv += ["--line-b", f"{HOST}:{lines[1]}"]
+    argv += extra
     handler = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
     deadline = time.monotonic() + 60
@@ -108,3 +110,31 @@ def test_without_the_request_server_the_loss_is_missing_and_the_run_fails(kafka,
     assert final["missing"] == len(lost) == final["lost"]
     assert final["delivered"] == COUNT - len(lost)
     assert "request server 127.0.0.1" in log and "unreachable" in log
+
+
+def test_a_restart_resumes_from_the_checkpoint_and_re_requests_what_it_missed(
+        kafka, topic_prefix, tmp_path):
+    """The first run is stopped mid-session; the second, started while the feed goes on (so
+    the stream is ahead of it), starts from the checkpoint, re-requests the messages in
+    between, and Kafka holds every message once."""
+    count = 300_000
+    port, request_port = free_port(), free_port()
+    first = start_handler(kafka, topic_prefix, [port], request_port, tmp_path / "first.log")
+    exchange = simulator([port], request_port, count=count, seed=SEED, rate=100_000,
+                         symbols=40)
+    with exchange:
+        time.sleep(1.5)
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+        assert first.returncode == 0, (tmp_path / "first.log").read_text()
+        second = start_handler(kafka, topic_prefix, [port], request_port,
+                               tmp_path / "second.log")
+        stdout, _ = second.communicate(timeout=120)
+    log = (tmp_path / "second.log").read_text()
+    assert second.returncode == 0, log
+    assert "resuming session SIMULATOR at sequence" in log
+    final = next(json.loads(line)["final"] for line in stdout.splitlines() if '"final"' in line)
+    assert final["feed"]["recovery"]["requests_sent"] > 0 and final["lost"] == 0
+    result = check_topics(kafka, Routes.by_category(topic_prefix), "struct",
+                          expected=range(1, count + 1))
+    assert result.ok, result.summary()
