@@ -86,17 +86,31 @@ def add_simulate_arguments(parser: argparse.ArgumentParser):
     add_moldudp_simulate_arguments(parser.add_argument_group("moldudp64"))
 
 
+# The addresses of a MoldUDP64 feed, as `simulate` (sending) and `run` (receiving) take them.
+MOLDUDP_ADDRESSES = {
+    "--group": ("ADDR:PORT", "A line: multicast group or unicast address to send to",
+                "A line: multicast group to join, or local unicast address to bind"),
+    "--line-b": ("ADDR:PORT", "B line: a second group or address carrying the same packets",
+                 "B line of the same session: each message is taken from whichever line "
+                 "brings it first"),
+    "--interface": ("ADDR", "local address multicast leaves from (IP_MULTICAST_IF)",
+                    "local address to join the groups on (default: any)"),
+    "--request-server": ("HOST:PORT", "where the request server listens (default: none)",
+                         "MoldUDP64 request server for gaps both lines missed (default: none, "
+                         "gaps are counted as missing)"),
+}
+
+
+def add_moldudp_addresses(group, *, sending: bool) -> None:
+    for flag, (metavar, send_help, receive_help) in MOLDUDP_ADDRESSES.items():
+        group.add_argument(flag, metavar=metavar, help=send_help if sending else receive_help,
+                           type=None if flag == "--interface" else _host_port)
+
+
 def add_moldudp_simulate_arguments(group) -> None:
     from feedhandler.wire import moldudp
 
-    group.add_argument("--group", type=_host_port, metavar="ADDR:PORT",
-                       help="A line: multicast group or unicast address to send to")
-    group.add_argument("--line-b", type=_host_port, metavar="ADDR:PORT",
-                       help="B line: a second group or address carrying the same packets")
-    group.add_argument("--interface", metavar="ADDR",
-                       help="local address multicast leaves from (IP_MULTICAST_IF)")
-    group.add_argument("--request-server", type=_host_port, metavar="HOST:PORT",
-                       help="where the request server listens (default: none)")
+    add_moldudp_addresses(group, sending=True)
     group.add_argument("--drop-rate", type=float, default=0.0, metavar="P",
                        help="A line: drop each data datagram with probability P (seeded)")
     group.add_argument("--drop-every", type=int, default=0, metavar="N",

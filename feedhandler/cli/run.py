@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from confluent_kafka import KafkaException
 
-from feedhandler.cli import TRANSPORTS, validate
+from feedhandler.cli import TRANSPORTS, add_moldudp_addresses, validate
 from feedhandler.cli.exit_codes import ExitCode, epilog
 from feedhandler.kafka.producer import PRODUCER_LINK_MODES, ProducerLinkUnavailable, link_problem
 from feedhandler.kafka.resume import (Checkpoint, fence_previous, latest_checkpoint,
@@ -88,17 +88,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
                         help="lz4: the TCP session of --connect or --listen (default); "
                              "moldudp64: UDP datagrams on --group (and --line-b), gaps "
                              "re-requested from --request-server")
-    mold = parser.add_argument_group("moldudp64")
-    mold.add_argument("--group", type=host_port, metavar="ADDR:PORT",
-                      help="A line: multicast group to join, or local unicast address to bind")
-    mold.add_argument("--line-b", type=host_port, metavar="ADDR:PORT",
-                      help="B line of the same session: each message is taken from whichever "
-                           "line brings it first")
-    mold.add_argument("--interface", metavar="ADDR",
-                      help="local address to join the groups on (default: any)")
-    mold.add_argument("--request-server", type=host_port, metavar="HOST:PORT",
-                      help="MoldUDP64 request server for gaps both lines missed (default: none, "
-                           "gaps are counted as missing)")
+    add_moldudp_addresses(parser.add_argument_group("moldudp64"), sending=False)
     feed = parser.add_mutually_exclusive_group()
     feed.add_argument("--connect", type=host_port, metavar="HOST:PORT",
                       help="log in to a feed server (e.g. `feedhandler simulate`)")
