@@ -176,6 +176,21 @@ def test_hostile_datagrams_are_counted_logged_and_survived(caplog):
         assert sum(f"({reason})" in w for w in warnings) == 1, warnings
 
 
+def test_a_heartbeat_ahead_shows_a_gap_and_end_of_session_waits_for_it():
+    port = free_port()
+    message = b"S" + bytes(10) + b"O"
+    with MoldSource([(HOST, port)], session=SESSION, request_server=None,
+                    gap_wait=0.05) as source, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as feed:
+        source.open()
+        for datagram in (moldudp.downstream(SESSION, 1, [message] * 2),
+                         moldudp.heartbeat(SESSION, 5), moldudp.end_of_session(SESSION, 5)):
+            feed.sendto(datagram, (HOST, port))
+        frames = [frame for batch in source.batches() for frame in batch]
+    assert [packet.peek(frame)[1:] for frame in frames] == [(1, 2)]
+    assert source.ended and source.tracker.gaps == [(3, 4)] and source.tracker.missing == 2
+
+
 def test_silence_on_every_line_ends_the_source():
     from feedhandler.session import ConnectionLost
 
