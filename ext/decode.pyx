@@ -11,7 +11,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF
-from libc.stdint cimport UINT64_MAX, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport UINT64_MAX, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset
 
@@ -880,5 +880,32 @@ def frame_checksum(buf):
         with nogil:
             h = xxh32(<const uint8_t*> view.buf, view.len, 0)
         return h
+    finally:
+        PyBuffer_Release(&view)
+
+
+def count_blocks(buf, Py_ssize_t length):
+    """How many message blocks (u16 big-endian length, then that many bytes) fill the first
+    `length` bytes of a MoldUDP64 packet after its header exactly; -1 if the last one runs past
+    `length` (or `length` is shorter than the header or longer than the buffer). A datagram
+    check for the UDP transport, without the GIL."""
+    cdef Py_buffer view
+    cdef const uint8_t* data
+    cdef size_t position = sizeof(W.PacketHeader)
+    cdef size_t end
+    cdef int64_t blocks = 0
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        if length < <Py_ssize_t> sizeof(W.PacketHeader) or length > view.len:
+            return -1
+        data = <const uint8_t*> view.buf
+        end = <size_t> length
+        with nogil:
+            while position + 2 <= end:
+                position += 2 + load_be16(data + position)
+                blocks += 1
+            if position != end:
+                blocks = -1
+        return blocks
     finally:
         PyBuffer_Release(&view)

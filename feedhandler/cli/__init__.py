@@ -11,15 +11,16 @@ import logging
 import sys
 
 
-# What `simulate` serves and `run --connect` speaks.
-TRANSPORTS = ("lz4", "soupbintcp")
-
-
 def _host_port(text: str) -> tuple[str, int]:
     host, separator, port = text.rpartition(":")
     if not separator or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host or "127.0.0.1", int(port)
+
+
+# The feed's transports: the LZ4-framed TCP session, NASDAQ's SoupBinTCP 4.1 over TCP, and
+# MoldUDP64 over UDP.
+TRANSPORTS = ("lz4", "soupbintcp", "moldudp64")
 
 
 def _ascii(text: str) -> bytes:
@@ -58,13 +59,11 @@ def add_simulate_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--burst", type=float, default=1.0,
                         help="with --rate: peak-to-average rate; messages come in bursts this "
                              "many times faster than --rate with silences between (default 1)")
-    parser.add_argument("--messages-per-packet", type=int, default=sim.DEFAULT_MESSAGES_PER_PACKET,
-                        help=f"messages per frame (default {sim.DEFAULT_MESSAGES_PER_PACKET})")
+    parser.add_argument("--messages-per-packet", type=int,
+                        help=f"messages per frame (default {sim.DEFAULT_MESSAGES_PER_PACKET}; "
+                             "moldudp64: as many as --max-payload always holds)")
     parser.add_argument("--codec", choices=["lz4", "none"], default="lz4",
                         help="frame compression (default lz4; soupbintcp sends plain messages)")
-    parser.add_argument("--transport", choices=TRANSPORTS, default="lz4",
-                        help="lz4: the feed's own LZ4-framed session (default); soupbintcp: "
-                             "NASDAQ SoupBinTCP 4.1, one ITCH message per sequenced data packet")
     parser.add_argument("--replay", metavar="FILE",
                         help="serve a NASDAQ TotalView-ITCH 5.0 file (binary file framing, plain "
                              "or gzip) instead of synthetic data")
@@ -81,25 +80,77 @@ def add_simulate_arguments(parser: argparse.ArgumentParser):
                              "end of session and disconnected (default: keep serving)")
     parser.add_argument("--quiet", action="store_true",
                         help="no status line and only warnings in the log")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="lz4",
+                        help="lz4: the feed's own LZ4-framed session on --listen (default); "
+                             "soupbintcp: NASDAQ SoupBinTCP 4.1 on --listen, one ITCH message "
+                             "per sequenced data packet; moldudp64: datagrams to --group (and "
+                             "--line-b), re-requests on --request-server")
+    add_moldudp_simulate_arguments(parser.add_argument_group("moldudp64"))
+
+
+# The addresses of a MoldUDP64 feed, as `simulate` (sending) and `run` (receiving) take them.
+MOLDUDP_ADDRESSES = {
+    "--group": ("ADDR:PORT", "A line: multicast group or unicast address to send to",
+                "A line: multicast group to join, or local unicast address to bind"),
+    "--line-b": ("ADDR:PORT", "B line: a second group or address carrying the same packets",
+                 "B line of the same session. moldudp64: a second group or address, each "
+                 "message taken from whichever line brings it first; soupbintcp: a backup "
+                 "server the client fails over to at the next sequence number"),
+    "--interface": ("ADDR", "local address multicast leaves from (IP_MULTICAST_IF)",
+                    "local address to join the groups on (default: any)"),
+    "--request-server": ("HOST:PORT", "where the request server listens (default: none)",
+                         "MoldUDP64 request server for gaps both lines missed (default: none, "
+                         "gaps are counted as missing)"),
+}
+
+
+def add_moldudp_addresses(group, *, sending: bool) -> None:
+    for flag, (metavar, send_help, receive_help) in MOLDUDP_ADDRESSES.items():
+        group.add_argument(flag, metavar=metavar, help=send_help if sending else receive_help,
+                           type=None if flag == "--interface" else _host_port)
+
+
+def add_moldudp_simulate_arguments(group) -> None:
+    from feedhandler.wire import moldudp
+
+    add_moldudp_addresses(group, sending=True)
+    group.add_argument("--drop-rate", type=float, default=0.0, metavar="P",
+                       help="A line: drop each data datagram with probability P (seeded)")
+    group.add_argument("--drop-every", type=int, default=0, metavar="N",
+                       help="A line: drop every Nth data datagram")
+    group.add_argument("--drop-rate-b", type=float, default=0.0, metavar="P",
+                       help="B line: its own --drop-rate")
+    group.add_argument("--drop-every-b", type=int, default=0, metavar="N",
+                       help="B line: its own --drop-every")
+    group.add_argument("--max-payload", type=int, default=moldudp.DEFAULT_MAX_PAYLOAD,
+                       help=f"largest datagram in bytes (default {moldudp.DEFAULT_MAX_PAYLOAD}, "
+                            "fits Ethernet; loopback takes up to 65507)")
+    group.add_argument("--ttl", type=int, default=1, help="multicast TTL (default 1)")
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from feedhandler.exchange.config import SimulatorConfig
+    from feedhandler.exchange.config import DEFAULT_MESSAGES_PER_PACKET, SimulatorConfig
     from feedhandler.exchange.server import Simulator
     from feedhandler.exchange.soupbin_server import SoupBinSimulator
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.listen
+    settings = dict(
+        session=args.session, count=args.count, seed=args.seed, symbols=args.symbols,
+        rate=args.rate, burst=args.burst, messages_per_packet=args.messages_per_packet,
+        replay=args.replay, speed=args.speed, exit_after_end=args.exit_after_end,
+        retain_bytes=args.retain_mb << 20, status_interval=None if args.quiet else 1.0)
     try:
-        config = SimulatorConfig(
-            host=host, port=port, session=args.session, username=args.username,
-            password=args.password, count=args.count, seed=args.seed, symbols=args.symbols,
-            rate=args.rate, burst=args.burst, messages_per_packet=args.messages_per_packet,
-            codec=args.codec, replay=args.replay, speed=args.speed,
-            exit_after_end=args.exit_after_end, retain_bytes=args.retain_mb << 20,
-            max_clients=args.max_clients, status_interval=None if args.quiet else 1.0)
-        simulator = (SoupBinSimulator if args.transport == "soupbintcp" else Simulator)(config)
+        if args.transport == "moldudp64":
+            simulator = _mold_simulator(args, settings)
+        else:
+            if settings["messages_per_packet"] is None:
+                settings["messages_per_packet"] = DEFAULT_MESSAGES_PER_PACKET
+            config = SimulatorConfig(
+                host=host, port=port, username=args.username, password=args.password,
+                codec=args.codec, max_clients=args.max_clients, **settings)
+            simulator = (SoupBinSimulator if args.transport == "soupbintcp" else Simulator)(config)
     except (ValueError, OSError) as error:
         print(f"feedhandler simulate: {error}", file=sys.stderr)
         return 2
@@ -113,10 +164,23 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mold_simulator(args: argparse.Namespace, settings: dict):
+    from feedhandler.exchange.moldudp_server import MoldSimulator, mold_config
+
+    if args.group is None:
+        raise ValueError("--transport moldudp64 needs --group ADDR:PORT")
+    return MoldSimulator(mold_config(
+        group=args.group, line_b=args.line_b, interface=args.interface,
+        request_server=args.request_server, drop_rate=args.drop_rate,
+        drop_every=args.drop_every, drop_rate_b=args.drop_rate_b,
+        drop_every_b=args.drop_every_b, max_payload=args.max_payload, ttl=args.ttl,
+        **settings))
+
+
 def add_run_arguments(parser: argparse.ArgumentParser):
     from feedhandler.cli.run import add_run_arguments as add
 
-    add(parser, _host_port, TRANSPORTS)
+    add(parser, _host_port)
 
 
 def run(args: argparse.Namespace) -> int:

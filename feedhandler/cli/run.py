@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from confluent_kafka import KafkaException
 
-from feedhandler.cli import validate
+from feedhandler.cli import TRANSPORTS, add_moldudp_addresses, validate
 from feedhandler.cli.exit_codes import ExitCode, epilog
 from feedhandler.kafka.producer import PRODUCER_LINK_MODES, ProducerLinkUnavailable, link_problem
 from feedhandler.kafka.resume import (Checkpoint, fence_previous, latest_checkpoint,
@@ -37,6 +37,7 @@ from feedhandler.ops import service, threads
 from feedhandler.pipeline.handler import Handler, HandlerConfig
 from feedhandler.session import (FrameSource, ListenSource, LoginRejected, SessionClient,
                                  SessionError)
+from feedhandler.session.moldudp import MoldSource
 from feedhandler.session.protocol import LINK_TIMEOUT, SESSION_LENGTH, SESSION_NOT_AVAILABLE
 from feedhandler.session.soupbin import SoupBinClient
 
@@ -90,20 +91,21 @@ def _seconds(text: str) -> float:
     return value
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, host_port, transports) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
     parser.epilog = epilog()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    feed = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--transport", choices=TRANSPORTS, default="lz4",
+                        help="lz4: the feed's own LZ4-framed TCP session of --connect or "
+                             "--listen (default); soupbintcp: NASDAQ SoupBinTCP 4.1 with "
+                             "--connect (and a backup --line-b); moldudp64: UDP datagrams on "
+                             "--group (and --line-b), gaps re-requested from --request-server")
+    add_moldudp_addresses(parser.add_argument_group("feed lines (moldudp64; --line-b also "
+                                                    "soupbintcp)"), sending=False)
+    feed = parser.add_mutually_exclusive_group()
     feed.add_argument("--connect", type=host_port, metavar="HOST:PORT",
                       help="log in to a feed server (e.g. `feedhandler simulate`)")
     feed.add_argument("--listen", type=host_port, metavar="HOST:PORT",
                       help="accept one connection that streams data frames (no login)")
-    parser.add_argument("--transport", choices=transports, default="lz4",
-                        help="--connect: lz4 = the feed's own LZ4-framed session (default); "
-                             "soupbintcp = NASDAQ SoupBinTCP 4.1")
-    parser.add_argument("--line-b", type=host_port, metavar="HOST:PORT",
-                        help="--transport soupbintcp: a backup session the client fails over to "
-                             "(at the next sequence number) when the line it reads is lost")
     parser.add_argument("--username", default="feed", help="login username (default feed)")
     parser.add_argument("--password", default="feed", help="login password (default feed)")
     parser.add_argument("--session", default="", help="session to join (default: current)")
@@ -184,7 +186,11 @@ def midnight_ms(trade_date: datetime.date | None) -> int:
 
 
 def frame_source(args: argparse.Namespace, session: str | bytes, sequence: int) -> FrameSource:
-    """The frame source of --connect or --listen."""
+    """The frame source of --connect, --listen or --transport moldudp64."""
+    if args.transport == "moldudp64":
+        return MoldSource([args.group] + ([args.line_b] if args.line_b else []),
+                          interface=args.interface, request_server=args.request_server,
+                          session=session, sequence=sequence, stall_timeout=args.stall_timeout)
     if args.transport == "soupbintcp":
         return SoupBinClient(*args.connect, backup=args.line_b, username=args.username,
                              password=args.password, session=session, sequence=sequence,
@@ -200,8 +206,10 @@ def frame_source(args: argparse.Namespace, session: str | bytes, sequence: int) 
 def open_source(args: argparse.Namespace, checkpoints: dict[bytes, Checkpoint]) -> FrameSource:
     """The frame source, opened. Without --sequence, a --connect run logs in to the session of
     the newest checkpoint (or --session's) at its position; when the exchange no longer has
-    that session (a new day), to the current session from its start."""
-    if args.sequence is not None or not args.connect:
+    that session (a new day), to the current session from its start. MoldUDP64 does the
+    same without a login: it follows the checkpoint's session from its position (re-requesting
+    what the stream is ahead of), and refuses datagrams of any other session."""
+    if args.sequence is not None or args.listen:
         source = frame_source(args, args.session, 1 if args.sequence is None else args.sequence)
         source.open()
         return source
@@ -293,6 +301,27 @@ def _hang_up(handler: Handler | None) -> None:
             "failed": handler.sink.ledger.errors.units, "in_producer": handler.outstanding()}))
 
 
+def _check_transport(args: argparse.Namespace) -> None:
+    if args.transport == "moldudp64":
+        if args.group is None or args.connect or args.listen:
+            raise validate.UsageError("--transport moldudp64 takes --group ADDR:PORT (and "
+                                      "--line-b, --interface, --request-server), not --connect "
+                                      "or --listen")
+        return
+    if args.group or args.interface or args.request_server:
+        raise validate.UsageError(f"--transport {args.transport} takes --connect or --listen "
+                                  "(--group, --interface and --request-server are for "
+                                  "moldudp64)")
+    if args.transport == "soupbintcp":
+        if not args.connect:
+            raise validate.UsageError("--transport soupbintcp needs --connect HOST:PORT (and "
+                                      "--line-b HOST:PORT for a backup session)")
+    elif not (args.connect or args.listen):
+        raise validate.UsageError("--transport lz4 takes --connect or --listen")
+    elif args.line_b:
+        raise validate.UsageError("--line-b needs --transport soupbintcp or moldudp64")
+
+
 def _fail(code: ExitCode, problem) -> ExitCode:
     print(f"feedhandler run: {problem}", file=sys.stderr, flush=True)
     return code
@@ -301,10 +330,7 @@ def _fail(code: ExitCode, problem) -> ExitCode:
 def _run(args: argparse.Namespace) -> int:
     try:
         validate.counts(args)
-        if args.transport == "soupbintcp" and not args.connect:
-            raise validate.UsageError("--transport soupbintcp needs --connect")
-        if args.line_b and args.transport != "soupbintcp":
-            raise validate.UsageError("--line-b needs --transport soupbintcp")
+        _check_transport(args)
         routes = validate.routes(args.topic_prefix, args.route)
         settings = list(args.producer_settings)
         if args.exactly_once and not any(key == "transactional.id" for key, _ in settings):
@@ -363,8 +389,8 @@ def _start(args, routes, kafka, cpus, metrics, statistics) -> int:
         return _fail(ExitCode.COULD_NOT_START, f"the feed refused the login: {error}")
     except (SessionError, OSError) as error:
         return _fail(ExitCode.COULD_NOT_START, error)
-    if args.connect:
-        session = source.tracker.session
+    session = source.tracker.session
+    if args.connect or (args.transport == "moldudp64" and session):
         config.resume = checkpoints.get(session) or Checkpoint(session)
     try:
         handler = Handler(config)
@@ -410,6 +436,8 @@ def _start(args, routes, kafka, cpus, metrics, statistics) -> int:
     summary = {**account.as_dict(), "seconds": round(elapsed, 3),
                "ticks_per_s": round(account.delivered / elapsed) if elapsed else 0,
                "latency_ms": handler.acks.percentiles_ms()}
+    if hasattr(source, "stats"):
+        summary["feed"] = source.stats()
     if args.json_stats:
         print(json.dumps({"final": summary}), flush=True)
     print(format_account(summary), file=sys.stderr, flush=True)
@@ -435,4 +463,8 @@ def format_account(summary: dict) -> str:
     if summary["latency_ms"]:
         lines.append("  frame->ack latency   " + ", ".join(
             f"{k} {v} ms" for k, v in summary["latency_ms"].items()))
+    for part, figures in summary.get("feed", {}).get("lines", {}).items():
+        lines.append(f"  line {part:<15} {json.dumps(figures)}")
+    if "feed" in summary:
+        lines.append(f"  recovery             {json.dumps(summary['feed']['recovery'])}")
     return "\n".join(lines)

@@ -207,17 +207,10 @@ class Simulator:
         self.store = FrameStore(retain_bytes=self._retain)
         self._appended = asyncio.Event()
         self._framed = asyncio.Event()      # _prepared, for the event loop
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((config.host, config.port))
-        listener.listen(128)
-        listener.setblocking(False)
-        self.port = listener.getsockname()[1]
-        log.info("serving session %s on %s:%d", self.session.decode().strip(), config.host,
-                 self.port)
+        sockets, serving = self._serve()
         self._started = time.monotonic()
         tasks = [asyncio.create_task(coroutine) for coroutine in (
-            self._accept(listener), self._produce(), self._publish(), self._report())]
+            *serving, self._produce(), self._publish(), self._report())]
         self._ready.set()
         try:
             await self._stop.wait()
@@ -226,7 +219,22 @@ class Simulator:
                 task.cancel()
             await asyncio.gather(*tasks, *(client.task for client in self.clients),
                                  return_exceptions=True)
-            listener.close()
+            for sock in sockets:
+                sock.close()
+
+    def _serve(self) -> tuple[list[socket.socket], list]:
+        """The transport's sockets (closed at the end) and coroutines (run until stop): here
+        the TCP listener and its accept loop. Sets self.port."""
+        config = self.config
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((config.host, config.port))
+        listener.listen(128)
+        listener.setblocking(False)
+        self.port = listener.getsockname()[1]
+        log.info("serving session %s on %s:%d", self.session.decode().strip(), config.host,
+                 self.port)
+        return [listener], [self._accept(listener)]
 
     async def _accept(self, listener: socket.socket):
         loop = asyncio.get_running_loop()
