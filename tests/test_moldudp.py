@@ -191,6 +191,27 @@ def test_a_heartbeat_ahead_shows_a_gap_and_end_of_session_waits_for_it():
     assert source.ended and source.tracker.gaps == [(3, 4)] and source.tracker.missing == 2
 
 
+def test_feed_state_is_up_only_while_datagrams_arrive(monkeypatch):
+    """/healthz asks the source: a MoldUDP64 feed is up once datagrams (heartbeats included)
+    arrive, and down again after a few seconds without any."""
+    from feedhandler.session import moldudp as moldsource
+
+    port = free_port()
+    with MoldSource([(HOST, port)], session=SESSION, request_server=None) as source, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as feed:
+        assert source.feed_state() == (False, "not reading the lines yet")
+        source.open()
+        assert source.feed_state() == (False, "no datagram received yet")
+        feed.sendto(moldudp.downstream(SESSION, 1, [b"S" + bytes(10) + b"O"]), (HOST, port))
+        feed.sendto(moldudp.end_of_session(SESSION, 2), (HOST, port))
+        for _ in source.batches():
+            pass
+        assert source.feed_state() == (True, "receiving on line A")
+        monkeypatch.setattr(moldsource, "FEED_SILENCE", 0.0)
+        up, why = source.feed_state()
+        assert not up and why.startswith("nothing on any line for")
+
+
 def test_silence_on_every_line_ends_the_source():
     from feedhandler.session import ConnectionLost
 

@@ -180,22 +180,14 @@ class KafkaStatistics:
 
 
 def feed_state(source) -> tuple[bool, str]:
-    """(up, why) of a frame source: a session client is up while logged in, a listening source
-    while its feed is connected; a source whose session ended is done, not down. Frame sources
-    keep these as private state, read here in one place."""
+    """(up, why) of a frame source (`FrameSource.feed_state`); a source whose session ended is
+    done, not down."""
     tracker = getattr(source, "tracker", None)
     if tracker is None:
         return True, "frames from an iterable"
     if tracker.ended:
         return True, "end of session"
-    logged_in = getattr(source, "_logged_in", None)
-    if logged_in is not None:
-        if logged_in:
-            return True, f"logged in to session {tracker.session.decode().strip()}"
-        return False, "not logged in (connecting)"
-    if getattr(source, "_sock", None) is not None:
-        return True, "feed connected"
-    return False, "no feed connection"
+    return source.feed_state()
 
 
 class PipelineCollector(Collector):

@@ -126,6 +126,11 @@ class SessionClient(Lz4FramedSource):
     rerequests = _from_tracker("rerequests")
 
     # ---- public ----------------------------------------------------------------------------------
+    def feed_state(self) -> tuple[bool, str]:
+        if self._logged_in:
+            return True, f"logged in to session {self.tracker.session.decode().strip()}"
+        return False, "not logged in (connecting)"
+
     def open(self) -> None:
         """Connect and log in, unless logged in already. Failed attempts are retried as a lost
         link is; raises LoginRejected at once, ConnectionLost once reconnecting is off or gives

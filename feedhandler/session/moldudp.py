@@ -44,6 +44,7 @@ MAX_OUTSTANDING = 4         # requests in flight at once
 MAX_REQUEST_COUNT = 1024    # messages asked for by one request
 WAKE_UP_INTERVAL = 0.05
 LOG_INTERVAL = 5.0          # seconds between log lines about refused datagrams of one reason
+FEED_SILENCE = 3.0          # seconds without a datagram (heartbeats come every second): down
 # Arrival times of first copies kept for lateness (by first sequence number of the datagram).
 LATENESS_WINDOW = 8192
 LATENESS_SAMPLES = 100_000
@@ -157,8 +158,7 @@ def merge_frames(frames: list[bytes]) -> list[bytes]:
 
 class MoldSource(FrameSource):
     """The frame source of a MoldUDP64 session on one line or two (A/B); see the module text.
-    Of FrameSource it uses the interface (ended, frames, close, the context manager), not the
-    stream buffer: each datagram is read whole into a buffer of its own.
+    Each datagram is read whole into a buffer of its own.
 
     lines: ADDRESS:PORT pairs, the A line first; request_server: (host, port) or None (gaps
     are then given up after `gap_wait`). `session` and `sequence` as for the tracker: "" = the
@@ -190,8 +190,7 @@ class MoldSource(FrameSource):
                              "request_timeout > 0")
         logger = logger or logging.getLogger(__name__)
         super().__init__(SequenceTracker(session, sequence, name="moldudp64", logger=logger),
-                         stall_timeout=stall_timeout, gap_wait=gap_wait, receive_buffer=0,
-                         logger=logger)
+                         stall_timeout=stall_timeout, gap_wait=gap_wait, logger=logger)
         self.addresses = list(lines)
         self.interface = interface
         self.request_server = request_server
@@ -266,6 +265,17 @@ class MoldSource(FrameSource):
             self.log.info("reading MoldUDP64 line %s on %s:%d%s", line.stats.name,
                           *line.address, f" (joined on {self.interface})"
                           if self.interface and is_multicast(line.address[0]) else "")
+
+    def feed_state(self) -> tuple[bool, str]:
+        if self._selector is None:
+            return False, "not reading the lines yet"
+        if self._first_datagram is None:
+            return False, "no datagram received yet"
+        # Heartbeats come every second on a healthy line; a few missed ones are a problem.
+        silent = time.monotonic() - self._last_heard
+        if silent > FEED_SILENCE:
+            return False, f"nothing on any line for {silent:.0f} s"
+        return True, f"receiving on line{'s A/B' if len(self.lines) > 1 else ' A'}"
 
     def batches(self, max_frames: int = MAX_BATCH) -> Iterator[list[bytes]]:
         """Frames in sequence order, one list per wake-up (at most `max_frames` datagrams read);

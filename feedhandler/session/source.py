@@ -1,16 +1,20 @@
 """Frame sources: where the pipeline's frames come from, one class per transport.
 
-Every source reads length-prefixed packets from one TCP connection at a time into a large
-buffer with `recv_into`, turns what it read into feed frames (`_scan`, the one thing each
-transport's framing decides) and passes each data frame through its `SequenceTracker`, so gaps,
-duplicates and session changes mean the same for every transport. `FrameSource` holds what they
-share: the buffer, reads, stalls, close() and the error kept until a batch is out.
+`FrameSource` is what the pipeline sees of any transport: `open()`, `batches()` of frames in
+sequence order, `close()`, `feed_state()`, and the `SequenceTracker` every data frame passes
+through, so gaps, duplicates and session changes mean the same for every transport.
+
+`StreamSource` is what the TCP transports share: they read length-prefixed packets from one
+connection at a time into a large buffer with `recv_into` and turn what they read into feed
+frames (`_scan`, the one thing each transport's framing decides); it holds the buffer, reads,
+stalls, close() and the error kept until a batch is out.
 
 `Lz4FramedSource` reads the feed's own frames (u32 length, then a frame as `packet` writes it):
 `SessionClient` (`feedhandler.session.client`) logs in to a feed server and reconnects;
 `ListenSource` (`feedhandler.session.listener`) accepts one connection that pushes data frames.
 `SoupBinClient` (`feedhandler.session.soupbin`) reads SoupBinTCP 4.1 and gathers its sequenced
-data packets into frames.
+data packets into frames. `MoldSource` (`feedhandler.session.moldudp`) reads MoldUDP64
+datagrams from one or two lines.
 """
 
 from __future__ import annotations
@@ -62,15 +66,13 @@ class FrameSource:
     reconnect), and raises a SessionError when the session cannot go on, after yielding every
     frame before the fault. `close()` may be called from any thread and stops `batches()`
     promptly. `tracker` holds the sequence numbers: gaps, missing, duplicates, next_sequence.
+    `feed_state()` says whether the feed is up, for health checks from any thread.
     """
 
     peer = "peer"       # how errors and log lines name the other end
-    # The transport's packet prefix: a big-endian length of the bytes after it, then a type byte.
-    length_field = LENGTH_PREFIX
 
     def __init__(self, tracker: SequenceTracker, *, stall_timeout: float = LINK_TIMEOUT,
-                 gap_wait: float = GAP_WAIT, receive_buffer: int = RECEIVE_BUFFER,
-                 logger: logging.Logger | None = None):
+                 gap_wait: float = GAP_WAIT, logger: logging.Logger | None = None):
         if stall_timeout <= 0:
             raise ValueError("stall_timeout must be positive")
         if gap_wait < 0:
@@ -78,16 +80,7 @@ class FrameSource:
         self.tracker = tracker
         self.stall_timeout = stall_timeout
         self.gap_wait = gap_wait
-        self._wake_up = min(WAKE_UP_INTERVAL, stall_timeout / 4, max(gap_wait, 0.01))
         self.log = logger or logging.getLogger(type(self).__module__)
-        self._buffer = bytearray(max(receive_buffer, 2 * MIN_READ))
-        self._view = memoryview(self._buffer)
-        self._start = self._end = 0         # unread bytes: _buffer[_start:_end]
-        self._sock: socket.socket | None = None
-        self._quiet_since = 0.0             # when the source last heard from the peer
-        self._frame_since = 0.0             # when the first unread frame's first byte came
-        self._last_read = 0.0
-        self._deferred: Exception | None = None
         self._closing = threading.Event()
 
     def __enter__(self):
@@ -101,11 +94,14 @@ class FrameSource:
         """End of session seen: the feed has nothing more to send."""
         return self.tracker.ended
 
-    # ---- public ----------------------------------------------------------------------------------
     def open(self) -> None:
         raise NotImplementedError
 
     def batches(self, max_frames: int = MAX_BATCH) -> Iterator[list[bytes]]:
+        raise NotImplementedError
+
+    def feed_state(self) -> tuple[bool, str]:
+        """(up, why): whether frames can come now (logged in, connected, datagrams arriving)."""
         raise NotImplementedError
 
     def frames(self) -> Iterator[bytes]:
@@ -116,6 +112,35 @@ class FrameSource:
     def close(self) -> None:
         """Stop `batches()`; safe to call from another thread, and more than once."""
         self._closing.set()
+
+
+class StreamSource(FrameSource):
+    """A frame source reading a TCP byte stream of length-prefixed packets (see the module)."""
+
+    # The transport's packet prefix: a big-endian length of the bytes after it, then a type byte.
+    length_field = LENGTH_PREFIX
+
+    def __init__(self, tracker: SequenceTracker, *, stall_timeout: float = LINK_TIMEOUT,
+                 gap_wait: float = GAP_WAIT, receive_buffer: int = RECEIVE_BUFFER,
+                 logger: logging.Logger | None = None):
+        super().__init__(tracker, stall_timeout=stall_timeout, gap_wait=gap_wait, logger=logger)
+        self._wake_up = min(WAKE_UP_INTERVAL, stall_timeout / 4, max(gap_wait, 0.01))
+        self._buffer = bytearray(max(receive_buffer, 2 * MIN_READ))
+        self._view = memoryview(self._buffer)
+        self._start = self._end = 0         # unread bytes: _buffer[_start:_end]
+        self._sock: socket.socket | None = None
+        self._quiet_since = 0.0             # when the source last heard from the peer
+        self._frame_since = 0.0             # when the first unread frame's first byte came
+        self._last_read = 0.0
+        self._deferred: Exception | None = None
+
+    def feed_state(self) -> tuple[bool, str]:
+        if self._sock is not None:
+            return True, "feed connected"
+        return False, "no feed connection"
+
+    def close(self) -> None:
+        super().close()
         sock = self._sock
         if sock is not None:
             try:
@@ -231,7 +256,6 @@ class FrameSource:
         of an incomplete packet at the front (0 if none or unknown)."""
         raise NotImplementedError
 
-
     def _grow(self, needed: int) -> None:
         """A bigger buffer, for a frame longer than the free space a read needs after it."""
         grown = bytearray(max(needed, 2 * len(self._buffer)))
@@ -272,7 +296,7 @@ class FrameSource:
         self._waited(now, end > start)
 
 
-class Lz4FramedSource(FrameSource):
+class Lz4FramedSource(StreamSource):
     """A source of the feed's own frames: u32 length, type byte, and for data (type S) a frame
     exactly as `packet.encode_block` writes it."""
 
