@@ -93,10 +93,18 @@ topics=$(printf "$prefix%s " orders trades reference noii deadletter checkpoint)
 "$work/venv/bin/feedhandler" simulate --listen "127.0.0.1:$port" --count "$count" \
     --exit-after-end --quiet &
 simulator_pid=$!
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-done
+"$venv_python" - "$port" <<'EOF'
+import socket, sys, time
+deadline = time.monotonic() + 10      # the simulator listens at once, generating behind it
+while True:
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit("wheel check: the simulator did not listen within 10 s")
+        time.sleep(0.1)
+EOF
 "$work/venv/bin/feedhandler" run --connect "127.0.0.1:$port" --bootstrap-servers "$bootstrap" \
     --producer-link require --topic-prefix "$prefix" --quiet
 "$venv_python" - "$bootstrap" "$prefix" "$count" <<'EOF'
