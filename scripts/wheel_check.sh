@@ -48,6 +48,7 @@ PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PA
 python3 -m auditwheel repair -w "$work/wheelhouse" "$work"/dist/*.whl >"$work/repair.log" 2>&1 \
     || { cat "$work/repair.log"; exit 1; }
 wheel=$(ls "$work"/wheelhouse/*.whl)
+ls -l "$wheel"
 python3 -m auditwheel show "$wheel"
 case "$wheel" in
     *manylinux*) ;;
