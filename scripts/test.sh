@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): install and build, start a local Kafka broker, prove the
-# wheel path (scripts/wheel_check.sh, ~1.5 min), gate the decode benchmarks' same-moment ratios
+# wheel path (scripts/wheel_check.sh, 1-2.5 min), gate the decode benchmarks' same-moment ratios
 # (bench/gate.py, ~20 s), run the test suite against the broker (last, so its summary closes the
 # output), stop the broker. Extra arguments go to pytest.
 set -euo pipefail
