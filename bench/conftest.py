@@ -6,6 +6,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from package_under_test import prefer_built_package, report_header  # noqa: E402
+
+prefer_built_package()
+
+
+def pytest_report_header(config):
+    return report_header()
+
 
 def rate_rows(benchmarks):
     rows = {}

@@ -35,6 +35,6 @@ if [ ${#missing[@]} -gt 0 ] || $need_java; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-python3 -m pip install -q --disable-pip-version-check "setuptools>=68" "Cython>=3.0" "numpy>=2.0"
+python3 -m pip install -q --disable-pip-version-check "setuptools>=77" "Cython>=3.0" "numpy>=2.0"
 # --no-build-isolation: build against the numpy just installed instead of a private copy.
 python3 -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test]"

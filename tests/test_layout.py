@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import feedhandler
 from feedhandler.wire import _decode
 from feedhandler.wire.itch import DTYPES, WIRE_LENGTHS
 
@@ -75,8 +76,11 @@ def test_struct_writes_land_where_the_dtype_reads(message_type):
 
 
 def test_generated_docs_are_current():
-    """docs/messages.md and the fault code table of docs/protocol.md (scripts/wire_docs.py)."""
+    """docs/messages.md and the fault code table of docs/protocol.md (scripts/wire_docs.py),
+    checked against the feedhandler under test: the checkout's, or an installed wheel's when the
+    tests run against one (the checkout's package is not built then)."""
+    package_parent = Path(feedhandler.__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, "scripts/wire_docs.py", "--check"], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            env={**os.environ, "PYTHONPATH": str(package_parent)},
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -9,8 +9,8 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGE = "feedhandler"
-COMPILED_MODULES = ("feedhandler.wire._decode", "feedhandler.kafka._records",
-                    "feedhandler.kafka._producer_link")
+COMPILED_MODULES = ("feedhandler.wire._decode", "feedhandler.wire._soupbin",
+                    "feedhandler.kafka._records", "feedhandler.kafka._producer_link")
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
