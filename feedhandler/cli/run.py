@@ -27,6 +27,7 @@ from confluent_kafka import KafkaException
 
 from feedhandler.cli import validate
 from feedhandler.cli.exit_codes import ExitCode, epilog
+from feedhandler.cli.logs import ACCOUNT_LOGGER, STATUS_LOGGER, utc_timestamp
 from feedhandler.kafka.producer import PRODUCER_LINK_MODES, ProducerLinkUnavailable, link_problem
 from feedhandler.kafka.resume import (Checkpoint, fence_previous, latest_checkpoint,
                                       read_checkpoints)
@@ -38,6 +39,8 @@ from feedhandler.session import (FrameSource, ListenSource, LoginRejected, Sessi
 from feedhandler.session.protocol import LINK_TIMEOUT, SESSION_LENGTH, SESSION_NOT_AVAILABLE
 
 log = logging.getLogger("feedhandler.run")
+status_log = logging.getLogger(STATUS_LOGGER)
+account_log = logging.getLogger(ACCOUNT_LOGGER)
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 # The reader, the decode workers and the publisher hand work to each other constantly; with
@@ -89,7 +92,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
     feed.add_argument("--listen", type=host_port, metavar="HOST:PORT",
                       help="accept one connection that streams data frames (no login)")
     parser.add_argument("--username", default="feed", help="login username (default feed)")
-    parser.add_argument("--password", default="feed", help="login password (default feed)")
+    parser.add_argument("--password", default="feed",
+                        help="login password (default feed); prefer password-file in the "
+                             "--config file or FEEDHANDLER_PASSWORD(_FILE): ps shows flags")
     parser.add_argument("--session", default="", help="session to join (default: current)")
     parser.add_argument("--sequence", type=int, default=None,
                         help="first sequence number wanted: 1 = whole session, 0 = from now on; "
@@ -197,36 +202,53 @@ def open_source(args: argparse.Namespace, checkpoints: dict[bytes, Checkpoint]) 
 
 
 class StatusPrinter(threading.Thread):
-    """One status line a second: rates in and out, queue depth and producer lag."""
+    """One status line a second: the time, rates in and out, queue depth, producer lag and,
+    as JSON (--json-stats on stdout, or a log record under --log-format json), the running
+    totals."""
 
-    def __init__(self, handler: Handler, source: FrameSource, as_json: bool):
+    def __init__(self, handler: Handler, source: FrameSource, as_json: bool,
+                 as_log: bool = False):
         super().__init__(name="status", daemon=True)
         self.handler = handler
         self.source = source
         self.as_json = as_json
+        self.as_log = as_log
         self.done = threading.Event()
 
     def run(self):
         account, acks = self.handler.account, self.handler.acks
+        ledger, tracker = self.handler.sink.ledger, self.source.tracker
         last = (time.monotonic(), account.messages, acks.ticks)
         while not self.done.wait(1.0):
             now = (time.monotonic(), account.messages, acks.ticks)
             seconds = now[0] - last[0]
+            failed = ledger.errors.units
             status = {
+                "timestamp": utc_timestamp(time.time()),
                 "in_per_s": round((now[1] - last[1]) / seconds),
                 "delivered_per_s": round((now[2] - last[2]) / seconds),
                 "reads_queued": self.handler.queue_depth(),
                 "in_producer": self.handler.outstanding(),
                 "lag_ms": round(acks.oldest_age_ms(), 1),
                 "quarantined": account.quarantined,
-                "failed": self.handler.sink.ledger.errors.units,
-                "gaps": len(self.source.tracker.gaps),
+                "failed": failed,
+                "gaps": len(tracker.gaps),
+                # running totals; lost so far: failed, or missing from the feed
+                "frames": account.frames,
+                "messages": now[1],
+                "produced": ledger.ticks,
+                "delivered": now[2],
+                "missing": tracker.missing,
+                "lost": failed + tracker.missing,
             }
             last = now
             if self.as_json:
                 print(json.dumps(status), flush=True)
+            elif self.as_log:
+                del status["timestamp"]             # the record's own
+                status_log.info("status", extra=status)
             else:
-                print(f"in {status['in_per_s'] / 1e3:9.1f}k msg/s | delivered "
+                print(f"{status['timestamp']} in {status['in_per_s'] / 1e3:9.1f}k msg/s | delivered "
                       f"{status['delivered_per_s'] / 1e3:9.1f}k/s | queued "
                       f"{status['reads_queued']:3d} reads | in producer "
                       f"{status['in_producer']:8d} | lag {status['lag_ms']:8.1f} ms | "
@@ -250,16 +272,28 @@ def _fail(code: ExitCode, problem) -> ExitCode:
     return code
 
 
+def check_arguments(args: argparse.Namespace):
+    """(routes, Kafka client config) of the arguments, checked without connecting anywhere
+    (also `feedhandler config check`); validate.UsageError for the first problem."""
+    validate.counts(args)
+    routes = validate.routes(args.topic_prefix, args.route)
+    settings = list(args.producer_settings)
+    if args.exactly_once and not any(key == "transactional.id" for key, _ in settings):
+        settings.append(("transactional.id", f"feedhandler-{args.topic_prefix}"))
+    return routes, validate.kafka_client(args.bootstrap_servers, settings)
+
+
+def _explained(args: argparse.Namespace, problem) -> str:
+    """The problem, saying which config file or variable gave a value it names."""
+    configuration = getattr(args, "configuration", None)
+    return configuration.explain(problem) if configuration else str(problem)
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
-        validate.counts(args)
-        routes = validate.routes(args.topic_prefix, args.route)
-        settings = list(args.producer_settings)
-        if args.exactly_once and not any(key == "transactional.id" for key, _ in settings):
-            settings.append(("transactional.id", f"feedhandler-{args.topic_prefix}"))
-        kafka = validate.kafka_client(args.bootstrap_servers, settings)
+        routes, kafka = check_arguments(args)
     except validate.UsageError as error:
-        return _fail(ExitCode.USAGE, error)
+        return _fail(ExitCode.USAGE, _explained(args, error))
     if args.producer_link == "require" and (problem := link_problem()):
         return _fail(ExitCode.COULD_NOT_START, f"--producer-link require: {problem}")
     try:
@@ -283,7 +317,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         source = open_source(args, checkpoints)
     except ValueError as error:             # a username, password or session too long
-        return _fail(ExitCode.USAGE, error)
+        return _fail(ExitCode.USAGE, _explained(args, error))
     except LoginRejected as error:
         return _fail(ExitCode.COULD_NOT_START, f"the feed refused the login: {error}")
     except (SessionError, OSError) as error:
@@ -304,7 +338,8 @@ def _run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    status = None if args.quiet else StatusPrinter(handler, source, args.json_stats)
+    log_json = getattr(args, "log_format", "text") == "json"
+    status = None if args.quiet else StatusPrinter(handler, source, args.json_stats, log_json)
     if status:
         status.start()
     sys.setswitchinterval(args.gil_switch_interval)
@@ -324,7 +359,10 @@ def _run(args: argparse.Namespace) -> int:
                "latency_ms": handler.acks.percentiles_ms()}
     if args.json_stats:
         print(json.dumps({"final": summary}), flush=True)
-    print(format_account(summary), file=sys.stderr, flush=True)
+    if log_json:
+        account_log.info("final account", extra=summary)
+    else:
+        print(format_account(summary), file=sys.stderr, flush=True)
     if account.lost:
         code = ExitCode.TICKS_LOST
     elif failure:
