@@ -362,12 +362,34 @@ def read_secret(path: str, warnings: list[str]) -> str:
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text") from None
     if mode & (stat.S_IRGRP | stat.S_IROTH):
-        warnings.append(f"{path} holds a secret and is readable by group or others "
-                        f"(mode {stat.S_IMODE(mode):04o}): chmod 600 it")
+        warnings.append(f"{path} holds a secret (mode {stat.S_IMODE(mode):04o}) and is "
+                        "readable by group or others: chmod 600 it")
     text = text.removesuffix("\n").removesuffix("\r")
     if not text:
         raise ConfigError(f"{path} is empty")
     return text
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A value in a file, read only if it is the one in use: a higher place may give the
+    setting, and a file that only a lower place names need not exist."""
+
+    path: str
+    where: str                  # the variable or the file and key that named it
+    option: Option | None       # converts the text; None for a librdkafka setting
+
+    def load(self, warnings: list[str]):
+        try:
+            text = read_secret(self.path, warnings)
+        except ConfigError as error:
+            raise ConfigError(f"{self.where}: {error}") from None
+        if self.option is None:
+            return text
+        try:
+            return env_value(self.option, text)
+        except ConfigError as error:
+            raise ConfigError(f"{self.where}: {_masked(self.option, error, text)}") from None
 
 
 # ---- layers -------------------------------------------------------------------------------------
@@ -469,18 +491,15 @@ def flag_layer(table: Table, args: argparse.Namespace) -> Layer:
     return layer
 
 
-def env_layer(table: Table, environ, warnings: list[str]) -> Layer:
+def env_layer(table: Table, environ) -> Layer:
     layer = Layer("environment")
     for option in table.options:
         for name, from_file in ((option.env, False), (option.env + "_FILE", True)):
             if name not in environ or (from_file and not option.secret):
                 continue
+            text = environ[name]
             try:
-                text = read_secret(environ[name], warnings) if from_file else environ[name]
-            except ConfigError as error:
-                raise ConfigError(f"{name}: {error}") from None
-            try:
-                value = env_value(option, text)
+                value = SecretFile(text, name, option) if from_file else env_value(option, text)
             except ConfigError as error:
                 raise ConfigError(f"{name}: {_masked(option, error, text)}") from None
             layer.set(option, Setting(value, name), name)
@@ -500,11 +519,9 @@ def env_layer(table: Table, environ, warnings: list[str]) -> Layer:
                                   f"{_did_you_mean(name, by_env, '')}")
             elif key is None:
                 key = name[len(KAFKA_ENV_PREFIX):].lower().replace("_", ".")
-            try:
-                value = read_secret(environ[name], warnings) if from_file else environ[name]
-            except ConfigError as error:
-                raise ConfigError(f"{name}: {error}") from None
-            layer.kafka[key] = Setting(value, name)
+            value = environ[name]
+            layer.kafka[key] = Setting(SecretFile(value, name, None) if from_file else value,
+                                       name)
     _kafka_bootstrap(table, layer, "the environment")
     return layer
 
@@ -526,7 +543,7 @@ def file_layer(table: Table, path: str, warnings: list[str]) -> Layer:
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: [{KAFKA}] must be a table of librdkafka settings, "
                                   f"not {_kind_of(value)}")
-            clear_secrets += _file_kafka(layer, path, value, warnings)
+            clear_secrets += _file_kafka(layer, path, value)
             continue
         key = raw_key.replace("_", "-")
         option = table.by_key.get(key)
@@ -540,11 +557,8 @@ def file_layer(table: Table, path: str, warnings: list[str]) -> Layer:
             if from_file:
                 if not isinstance(value, str):
                     raise ConfigError(f"expected a file name, got {_kind_of(value)}")
-                secret = read_secret(value, warnings)
-                try:
-                    setting = Setting(env_value(option, secret), f"{path} ({key} {value})")
-                except ConfigError as error:
-                    raise ConfigError(_masked(option, error, secret)) from None
+                setting = Setting(SecretFile(value, f"{path}: {raw_key}", option),
+                                  f"{path} ({key} {value})")
             else:
                 setting = Setting(file_value(option, value), path)
                 if option.secret:
@@ -554,14 +568,15 @@ def file_layer(table: Table, path: str, warnings: list[str]) -> Layer:
                               f"{error if from_file else _masked(option, error, value)}") from None
         layer.set(option, setting, path)
     if clear_secrets and mode & (stat.S_IRGRP | stat.S_IROTH):
-        warnings.append(f"{path} holds {', '.join(clear_secrets)} in clear and is readable by "
-                        f"group or others (mode {stat.S_IMODE(mode):04o}): chmod 600 it, or "
-                        "read the secret from a file of its own (docs/configuration.md)")
+        warnings.append(f"{path} holds {', '.join(clear_secrets)} in clear (mode "
+                        f"{stat.S_IMODE(mode):04o}) and is readable by group or others: chmod "
+                        "600 it, or read the secret from a file of its own "
+                        "(docs/configuration.md)")
     _kafka_bootstrap(table, layer, path)
     return layer
 
 
-def _file_kafka(layer: Layer, path: str, table: dict, warnings: list[str]) -> list[str]:
+def _file_kafka(layer: Layer, path: str, table: dict) -> list[str]:
     """The [kafka] table into `layer`; the secrets it holds in clear."""
     properties = kafka_properties()
     clear = []
@@ -572,15 +587,16 @@ def _file_kafka(layer: Layer, path: str, table: dict, warnings: list[str]) -> li
             raise ConfigError(f"{path}: {error}") from None
         try:
             text = _setting_text(value)
-            if from_file:
-                text = read_secret(text, warnings)
-            elif is_secret(setting):
-                clear.append(setting)
         except ConfigError as error:
             raise ConfigError(f'{path}: [{KAFKA}] "{key}": {error}') from None
         if setting in layer.kafka:
             raise ConfigError(f'{path}: [{KAFKA}] "{setting}" is given twice')
-        layer.kafka[setting] = Setting(text, f"{path} ({key} {value})" if from_file else path)
+        if from_file:
+            layer.kafka[setting] = Setting(SecretFile(text, f'{path}: [{KAFKA}] "{key}"', None),
+                                           f"{path} ({key} {value})")
+        else:
+            clear += [setting] if is_secret(setting) else []
+            layer.kafka[setting] = Setting(text, path)
     return clear
 
 
@@ -595,7 +611,13 @@ def _kafka_bootstrap(table: Table, layer: Layer, where: str) -> None:
         raise ConfigError(f"{where}: {' and '.join(sorted(given))} and {option.key} "
                           "are one setting; give it once")
     setting = layer.kafka.pop(given[0])
-    layer.values[option.dest] = Setting(convert(option, setting.value), setting.origin)
+    value = setting.value
+    try:
+        value = (SecretFile(value.path, value.where, option) if isinstance(value, SecretFile)
+                 else convert(option, value))
+    except ConfigError as error:
+        raise ConfigError(f"{setting.origin}: {given[0]}: {error}") from None
+    layer.values[option.dest] = Setting(value, setting.origin)
 
 
 def _masked(option: Option | None, error: Exception, value) -> str:
@@ -646,18 +668,23 @@ def resolve(table: Table, args: argparse.Namespace, environ=None) -> Configurati
     environ = os.environ if environ is None else environ
     warnings: list[str] = []
     path = getattr(args, "config", None) or environ.get(CONFIG_ENV) or None
-    layers = [flag_layer(table, args), env_layer(table, environ, warnings)]
+    layers = [flag_layer(table, args), env_layer(table, environ)]
     if path:
         layers.append(file_layer(table, path, warnings))
     _drop_excluded(table, layers)
     origins = {}
     for option in table.options:
         value, origins[option.dest] = _merged(option, layers)
+        if isinstance(value, SecretFile):
+            value = value.load(warnings)
         setattr(args, option.dest, value)
     _check_required(table, origins)
     kafka: dict[str, Setting] = {}
     for layer in reversed(layers):
         kafka.update(layer.kafka)
+    for setting in kafka.values():
+        if isinstance(setting.value, SecretFile):
+            setting.value = setting.value.load(warnings)
     if table.kafka:
         setattr(args, KAFKA_DEST, [(key, setting.value) for key, setting in kafka.items()])
     secrets = [str(getattr(args, o.dest)) if not isinstance(getattr(args, o.dest), bytes)
