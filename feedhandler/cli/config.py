@@ -19,6 +19,7 @@ import argparse
 import datetime
 import difflib
 import functools
+import inspect
 import json
 import os
 import re
@@ -36,7 +37,8 @@ BOOTSTRAP_DEST = "bootstrap_servers"
 BOOTSTRAP_SETTING = "bootstrap.servers"
 FILE_SUFFIX = "-file"                   # password-file: the password is in that file
 KAFKA_FILE_SUFFIX = ".file"             # "sasl.password.file": the same in [kafka]
-SECRET = re.compile(r"password|secret|passphrase")
+# Secrets: masked when shown, kept out of error lines, readable from a file of their own.
+SECRET = re.compile(r"password|secret|passphrase|key\.pem$|oauthbearer\.config$")
 MASK = "***"
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
@@ -49,10 +51,10 @@ SWITCH = "switch"       # --headers (store_true/false/const, BooleanOptionalActi
 COUNT = "count"         # -v -v
 LIST = "list"           # --route A=x --route B=y (append, extend, nargs)
 KINDS = {argparse._StoreAction: VALUE, argparse._StoreConstAction: SWITCH,
-         argparse._StoreTrueAction: SWITCH, argparse._StoreFalseAction: SWITCH,
          argparse.BooleanOptionalAction: SWITCH, argparse._CountAction: COUNT,
-         argparse._AppendAction: LIST, argparse._ExtendAction: LIST}
-NOT_OPTIONS = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
+         argparse._AppendAction: LIST}        # subclasses (store_true, extend...) included
+# Actions that add to their default (argparse copies it): theirs is None while parsing.
+ADDING = (argparse._AppendAction, argparse._CountAction)
 TYPE_NAMES = {int: "integer", float: "number", str: "string", None: "string",
               datetime.date.fromisoformat: "date (YYYY-MM-DD)"}
 
@@ -91,6 +93,7 @@ class Option:
     help: str
     metavar: str | None
     const: object = None
+    pairs: bool = False                 # a LIST of KEY=VALUE: merged and shown as a table
     boolean_optional: bool = False
     required: bool = False
     group: int | None = None            # index of its mutually exclusive group
@@ -119,24 +122,46 @@ class Option:
         if self.kind == COUNT:
             return "integer"
         if self.choices:
-            return "one of " + ", ".join(f"`{to_config(c)}`" for c in self.choices)
+            return "one of " + ", ".join(str(to_config(c)) for c in self.choices)
         if self.type in TYPE_NAMES:
             return TYPE_NAMES[self.type]
         name = _result_type(self.type)
         return f"{name} ({self.metavar})" if self.metavar else name
 
 
+def _converted(converter, sample: str):
+    """What a flag's own converter makes of `sample` (None if it refuses it). Only plain
+    functions are asked: a converter object such as argparse.FileType may act on its text."""
+    if not inspect.isfunction(converter):
+        return None
+    try:
+        return converter(sample)
+    except (argparse.ArgumentTypeError, TypeError, ValueError):
+        return None
+
+
 def _result_type(converter) -> str:
-    """What a flag's own converter (a function) makes of a number: an integer, a number, or
-    anything else (a string to it)."""
+    """An integer, a number, or a string: what a flag's own converter makes of numbers."""
     for sample in ("1", "1.5"):
-        try:
-            value = converter(sample)
-        except (argparse.ArgumentTypeError, TypeError, ValueError):
-            continue
+        value = _converted(converter, sample)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return TYPE_NAMES[type(value)]
     return "string"
+
+
+def takes_pairs(converter) -> bool:
+    """Whether a flag's values are KEY=VALUE pairs (--route, -X): its converter makes
+    ("k", "v") of "k=v"."""
+    return _converted(converter, "k=v") == ("k", "v")
+
+
+def kind_of(action: argparse.Action) -> str | None:
+    """How `action` takes its value (None: not an option the configuration knows)."""
+    for cls in type(action).__mro__:
+        if cls in KINDS:
+            kind = KINDS[cls]
+            return LIST if kind == VALUE and action.nargs not in (None, "?") else kind
+    return None
 
 
 def env_name(key: str) -> str:
@@ -174,10 +199,8 @@ def option_table(command: str, parser: argparse.ArgumentParser) -> Table:
     e.g. --python-produce and --producer-link, are one key); -X becomes the [kafka] table."""
     by_dest: dict[str, list[argparse.Action]] = {}
     for action in parser._actions:
-        if isinstance(action, NOT_OPTIONS) or not action.option_strings \
-                or action.dest == "config" or type(action) not in KINDS:
-            continue
-        by_dest.setdefault(action.dest, []).append(action)
+        if action.option_strings and action.dest != "config" and kind_of(action):
+            by_dest.setdefault(action.dest, []).append(action)
     group_of, groups = {}, {}
     for index, group in enumerate(parser._mutually_exclusive_groups):
         for action in group._group_actions:
@@ -188,17 +211,19 @@ def option_table(command: str, parser: argparse.ArgumentParser) -> Table:
             kafka = True
             continue
         # the action that takes a value speaks for the dest (--producer-link, not its alias)
-        primary = min(actions, key=lambda a: KINDS[type(a)] == SWITCH and len(actions) > 1)
+        primary = next((a for a in actions if kind_of(a) != SWITCH), actions[0])
+        kind = kind_of(primary)
         long_flag = _long_flag([primary]) or _long_flag(actions)
         key = long_flag[2:] if long_flag else dest.replace("_", "-")
         flags = tuple(sorted({f for a in actions for f in a.option_strings},
                              key=lambda f: (f != long_flag, not f.startswith("--"), f)))
         group = next((group_of[id(a)] for a in actions if id(a) in group_of), None)
-        option = Option(key=key, dest=dest, flags=flags, kind=KINDS[type(primary)],
+        option = Option(key=key, dest=dest, flags=flags, kind=kind,
                         type=primary.type, default=primary.default,
                         choices=tuple(primary.choices) if primary.choices else None,
                         help=_help_text(parser, primary), metavar=_metavar(primary),
                         const=primary.const,
+                        pairs=kind == LIST and takes_pairs(primary.type),
                         boolean_optional=isinstance(primary, argparse.BooleanOptionalAction),
                         required=any(a.required for a in actions), group=group)
         options.append(option)
@@ -213,8 +238,8 @@ def _metavar(action: argparse.Action) -> str | None:
 
 
 def _help_text(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
-    text = action.help or ""
-    if "%" in text and text is not argparse.SUPPRESS:
+    text = "" if action.help == argparse.SUPPRESS else action.help or ""
+    if "%" in text:
         values = {**vars(action), "prog": parser.prog}
         values["default"] = getattr(action.default, "default", action.default)
         text = text % values
@@ -234,8 +259,7 @@ def make_configurable(command: str, parser: argparse.ArgumentParser) -> Table:
                              "reference`; check a file with `feedhandler config check FILE`")
     for action in parser._actions:
         if action.dest in table.by_dest or action.dest == KAFKA_DEST:
-            kind = KINDS.get(type(action))
-            action.default = None if kind in (LIST, COUNT) else NotGiven(action.default)
+            action.default = None if isinstance(action, ADDING) else NotGiven(action.default)
             action.required = False
     for group in parser._mutually_exclusive_groups:
         group.required = False
@@ -318,7 +342,7 @@ def file_value(option: Option, value):
             raise ConfigError(f"expected a whole number, got {value!r}")
         return value
     if option.kind == LIST:
-        if isinstance(value, dict):
+        if isinstance(value, dict) and option.pairs:
             items = [f"{k}={_setting_text(v)}" for k, v in value.items()]
         else:
             items = value if isinstance(value, list) else [value]
@@ -722,8 +746,7 @@ def _merged(option: Option, layers: list[Layer]) -> tuple[object, str]:
             default = convert(option, default)      # as argparse does with string defaults
         return (list(default) if option.kind == LIST and default else
                 [] if option.kind == LIST and default is not None else default), DEFAULT_ORIGIN
-    if option.kind == LIST and all(isinstance(item, tuple) and len(item) == 2
-                                   for setting in given for item in setting.value):
+    if option.pairs:
         merged: dict = {}
         for setting in reversed(given):
             merged.update(setting.value)
@@ -749,8 +772,9 @@ def _check_required(table: Table, origins: dict[str, str]) -> None:
 
 # ---- showing settings ---------------------------------------------------------------------------
 
-def to_config(value):
-    """A converted option value as the TOML value that gives it (None: not set)."""
+def to_config(value, pairs: bool = False):
+    """A converted option value as the TOML value that gives it (None: not set); `pairs`: a
+    list of KEY=VALUE pairs, as a table."""
     if isinstance(value, bytes):
         return value.decode("ascii", "replace")
     if isinstance(value, tuple):            # HOST:PORT
@@ -758,7 +782,7 @@ def to_config(value):
     if isinstance(value, (datetime.date, datetime.time)):
         return value.isoformat()
     if isinstance(value, list):
-        if value and all(isinstance(item, tuple) and len(item) == 2 for item in value):
+        if pairs:
             return {str(k): to_config(v) for k, v in value}
         return [to_config(item) for item in value]
     return value
@@ -792,7 +816,7 @@ def render(configuration: Configuration, args: argparse.Namespace,
     lines = [f"# feedhandler {table.command}: effective settings "
              f"(flags > environment > {where} > defaults)"]
     for option in table.options:
-        value = to_config(getattr(args, option.dest))
+        value = to_config(getattr(args, option.dest), option.pairs)
         origin = configuration.origins[option.dest]
         if value is None or value == []:
             lines.append(f"# {option.key} is not set")
@@ -819,7 +843,7 @@ def _cell(text: str) -> str:
 def _default_cell(option: Option) -> str:
     if option.kind == SWITCH:
         return "`false`" if not option.boolean_optional or not option.default else "`true`"
-    value = to_config(option.default)
+    value = to_config(option.default, option.pairs)
     if value is None or value == [] or value == {}:
         return "not set"
     return f"`{toml_value(value)}`"
@@ -836,8 +860,10 @@ def _table_rows(table: Table) -> list[str]:
             env += f"<br>`{option.env}_FILE`"
         flags = ", ".join(f"`{flag}`" for flag in option.flags)
         kind = option.type_name
-        if option.kind == LIST:
-            kind = f"array of {kind}, or a table of KEY = VALUE"
+        if option.pairs:
+            kind = f"table of {option.metavar or 'KEY=VALUE'}, or an array of such strings"
+        elif option.kind == LIST:
+            kind = f"array of {kind}"
         notes = option.help
         if option.group is not None:
             members, required = table.groups[option.group]
@@ -886,13 +912,14 @@ environment and some flags add up to, secrets masked, without starting anything;
   place that gives them.
 - **Mutually exclusive flags** (`--connect`/`--listen`) go together: the highest place that
   gives one of them decides (a `--listen` flag overrides a file's `connect`).
-- **Secrets** (keys that say password, secret or passphrase) need never be on the command line,
-  where `ps` shows them: give `<key>-file = "/etc/feedhandler/feed.secret"` in the file or
+- **Secrets** (keys that say password, secret or passphrase, and private keys: `*key.pem`)
+  need never be on the command line, where `ps` shows them: give
+  `<key>-file = "/etc/feedhandler/feed.secret"` in the file or
   `{ENV_PREFIX}<KEY>_FILE` (the file's text without its final line break is the value, e.g.
   a systemd credential: `{ENV_PREFIX}PASSWORD_FILE=%d/feed`), or the value itself in
   `{ENV_PREFIX}<KEY>`. A secret file, or a config file holding a secret in clear, that group or
   others may read gives a warning at start (`chmod 600`). `config check` shows every secret as
-  `"{MASK}"`, and error lines never include one.
+  `"{MASK}"`, and error lines mask them.
 """
 
 KAFKA_SECTION = f"""\
