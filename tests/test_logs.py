@@ -184,3 +184,15 @@ def test_every_stderr_line_of_a_json_logged_run_is_a_json_object(kafka, topic_pr
     records = [json.loads(line) for line in stderr.splitlines()]
     assert [r["message"] for r in records] == ["final account"]
     assert records[0]["lost"] == 0 and records[0]["level"] == "info"
+
+
+def test_under_json_logs_a_refusal_is_one_json_record(kafka, topic_prefix):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        handler = run_cli("run", "--listen", f"127.0.0.1:{port}", "--bootstrap-servers", kafka,
+                          "--topic-prefix", topic_prefix, "--log-format", "json")
+        _, stderr = handler.communicate(timeout=60)
+    assert handler.returncode == ExitCode.COULD_NOT_START, stderr
+    (record,) = [json.loads(line) for line in stderr.splitlines()]
+    assert record["level"] == "error" and record["logger"] == "feedhandler.run"
+    assert record["message"].endswith(f"127.0.0.1:{port}: Address already in use")

@@ -112,6 +112,12 @@ def setup(level: str, log_format: str, stream=None) -> logging.Handler:
     return handler
 
 
+def json_logging() -> bool:
+    """Whether `setup` sent the process's records out as JSON."""
+    return any(isinstance(h, CliHandler) and isinstance(h.formatter, JsonFormatter)
+               for h in logging.getLogger().handlers)
+
+
 class LibrdkafkaLog:
     """What confluent-kafka's `logger` setting takes: librdkafka's log lines, which it hands
     over as log(level, "%s [%s] %s", facility, client name, message) when the client is

@@ -27,7 +27,7 @@ from confluent_kafka import KafkaException
 
 from feedhandler.cli import validate
 from feedhandler.cli.exit_codes import ExitCode, epilog
-from feedhandler.cli.logs import ACCOUNT_LOGGER, STATUS_LOGGER, utc_timestamp
+from feedhandler.cli.logs import ACCOUNT_LOGGER, STATUS_LOGGER, json_logging, utc_timestamp
 from feedhandler.kafka.producer import PRODUCER_LINK_MODES, ProducerLinkUnavailable, link_problem
 from feedhandler.kafka.resume import (Checkpoint, fence_previous, latest_checkpoint,
                                       read_checkpoints)
@@ -248,7 +248,8 @@ class StatusPrinter(threading.Thread):
                 del status["timestamp"]             # the record's own
                 status_log.info("status", extra=status)
             else:
-                print(f"{status['timestamp']} in {status['in_per_s'] / 1e3:9.1f}k msg/s | delivered "
+                print(f"{status['timestamp']} in {status['in_per_s'] / 1e3:9.1f}k msg/s | "
+                      f"delivered "
                       f"{status['delivered_per_s'] / 1e3:9.1f}k/s | queued "
                       f"{status['reads_queued']:3d} reads | in producer "
                       f"{status['in_producer']:8d} | lag {status['lag_ms']:8.1f} ms | "
@@ -263,12 +264,21 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except KeyboardInterrupt:       # before the signal handlers are in place: nothing read
-        print("feedhandler run: interrupted before the feed was read", file=sys.stderr)
+        _say("interrupted before the feed was read")
         return ExitCode.INTERRUPTED
 
 
+def _say(problem) -> None:
+    """The one line an operator is told: on stderr, or an error record under --log-format
+    json (so that every line is JSON)."""
+    if json_logging():
+        log.error("%s", problem)
+    else:
+        print(f"feedhandler run: {problem}", file=sys.stderr, flush=True)
+
+
 def _fail(code: ExitCode, problem) -> ExitCode:
-    print(f"feedhandler run: {problem}", file=sys.stderr, flush=True)
+    _say(problem)
     return code
 
 
@@ -370,7 +380,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         code = ExitCode.OK
     if failure:
-        print(f"feedhandler run: the feed ended early: {failure}", file=sys.stderr, flush=True)
+        _say(f"the feed ended early: {failure}")
     return code
 
 
