@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 from feedhandler.cli import logs
 from feedhandler.cli.exit_codes import ExitCode
 from feedhandler.cli.run import StatusPrinter
+from feedhandler.exchange.server import Simulator, SimulatorConfig
 from test_handler import run_cli
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -164,26 +165,21 @@ def test_under_json_logs_the_status_is_a_record_with_its_fields(capsys):
 
 
 def test_every_stderr_line_of_a_json_logged_run_is_a_json_object(kafka, topic_prefix):
-    """An empty run (a feed that connects and hangs up): warnings, the account and librdkafka
-    included, stderr is JSON a line; --log-level error still shows the final account."""
-    with socket.create_server(("127.0.0.1", 0)) as free:
-        port = free.getsockname()[1]
-    handler = run_cli("run", "--listen", f"127.0.0.1:{port}", "--bootstrap-servers", kafka,
-                      "--topic-prefix", topic_prefix, "--partitions", "1", "--log-format",
-                      "json", "--log-level", "error")
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=5).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline and handler.poll() is None, "never listened"
-            time.sleep(0.1)
-    _, stderr = handler.communicate(timeout=60)
+    """A short session: stderr is JSON a line, and --log-level error still shows the final
+    account."""
+    simulator = Simulator(SimulatorConfig(port=0, count=1_000, symbols=5,
+                                          status_interval=None)).start()
+    try:
+        handler = run_cli("run", "--connect", f"127.0.0.1:{simulator.port}",
+                          "--bootstrap-servers", kafka, "--topic-prefix", topic_prefix,
+                          "--partitions", "1", "--log-format", "json", "--log-level", "error")
+        _, stderr = handler.communicate(timeout=60)
+    finally:
+        simulator.stop()
     assert handler.returncode == ExitCode.OK, stderr
     records = [json.loads(line) for line in stderr.splitlines()]
     assert [r["message"] for r in records] == ["final account"]
-    assert records[0]["lost"] == 0 and records[0]["level"] == "info"
+    assert records[0]["delivered"] == 1_000 and records[0]["level"] == "info"
 
 
 def test_under_json_logs_a_refusal_is_one_json_record(kafka, topic_prefix):
