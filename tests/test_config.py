@@ -68,7 +68,8 @@ def test_every_flag_is_a_key_with_a_variable_of_its_own(command):
     from feedhandler.cli import SUBCOMMANDS, logs
     SUBCOMMANDS[command][0](parser)
     logs.add_arguments(parser)
-    flags = {f for a in parser._actions if a.option_strings and a.dest != "help"
+    flags = {f for a in parser._actions
+             if not isinstance(a, (argparse._HelpAction, argparse._VersionAction))
              for f in a.option_strings}
     table = config.make_configurable(command, parser)
     covered = {f for option in table.options for f in option.flags}
