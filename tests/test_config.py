@@ -223,6 +223,19 @@ def test_config_check_output_is_the_toml_of_the_effective_settings(tmp_path):
     assert lines["password"].endswith("# FEEDHANDLER_PASSWORD_FILE")
 
 
+def test_config_check_checks_a_simulator_file_too(tmp_path):
+    path = tmp_path / "sim.toml"
+    path.write_text('listen = "127.0.0.1:0"\nrate = 1000\nburst = 4\nexit-after-end = true\n')
+    status, out, err = cli("config", "check", "--command", "simulate", str(path))
+    assert status == ExitCode.OK and err == []
+    shown = tomllib.loads(out)
+    assert shown["burst"] == 4.0 and shown["exit-after-end"] is True and "kafka" not in shown
+    path.write_text("burst = 0.5\n")           # SimulatorConfig's own check
+    status, out, err = cli("config", "check", "--command", "simulate", str(path))
+    assert status == ExitCode.USAGE and err == [
+        f"feedhandler config check: rate must be >= 0 and burst >= 1 (burst from {path})"], err
+
+
 def test_the_example_file_passes_config_check(tmp_path):
     status, out, err = cli("config", "check", str(EXAMPLE), env={
         "FEEDHANDLER_PASSWORD_FILE": str(secret_file(tmp_path, SECRET)),

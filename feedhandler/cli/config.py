@@ -671,9 +671,10 @@ class Configuration:
         notes = []
         for option in self.table.options:
             origin = self.origins.get(option.dest, DEFAULT_ORIGIN)
-            if origin in (DEFAULT_ORIGIN,) or origin in option.flags:
+            if origin == DEFAULT_ORIGIN or origin in option.flags:
                 continue
-            if any(re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", text) for f in option.flags):
+            names = {*option.flags, option.key, option.dest}
+            if any(re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text) for name in names):
                 notes.append(f"{option.key} from {origin}")
         for key, setting in self.kafka.items():
             if setting.origin != "-X" and any(
@@ -711,10 +712,9 @@ def resolve(table: Table, args: argparse.Namespace, environ=None) -> Configurati
             setting.value = setting.value.load(warnings)
     if table.kafka:
         setattr(args, KAFKA_DEST, [(key, setting.value) for key, setting in kafka.items()])
-    secrets = [str(getattr(args, o.dest)) if not isinstance(getattr(args, o.dest), bytes)
-               else getattr(args, o.dest).decode("ascii", "replace")
-               for o in table.options if o.secret and getattr(args, o.dest)]
-    secrets += [s.value for k, s in kafka.items() if is_secret(k) and s.value]
+    secrets = [str(to_config(getattr(args, o.dest))) for o in table.options
+               if o.secret and getattr(args, o.dest)]
+    secrets += [s.value for key, s in kafka.items() if is_secret(key) and s.value]
     args.configuration = Configuration(table, origins, kafka, path, warnings, secrets)
     return args.configuration
 
@@ -817,6 +817,8 @@ def render(configuration: Configuration, args: argparse.Namespace,
              f"(flags > environment > {where} > defaults)"]
     for option in table.options:
         value = to_config(getattr(args, option.dest), option.pairs)
+        if option.kind == SWITCH and not option.boolean_optional:
+            value = value == option.const           # no-color = true: the flag's effect
         origin = configuration.origins[option.dest]
         if value is None or value == []:
             lines.append(f"# {option.key} is not set")
