@@ -100,6 +100,15 @@ def test_a_scalar_comes_from_the_highest_place(tmp_path, places, expected):
     assert args.configuration.origins["workers"].endswith(where)
 
 
+def test_the_file_can_be_named_by_a_variable(tmp_path):
+    named, given = tmp_path / "named.toml", tmp_path / "given.toml"
+    named.write_text("workers = 7\n")
+    given.write_text("workers = 8\n")
+    assert effective(tmp_path, [], {"FEEDHANDLER_CONFIG": str(named)}).workers == 7
+    assert effective(tmp_path, ["--config", str(given)],
+                     {"FEEDHANDLER_CONFIG": str(named)}).workers == 8
+
+
 @pytest.mark.parametrize("file, env, flag, expected", [
     (None, None, False, False),
     (True, None, False, True),
