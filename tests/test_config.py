@@ -134,7 +134,8 @@ def test_key_value_lists_merge_key_by_key(tmp_path):
 
 def test_kafka_settings_merge_setting_by_setting(tmp_path):
     toml = '[kafka]\n"linger.ms" = 5\nbatch.size = 1000\n"client.id" = "from-file"\n'
-    environ = {"FEEDHANDLER_KAFKA_LINGER_MS": "6", "FEEDHANDLER_KAFKA_CLIENT_ID": "from-env"}
+    environ = {"FEEDHANDLER_LIBRDKAFKA_LINGER_MS": "6",
+               "FEEDHANDLER_LIBRDKAFKA_CLIENT_ID": "from-env"}
     args = effective(tmp_path, ["-X", "linger.ms=7"], environ, toml)
     assert dict(args.producer_settings) == {"linger.ms": "7", "batch.size": "1000",
                                             "client.id": "from-env"}
@@ -143,8 +144,8 @@ def test_kafka_settings_merge_setting_by_setting(tmp_path):
 
 @pytest.mark.parametrize("argv, environ, toml, expected", [
     ([], {}, '[kafka]\nbootstrap.servers = "file:1"\n', "file:1"),
-    ([], {"FEEDHANDLER_KAFKA_BOOTSTRAP_SERVERS": "env:1"}, 'bootstrap-servers = "file:1"\n',
-     "env:1"),
+    ([], {"FEEDHANDLER_LIBRDKAFKA_BOOTSTRAP_SERVERS": "env:1"},
+     'bootstrap-servers = "file:1"\n', "env:1"),
     ([], {"FEEDHANDLER_BOOTSTRAP_SERVERS": "env:2"}, '[kafka]\nbootstrap.servers = "f:1"\n',
      "env:2"),
     (["-X", "bootstrap.servers=flag:1"], {"FEEDHANDLER_BOOTSTRAP_SERVERS": "env:2"}, "",
@@ -190,7 +191,7 @@ def test_secrets_come_from_files_or_variables_and_lower_files_are_not_read(tmp_p
     # a variable wins; the file's secret file, which does not exist here, is never read
     missing = f'password_file = "{tmp_path}/absent"\n[kafka]\nsasl.password.file = "/absent"\n'
     args = effective(tmp_path, [], {"FEEDHANDLER_PASSWORD_FILE": str(feed),
-                                    "FEEDHANDLER_KAFKA_SASL_PASSWORD": "direct"}, missing)
+                                    "FEEDHANDLER_LIBRDKAFKA_SASL_PASSWORD": "direct"}, missing)
     assert args.password == SECRET and dict(args.producer_settings)["sasl.password"] == "direct"
     assert args.configuration.warnings == []
 
@@ -217,7 +218,7 @@ def test_config_check_output_is_the_toml_of_the_effective_settings(tmp_path):
     feed = secret_file(tmp_path, SECRET)
     status, out, err = cli("config", "check", str(EXAMPLE), "--workers", "5",
                            env={"FEEDHANDLER_PASSWORD_FILE": str(feed),
-                                "FEEDHANDLER_KAFKA_SASL_PASSWORD": KAFKA_SECRET,
+                                "FEEDHANDLER_LIBRDKAFKA_SASL_PASSWORD": KAFKA_SECRET,
                                 "FEEDHANDLER_FORMAT": "raw"})
     assert status == ExitCode.OK and err == []
     shown = tomllib.loads(out)
@@ -245,10 +246,24 @@ def test_config_check_checks_a_simulator_file_too(tmp_path):
         f"feedhandler config check: rate must be >= 0 and burst >= 1 (burst from {path})"], err
 
 
+def test_the_variables_of_scripts_kafka_sh_are_left_alone(tmp_path):
+    """scripts/kafka.sh owns FEEDHANDLER_KAFKA_*: an operator who exported one for the broker
+    can still run the handler."""
+    owned = set(re.findall(r"FEEDHANDLER_KAFKA_[A-Z_]+",
+                           (ROOT / "scripts" / "kafka.sh").read_text()))
+    assert "FEEDHANDLER_KAFKA_PORT" in owned
+    args = effective(tmp_path, [], dict.fromkeys(owned, "29092"), "")
+    assert all(not key.startswith("port") for key, _ in args.producer_settings)
+    _, tables = build_parser()
+    assert not any(o.env.startswith("FEEDHANDLER_KAFKA_")
+                   for table in tables.values() for o in table.options)
+
+
 def test_the_example_file_passes_config_check(tmp_path):
     status, out, err = cli("config", "check", str(EXAMPLE), env={
         "FEEDHANDLER_PASSWORD_FILE": str(secret_file(tmp_path, SECRET)),
-        "FEEDHANDLER_KAFKA_SASL_PASSWORD_FILE": str(secret_file(tmp_path, KAFKA_SECRET, "k"))})
+        "FEEDHANDLER_LIBRDKAFKA_SASL_PASSWORD_FILE": str(secret_file(tmp_path, KAFKA_SECRET,
+                                                                     "k"))})
     assert status == ExitCode.OK, err
     assert err == [] and 'password = "***"' in out
 
@@ -284,9 +299,9 @@ ERRORS = [
      r"c\.toml: password-file: cannot read /nonexistent/feed: No such file"),
     ('connect = "h:1"', {}, r"c\.toml: connect and listen exclude each other"),
     ('', {"FEEDHANDLER_WORKERS": "many"}, r"FEEDHANDLER_WORKERS: invalid int value: 'many'"),
-    ('', {"FEEDHANDLER_KAFKA_LINGERMS": "5"},
-     r"FEEDHANDLER_KAFKA_LINGERMS: unknown librdkafka setting \(did you mean "
-     r"FEEDHANDLER_KAFKA_LINGER_MS\?\)"),
+    ('', {"FEEDHANDLER_LIBRDKAFKA_LINGERMS": "5"},
+     r"FEEDHANDLER_LIBRDKAFKA_LINGERMS: unknown librdkafka setting \(did you mean "
+     r"FEEDHANDLER_LIBRDKAFKA_LINGER_MS\?\)"),
     ('workers = 0', {}, r"--workers must be at least 1, not 0 \(workers from .*c\.toml\)"),
     ('route = { A = "Bad/Topic" }', {}, r"Bad/Topic.* not legal.* \(route from .*c\.toml\)"),
     ('[kafka]\nlinger.ms = "soon"', {},

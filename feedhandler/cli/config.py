@@ -6,10 +6,11 @@ every flag is a key named like its long flag without the dashes (`--bootstrap-se
 `bootstrap-servers`, `_` may stand for `-`), with the environment variable FEEDHANDLER_<KEY>
 (`-` as `_`, upper case), the flag's own type, choices and default. A flag added to a parser is
 therefore a key, a variable and a line of docs/configuration.md at once (`reference_page`).
-`-X KEY=VALUE` is the `[kafka]` table: any librdkafka setting, FEEDHANDLER_KAFKA_<KEY> with
-dots as `_`. A secret (an option or Kafka setting whose name says password, secret or
-passphrase) can be read from a file: `<key>-file` (`<setting>.file` in `[kafka]`, `_FILE` in
-the environment). docs/configuration.md says all of this for operators.
+`-X KEY=VALUE` is the `[kafka]` table: any librdkafka setting, FEEDHANDLER_LIBRDKAFKA_<KEY>
+with dots as `_` (FEEDHANDLER_KAFKA_* belongs to scripts/kafka.sh). A secret (an option or
+Kafka setting whose name says password, secret or passphrase, or a private key) can be read
+from a file: `<key>-file` (`<setting>.file` in `[kafka]`, `_FILE` in the environment).
+docs/configuration.md says all of this for operators.
 
 Every problem is a ConfigError: one line that names the key and where it came from."""
 
@@ -31,7 +32,9 @@ from pathlib import Path
 ENV_PREFIX = "FEEDHANDLER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 KAFKA = "kafka"                         # the table of librdkafka settings
-KAFKA_ENV_PREFIX = f"{ENV_PREFIX}{KAFKA.upper()}_"
+# librdkafka settings in the environment; not FEEDHANDLER_KAFKA_*, which scripts/kafka.sh uses
+# for the local broker's ports, directories and heap.
+KAFKA_ENV_PREFIX = f"{ENV_PREFIX}LIBRDKAFKA_"
 KAFKA_DEST = "producer_settings"        # -X KEY=VALUE: what the [kafka] table holds
 BOOTSTRAP_DEST = "bootstrap_servers"
 BOOTSTRAP_SETTING = "bootstrap.servers"
@@ -165,7 +168,11 @@ def kind_of(action: argparse.Action) -> str | None:
 
 
 def env_name(key: str) -> str:
-    return ENV_PREFIX + key.replace("-", "_").replace(".", "_").upper()
+    return ENV_PREFIX + key.replace("-", "_").upper()
+
+
+def kafka_env_name(setting: str) -> str:
+    return KAFKA_ENV_PREFIX + setting.replace(".", "_").upper()
 
 
 @dataclass
@@ -529,7 +536,7 @@ def env_layer(table: Table, environ) -> Layer:
             layer.set(option, Setting(value, name), name)
     if table.kafka:
         properties = kafka_properties()
-        by_env = {env_name(f"{KAFKA}.{key}"): key for key in properties or ()}
+        by_env = {kafka_env_name(key): key for key in properties or ()}
         claimed = {o.env for o in table.options} | {o.env + "_FILE" for o in table.options}
         for name in sorted(environ):
             if not name.startswith(KAFKA_ENV_PREFIX) or name in claimed:
@@ -937,7 +944,8 @@ defaults below. Values are strings, numbers or booleans. Keys may be quoted
 - `"{BOOTSTRAP_SETTING}"` (in the table, in `{KAFKA_ENV_PREFIX}BOOTSTRAP_SERVERS` or as
   `-X {BOOTSTRAP_SETTING}=...`) is `bootstrap-servers`; giving both in one place is an error.
 - Variables: `{KAFKA_ENV_PREFIX}<SETTING>` with the setting in upper case and `_` for `.`
-  (`{KAFKA_ENV_PREFIX}SASL_USERNAME`).
+  (`{KAFKA_ENV_PREFIX}SASL_USERNAME`); `FEEDHANDLER_KAFKA_*` are scripts/kafka.sh's own
+  (the local broker's ports, directories and heap) and are left alone.
 - A setting read from a file: `"<setting>.file" = "/path"` (`"sasl.password.file"`), or
   `{KAFKA_ENV_PREFIX}<SETTING>_FILE` (librdkafka's own `*.file` settings keep their meaning).
 - Merging: per setting, a flag (`-X`) over a variable over the file over the defaults.
