@@ -374,9 +374,10 @@ COUNT = 30_000
 
 @pytest.fixture
 def paced_simulator():
-    """A session that lasts about 3 s, so that status lines are printed."""
+    """A session paced over 6 s from the simulator's start, so that the handler, which
+    starts a second or two later, prints status lines."""
     simulator = Simulator(SimulatorConfig(port=0, count=COUNT, symbols=20, seed=3,
-                                          password=SECRET.encode(), rate=10_000,
+                                          password=SECRET.encode(), rate=5_000,
                                           status_interval=None)).start()
     yield simulator
     simulator.stop()
