@@ -2,13 +2,19 @@
 
 Each subcommand has an `add_<name>_arguments(parser)` and a `<name>(args)` function here; the
 work itself lives in its package (simulate: feedhandler.exchange, run: feedhandler.pipeline
-behind feedhandler.cli.run)."""
+behind feedhandler.cli.run). `run` and `simulate` also take their settings from the
+environment and a TOML file (feedhandler.cli.config) and log as --log-level/--log-format say
+(feedhandler.cli.logs); `config` checks a file or prints the configuration reference."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+
+from feedhandler.cli import config, logs
+from feedhandler.cli.exit_codes import ExitCode
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -45,7 +51,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser):
                              f"{sim.DEFAULT_USERNAME.decode()})")
     parser.add_argument("--password", type=_ascii, default=sim.DEFAULT_PASSWORD,
                         help=f"accepted password, up to 10 characters (default "
-                             f"{sim.DEFAULT_PASSWORD.decode()})")
+                             f"{sim.DEFAULT_PASSWORD.decode()}); prefer password-file in "
+                             "the --config file or FEEDHANDLER_PASSWORD(_FILE): ps shows "
+                             "flags")
     parser.add_argument("--count", type=int,
                         help="synthetic: messages in the session, opening and closing included; "
                              "replay: serve at most this many. Then end of session. Default: "
@@ -128,32 +136,47 @@ def add_moldudp_simulate_arguments(group) -> None:
     group.add_argument("--ttl", type=int, default=1, help="multicast TTL (default 1)")
 
 
-def simulate(args: argparse.Namespace) -> int:
+def simulator_config(args: argparse.Namespace):
+    """The simulator configuration the arguments describe (ValueError for a bad combination):
+    a SimulatorConfig, or for moldudp64 a MoldSimulatorConfig."""
     from feedhandler.exchange.config import DEFAULT_MESSAGES_PER_PACKET, SimulatorConfig
-    from feedhandler.exchange.server import Simulator
-    from feedhandler.exchange.soupbin_server import SoupBinSimulator
 
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    host, port = args.listen
     settings = dict(
         session=args.session, count=args.count, seed=args.seed, symbols=args.symbols,
         rate=args.rate, burst=args.burst, messages_per_packet=args.messages_per_packet,
         replay=args.replay, speed=args.speed, exit_after_end=args.exit_after_end,
         retain_bytes=args.retain_mb << 20, status_interval=None if args.quiet else 1.0)
+    if args.transport == "moldudp64":
+        from feedhandler.exchange.moldudp_server import mold_config
+
+        if args.group is None:
+            raise ValueError("--transport moldudp64 needs --group ADDR:PORT")
+        return mold_config(
+            group=args.group, line_b=args.line_b, interface=args.interface,
+            request_server=args.request_server, drop_rate=args.drop_rate,
+            drop_every=args.drop_every, drop_rate_b=args.drop_rate_b,
+            drop_every_b=args.drop_every_b, max_payload=args.max_payload, ttl=args.ttl,
+            **settings)
+    if settings["messages_per_packet"] is None:
+        settings["messages_per_packet"] = DEFAULT_MESSAGES_PER_PACKET
+    host, port = args.listen
+    return SimulatorConfig(host=host, port=port, username=args.username,
+                           password=args.password, codec=args.codec,
+                           max_clients=args.max_clients, **settings)
+
+
+def simulate(args: argparse.Namespace) -> int:
+    from feedhandler.exchange.moldudp_server import MoldSimulator
+    from feedhandler.exchange.server import Simulator
+    from feedhandler.exchange.soupbin_server import SoupBinSimulator
+
     try:
-        if args.transport == "moldudp64":
-            simulator = _mold_simulator(args, settings)
-        else:
-            if settings["messages_per_packet"] is None:
-                settings["messages_per_packet"] = DEFAULT_MESSAGES_PER_PACKET
-            config = SimulatorConfig(
-                host=host, port=port, username=args.username, password=args.password,
-                codec=args.codec, max_clients=args.max_clients, **settings)
-            simulator = (SoupBinSimulator if args.transport == "soupbintcp" else Simulator)(config)
+        config = simulator_config(args)
+        server = {"soupbintcp": SoupBinSimulator, "moldudp64": MoldSimulator}
+        simulator = server.get(args.transport, Simulator)(config)
     except (ValueError, OSError) as error:
-        print(f"feedhandler simulate: {error}", file=sys.stderr)
-        return 2
+        print(f"feedhandler simulate: {args.configuration.explain(error)}", file=sys.stderr)
+        return ExitCode.USAGE
     try:
         simulator.run()
     except KeyboardInterrupt:
@@ -162,19 +185,6 @@ def simulate(args: argparse.Namespace) -> int:
         print(f"feedhandler simulate: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-def _mold_simulator(args: argparse.Namespace, settings: dict):
-    from feedhandler.exchange.moldudp_server import MoldSimulator, mold_config
-
-    if args.group is None:
-        raise ValueError("--transport moldudp64 needs --group ADDR:PORT")
-    return MoldSimulator(mold_config(
-        group=args.group, line_b=args.line_b, interface=args.interface,
-        request_server=args.request_server, drop_rate=args.drop_rate,
-        drop_every=args.drop_every, drop_rate_b=args.drop_rate_b,
-        drop_every_b=args.drop_every_b, max_payload=args.max_payload, ttl=args.ttl,
-        **settings))
 
 
 def add_run_arguments(parser: argparse.ArgumentParser):
@@ -186,8 +196,8 @@ def add_run_arguments(parser: argparse.ArgumentParser):
 def run(args: argparse.Namespace) -> int:
     from feedhandler.cli.run import run as run_handler
 
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # librdkafka's own log lines through Python logging, in the format of the rest
+    args.producer_settings = [*args.producer_settings, ("logger", logs.LibrdkafkaLog())]
     return run_handler(args)
 
 
@@ -206,6 +216,58 @@ def version(_args: argparse.Namespace) -> int:
     return 0
 
 
+def check_run(args: argparse.Namespace) -> None:
+    from feedhandler.cli.run import check_arguments
+
+    check_arguments(args)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser):
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = actions.add_parser(
+        "check", help="validate a TOML file (with the environment and any flags) and print the "
+                      "effective settings, secrets masked; exit 0, or 2 with one line",
+        description="Validate FILE for a command, with the FEEDHANDLER_* environment and any "
+                    "of the command's FLAGS on top, without starting anything; print the "
+                    "effective settings as TOML with where each came from, secrets masked.")
+    check.add_argument("--command", dest="checked", choices=sorted(CHECKS), default="run",
+                       help="the command the file is for (default run)")
+    check.add_argument("file", metavar="FILE")
+    check.add_argument("flags", nargs=argparse.REMAINDER, metavar="FLAGS",
+                       help="flags of the command, as they would be given to it")
+    actions.add_parser("reference", help="print docs/configuration.md: every key, flag, "
+                                         "variable, type and default")
+
+
+def config_command(args: argparse.Namespace) -> int:
+    from feedhandler.cli.validate import UsageError
+    from feedhandler.kafka.config import PRODUCER_DEFAULTS
+
+    parser, tables = build_parser()
+    if args.action == "reference":
+        print(config.reference_page({name: tables[name] for name in CHECKS}, PRODUCER_DEFAULTS),
+              end="")
+        return ExitCode.OK
+    logs.setup("warning", "text")
+    prog = "feedhandler config check"
+    checked = parser.parse_args([args.checked, "--config", args.file, *args.flags])
+    try:
+        configuration = config.resolve(tables[args.checked], checked)
+    except config.ConfigError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return ExitCode.USAGE
+    for warning in configuration.warnings:
+        logging.getLogger("feedhandler.config").warning("%s", warning)
+    try:
+        CHECKS[args.checked](checked)
+    except (UsageError, ValueError) as error:
+        print(f"{prog}: {configuration.explain(error)}", file=sys.stderr)
+        return ExitCode.USAGE
+    print(config.render(configuration, checked,
+                        PRODUCER_DEFAULTS if tables[args.checked].kafka else None), end="")
+    return ExitCode.OK
+
+
 SUBCOMMANDS = {
     "simulate": (add_simulate_arguments, simulate,
                  "serve a synthetic or replayed ITCH 5.0 session over TCP"),
@@ -213,18 +275,42 @@ SUBCOMMANDS = {
             "read a feed, decode it in parallel and publish every tick to Kafka"),
     "version": (lambda parser: None, version,
                 "print the versions of feedhandler and what it runs on (also --version)"),
+    "config": (add_config_arguments, config_command,
+               "check a configuration file, or print the configuration reference"),
 }
+# The commands that take --config, the environment and --log-level/--log-format, and what
+# `config check` runs on their settings (without creating anything).
+CHECKS = {"run": check_run, "simulate": simulator_config}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, config.Table]]:
+    """The command line, and the option table of every configurable command."""
     parser = argparse.ArgumentParser(
         prog="feedhandler",
         description="NASDAQ TotalView-ITCH 5.0 feed handler and exchange simulator.")
     parser.add_argument("--version", action=_VersionAction,
                         help="print the versions of feedhandler and what it runs on")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    tables = {}
     for name, (add_arguments, _, help_text) in SUBCOMMANDS.items():
-        add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))
-    args = parser.parse_args(argv)
-    return SUBCOMMANDS[args.command][1](args)
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        add_arguments(subparser)
+        if name in CHECKS:
+            logs.add_arguments(subparser)
+            tables[name] = config.make_configurable(name, subparser)
+    return parser, tables
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser, tables = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in tables:
+        try:
+            configuration = config.resolve(tables[args.command], args, os.environ)
+        except config.ConfigError as error:
+            print(f"feedhandler {args.command}: {error}", file=sys.stderr)
+            return ExitCode.USAGE
+        logs.setup(logs.level_of(args), args.log_format)
+        for warning in configuration.warnings:
+            logging.getLogger("feedhandler.config").warning("%s", warning)
+    return SUBCOMMANDS[args.command][1](args)

@@ -27,6 +27,7 @@ from confluent_kafka import KafkaException
 
 from feedhandler.cli import TRANSPORTS, add_moldudp_addresses, validate
 from feedhandler.cli.exit_codes import ExitCode, epilog
+from feedhandler.cli.logs import ACCOUNT_LOGGER, STATUS_LOGGER, json_logging, utc_timestamp
 from feedhandler.kafka.producer import PRODUCER_LINK_MODES, ProducerLinkUnavailable, link_problem
 from feedhandler.kafka.resume import (Checkpoint, fence_previous, latest_checkpoint,
                                       read_checkpoints)
@@ -42,6 +43,8 @@ from feedhandler.session.protocol import LINK_TIMEOUT, SESSION_LENGTH, SESSION_N
 from feedhandler.session.soupbin import SoupBinClient
 
 log = logging.getLogger("feedhandler.run")
+status_log = logging.getLogger(STATUS_LOGGER)
+account_log = logging.getLogger(ACCOUNT_LOGGER)
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 # The reader, the decode workers and the publisher hand work to each other constantly; with
@@ -107,7 +110,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
     feed.add_argument("--listen", type=host_port, metavar="HOST:PORT",
                       help="accept one connection that streams data frames (no login)")
     parser.add_argument("--username", default="feed", help="login username (default feed)")
-    parser.add_argument("--password", default="feed", help="login password (default feed)")
+    parser.add_argument("--password", default="feed",
+                        help="login password (default feed); prefer password-file in the "
+                             "--config file or FEEDHANDLER_PASSWORD(_FILE): ps shows flags")
     parser.add_argument("--session", default="", help="session to join (default: current)")
     parser.add_argument("--sequence", type=int, default=None,
                         help="first sequence number wanted: 1 = whole session, 0 = from now on; "
@@ -235,37 +240,55 @@ def open_source(args: argparse.Namespace, checkpoints: dict[bytes, Checkpoint]) 
 
 
 class StatusPrinter(threading.Thread):
-    """One status line a second: rates in and out, queue depth and producer lag."""
+    """One status line a second: the time, rates in and out, queue depth, producer lag and,
+    as JSON (--json-stats on stdout, or a log record under --log-format json), the running
+    totals."""
 
-    def __init__(self, handler: Handler, source: FrameSource, as_json: bool):
+    def __init__(self, handler: Handler, source: FrameSource, as_json: bool,
+                 as_log: bool = False):
         super().__init__(name="fh-status", daemon=True)
         self.handler = handler
         self.source = source
         self.as_json = as_json
+        self.as_log = as_log
         self.done = threading.Event()
 
     def run(self):
         threads.name_thread(self.name)
         account, acks = self.handler.account, self.handler.acks
+        ledger, tracker = self.handler.sink.ledger, self.source.tracker
         last = (time.monotonic(), account.messages, acks.ticks)
         while not self.done.wait(1.0):
             now = (time.monotonic(), account.messages, acks.ticks)
             seconds = now[0] - last[0]
+            failed = ledger.errors.units
             status = {
+                "timestamp": utc_timestamp(time.time()),
                 "in_per_s": round((now[1] - last[1]) / seconds),
                 "delivered_per_s": round((now[2] - last[2]) / seconds),
                 "reads_queued": self.handler.queue_depth(),
                 "in_producer": self.handler.outstanding(),
                 "lag_ms": round(acks.oldest_age_ms(), 1),
                 "quarantined": account.quarantined,
-                "failed": self.handler.sink.ledger.errors.units,
-                "gaps": len(self.source.tracker.gaps),
+                "failed": failed,
+                "gaps": len(tracker.gaps),
+                # running totals; lost so far: failed, or missing from the feed
+                "frames": account.frames,
+                "messages": now[1],
+                "produced": ledger.ticks,
+                "delivered": now[2],
+                "missing": tracker.missing,
+                "lost": failed + tracker.missing,
             }
             last = now
             if self.as_json:
                 print(json.dumps(status), flush=True)
+            elif self.as_log:
+                del status["timestamp"]             # the record's own
+                status_log.info("status", extra=status)
             else:
-                print(f"in {status['in_per_s'] / 1e3:9.1f}k msg/s | delivered "
+                print(f"{status['timestamp']} in {status['in_per_s'] / 1e3:9.1f}k msg/s | "
+                      f"delivered "
                       f"{status['delivered_per_s'] / 1e3:9.1f}k/s | queued "
                       f"{status['reads_queued']:3d} reads | in producer "
                       f"{status['in_producer']:8d} | lag {status['lag_ms']:8.1f} ms | "
@@ -283,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except KeyboardInterrupt:       # before the signal handlers are in place: nothing read
-        print("feedhandler run: interrupted before the feed was read", file=sys.stderr)
+        _say("interrupted before the feed was read")
         return ExitCode.INTERRUPTED
 
 
@@ -322,23 +345,44 @@ def _check_transport(args: argparse.Namespace) -> None:
         raise validate.UsageError("--line-b needs --transport soupbintcp or moldudp64")
 
 
+def _say(problem) -> None:
+    """The one line an operator is told: on stderr, or an error record under --log-format
+    json (so that every line is JSON)."""
+    if json_logging():
+        log.error("%s", problem)
+    else:
+        print(f"feedhandler run: {problem}", file=sys.stderr, flush=True)
+
+
 def _fail(code: ExitCode, problem) -> ExitCode:
-    print(f"feedhandler run: {problem}", file=sys.stderr, flush=True)
+    _say(problem)
     return code
+
+
+def check_arguments(args: argparse.Namespace):
+    """(routes, Kafka client config) of the arguments, checked without connecting anywhere
+    (also `feedhandler config check`); validate.UsageError for the first problem."""
+    validate.counts(args)
+    _check_transport(args)
+    routes = validate.routes(args.topic_prefix, args.route)
+    settings = list(args.producer_settings)
+    if args.exactly_once and not any(key == "transactional.id" for key, _ in settings):
+        settings.append(("transactional.id", f"feedhandler-{args.topic_prefix}"))
+    return routes, validate.kafka_client(args.bootstrap_servers, settings)
+
+
+def _explained(args: argparse.Namespace, problem) -> str:
+    """The problem, saying which config file or variable gave a value it names."""
+    configuration = getattr(args, "configuration", None)
+    return configuration.explain(problem) if configuration else str(problem)
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        validate.counts(args)
-        _check_transport(args)
-        routes = validate.routes(args.topic_prefix, args.route)
-        settings = list(args.producer_settings)
-        if args.exactly_once and not any(key == "transactional.id" for key, _ in settings):
-            settings.append(("transactional.id", f"feedhandler-{args.topic_prefix}"))
-        kafka = validate.kafka_client(args.bootstrap_servers, settings)
+        routes, kafka = check_arguments(args)
         cpus = threads.parse_cpus(args.cpus) if args.cpus else {}
     except (validate.UsageError, ValueError) as error:
-        return _fail(ExitCode.USAGE, error)
+        return _fail(ExitCode.USAGE, _explained(args, error))
     threads.pin_process(cpus)
     metrics = statistics = None
     if args.metrics_port:
@@ -384,7 +428,7 @@ def _start(args, routes, kafka, cpus, metrics, statistics) -> int:
     try:
         source = open_source(args, checkpoints)
     except ValueError as error:             # a username, password or session too long
-        return _fail(ExitCode.USAGE, error)
+        return _fail(ExitCode.USAGE, _explained(args, error))
     except LoginRejected as error:
         return _fail(ExitCode.COULD_NOT_START, f"the feed refused the login: {error}")
     except (SessionError, OSError) as error:
@@ -409,7 +453,8 @@ def _start(args, routes, kafka, cpus, metrics, statistics) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, lambda _signum, _frame: _hang_up(handler))
-    status = None if args.quiet else StatusPrinter(handler, source, args.json_stats)
+    log_json = getattr(args, "log_format", "text") == "json"
+    status = None if args.quiet else StatusPrinter(handler, source, args.json_stats, log_json)
     if status:
         status.start()
     if metrics is not None:
@@ -440,7 +485,10 @@ def _start(args, routes, kafka, cpus, metrics, statistics) -> int:
         summary["feed"] = source.stats()
     if args.json_stats:
         print(json.dumps({"final": summary}), flush=True)
-    print(format_account(summary), file=sys.stderr, flush=True)
+    if log_json:
+        account_log.info("final account", extra=summary)
+    else:
+        print(format_account(summary), file=sys.stderr, flush=True)
     if account.lost:
         code = ExitCode.TICKS_LOST
     elif failure:
@@ -448,7 +496,7 @@ def _start(args, routes, kafka, cpus, metrics, statistics) -> int:
     else:
         code = ExitCode.OK
     if failure:
-        print(f"feedhandler run: the feed ended early: {failure}", file=sys.stderr, flush=True)
+        _say(f"the feed ended early: {failure}")
     return code
 
 
