@@ -688,6 +688,10 @@ class Configuration:
                     re.search(rf"(?<![\w.]){re.escape(name)}(?![\w.])", text)
                     for name in same_setting(key)):
                 notes.append(f"[{KAFKA}] {key} from {setting.origin}")
+        for flag in getattr(problem, "flags", ()):     # validate.MissingOption
+            for option in self.table.options:
+                if flag in option.flags:
+                    notes.append(f"{option.key} in the config file, or {option.env}")
         for secret in self.secrets:
             text = text.replace(repr(secret.encode()), MASK).replace(secret, MASK)
         return text + (f" ({'; '.join(notes)})" if notes else "")

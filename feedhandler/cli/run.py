@@ -326,7 +326,11 @@ def _hang_up(handler: Handler | None) -> None:
 
 def _check_transport(args: argparse.Namespace) -> None:
     if args.transport == "moldudp64":
-        if args.group is None or args.connect or args.listen:
+        if args.group is None and not (args.connect or args.listen):
+            raise validate.MissingOption("--transport moldudp64 takes --group ADDR:PORT (and "
+                                         "--line-b, --interface, --request-server as needed)",
+                                         ("--group",))
+        if args.connect or args.listen:
             raise validate.UsageError("--transport moldudp64 takes --group ADDR:PORT (and "
                                       "--line-b, --interface, --request-server), not --connect "
                                       "or --listen")
@@ -337,10 +341,13 @@ def _check_transport(args: argparse.Namespace) -> None:
                                   "moldudp64)")
     if args.transport == "soupbintcp":
         if not args.connect:
-            raise validate.UsageError("--transport soupbintcp needs --connect HOST:PORT (and "
-                                      "--line-b HOST:PORT for a backup session)")
+            raise validate.MissingOption("--transport soupbintcp needs --connect HOST:PORT (and "
+                                         "--line-b HOST:PORT for a backup session)",
+                                         ("--connect",))
     elif not (args.connect or args.listen):
-        raise validate.UsageError("--transport lz4 takes --connect or --listen")
+        raise validate.MissingOption(f"--transport {args.transport} takes --connect or --listen: "
+                                     "one of --connect, --listen is required",
+                                     ("--connect", "--listen"))
     elif args.line_b:
         raise validate.UsageError("--line-b needs --transport soupbintcp or moldudp64")
 

@@ -15,6 +15,15 @@ class UsageError(ValueError):
     """A bad argument or setting: exit ExitCode.USAGE, nothing created."""
 
 
+class MissingOption(UsageError):
+    """An option needed and given nowhere; `flags` are the ones that would do (the message
+    then also names where else each can be given: config file, environment)."""
+
+    def __init__(self, message: str, flags: tuple[str, ...]):
+        super().__init__(message)
+        self.flags = flags
+
+
 def counts(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, not {args.workers}")
