@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything feedhandler needs on a fresh Debian/Ubuntu machine and builds it in place:
-# liblz4 headers and kcat from apt, the Python build and test dependencies from PyPI.
+# liblz4 headers, kcat and openssl (certificates of the secured test broker) from apt, the
+# Python build and test dependencies from PyPI.
 # Idempotent: a second run only checks. Needs root (or sudo) for apt-get.
 set -euo pipefail
 export PIP_ROOT_USER_ACTION=ignore
 cd "$(dirname "$0")/.."
 
-apt_packages=(liblz4-dev kcat)
+apt_packages=(liblz4-dev kcat openssl)
 missing=()
 for package in "${apt_packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -25,8 +25,8 @@
 #                                              MIN_ISR sets the topic's min.insync.replicas)
 #
 # Secured single node: start, restart, stop, kill, pause, resume, status and bootstrap take
-# --secure to act on a second single node, with its own state dir ($STATE/secure) and ports,
-# that never touches the plaintext one. It listens on 127.0.0.1 only:
+# --secure to act on a second single node, with its own state dir (FEEDHANDLER_KAFKA_STATE/secure)
+# and ports, that never touches the plaintext one. It listens on 127.0.0.1 only:
 #   SASL_PLAINTEXT  secure port      (default 19192)  SASL PLAIN and SCRAM-SHA-512
 #   SSL             secure port + 1  (default 19193)  server certificate only (no client certificate)
 #   SASL_SSL        secure port + 2  (default 19194)  both, over TLS
@@ -34,7 +34,8 @@
 # Users (throw-away): PLAIN feed_plain / plain-secret, SCRAM-SHA-512 feed_scram / scram-secret
 # (added when the storage is formatted: StorageTool format --add-scram), admin / admin-secret (PLAIN,
 # the broker's own). A fresh start makes a new CA and broker certificate (for 127.0.0.1 and
-# localhost) with openssl; clients trust $STATE/secure/tls/ca.pem (librdkafka: ssl.ca.location).
+# localhost) with openssl; clients trust FEEDHANDLER_KAFKA_STATE/secure/tls/ca.pem
+# (librdkafka: ssl.ca.location).
 #   scripts/kafka.sh start --secure            prints, on stdout, shell assignments for clients:
 #                                              KAFKA_SECURE_SASL_PLAINTEXT, _SSL, _SASL_SSL (bootstraps),
 #                                              KAFKA_SECURE_CA, KAFKA_SECURE_{PLAIN,SCRAM}_{USER,PASSWORD}
