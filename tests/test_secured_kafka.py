@@ -106,10 +106,16 @@ def run_handler(simulator, bootstrap, settings, prefix, *arguments):
     return final_account(stdout)
 
 
-@pytest.mark.parametrize("mode", ["sasl-plain", "sasl-scram", "ssl", "sasl-ssl-scram"])
-def test_every_tick_lands_over_a_secured_listener(secured_kafka, simulator, topic_prefix, mode):
+@pytest.mark.parametrize(("mode", "arguments"), [
+    ("sasl-plain", []), ("sasl-scram", []), ("ssl", []), ("sasl-ssl-scram", []),
+    ("sasl-ssl-scram", ["--exactly-once"]),
+], ids=["sasl-plain", "sasl-scram", "ssl", "sasl-ssl-scram", "sasl-ssl-scram-exactly-once"])
+def test_every_tick_lands_over_a_secured_listener(secured_kafka, simulator, topic_prefix, mode,
+                                                  arguments):
+    """Every client takes the settings: the probe, the topic admin, the checkpoint reader, the
+    producer (with --exactly-once: transactional, fencing an earlier instance first)."""
     bootstrap, settings = secured_kafka.modes[mode]
-    account = run_handler(simulator, bootstrap, settings, topic_prefix)
+    account = run_handler(simulator, bootstrap, settings, topic_prefix, *arguments)
     assert account["delivered"] == COUNT and account["lost"] == 0
     routes = Routes.by_category(topic_prefix)
     check = check_topics(bootstrap, routes, "struct", expected=range(1, COUNT + 1),
