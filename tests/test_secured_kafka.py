@@ -36,7 +36,7 @@ class SecuredKafka:
     """What `kafka.sh start --secure` prints (KAFKA_SECURE_* assignments), as client settings."""
 
     env: dict
-    seconds: float = 0.0
+    plaintext_status: str = ""      # `kafka.sh status` of the plaintext node before the start
     modes: dict = field(init=False)
 
     def __post_init__(self):
@@ -69,9 +69,11 @@ class SecuredKafka:
 def secured_kafka():
     """The secured single node, started fresh for the session and stopped after it (about
     20 s; its own state dir and ports: the plaintext broker is never touched)."""
-    started = time.monotonic()
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), "start", "--secure"],
-                            capture_output=True, text=True, timeout=300)
+    script = str(ROOT / "scripts" / "kafka.sh")
+    plaintext = subprocess.run(["bash", script, "status"], capture_output=True, text=True,
+                               timeout=60).stdout
+    result = subprocess.run(["bash", script, "start", "--secure"], capture_output=True,
+                            text=True, timeout=300)
     if result.returncode != 0:
         message = f"could not start the secured Kafka node: {result.stderr[-2000:]}"
         if os.environ.get("FEEDHANDLER_REQUIRE_KAFKA"):
@@ -79,10 +81,9 @@ def secured_kafka():
         pytest.skip(message)
     env = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     try:
-        yield SecuredKafka(env, time.monotonic() - started)
+        yield SecuredKafka(env, plaintext)
     finally:
-        subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), "stop", "--secure"],
-                       capture_output=True, timeout=120)
+        subprocess.run(["bash", script, "stop", "--secure"], capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +246,15 @@ def test_a_silent_bootstrap_is_named_within_the_probe_time():
             check_reachable(KafkaClientConfig(bootstrap), timeout=2)
         assert time.monotonic() - started < 5
 
+
+
+def test_the_secured_node_leaves_the_plaintext_one_alone(kafka, secured_kafka):
+    """Started, it did not stop or restart the shared plaintext broker (same pid, still ready);
+    --secure never goes with the cluster or the commands that ask the plaintext node."""
+    script = str(ROOT / "scripts" / "kafka.sh")
+    now = subprocess.run(["bash", script, "status"], capture_output=True, text=True, timeout=60)
+    assert now.returncode == 0 and now.stdout == secured_kafka.plaintext_status, now.stdout
+    for refused in (["start", "--secure", "--cluster"], ["create-topic", "--secure", "x"]):
+        result = subprocess.run(["bash", script, *refused], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 1 and "--secure" in result.stderr, result.stderr

@@ -114,7 +114,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
                              "of scripts/kafka.sh)")
     parser.add_argument("-X", dest="producer_settings", type=_producer_setting, action="append",
                         default=[], metavar="KEY=VALUE",
-                        help="librdkafka producer setting, e.g. -X linger.ms=5 (repeatable)")
+                        help="librdkafka setting, e.g. -X linger.ms=5 (repeatable); the "
+                             "security ones (security.protocol, sasl.*, ssl.*) reach every "
+                             "Kafka client of the handler (docs/kafka.md, Secured Kafka)")
     parser.add_argument("--workers", type=int, default=2, help="decode threads (default 2)")
     parser.add_argument("--format", choices=VALUE_FORMATS, default="struct",
                         help="record value format (default struct); see docs/kafka.md")
