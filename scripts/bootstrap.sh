@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything feedhandler needs on a fresh Debian/Ubuntu machine and builds it in place:
-# liblz4 headers, kcat, and (when missing) a Java 17+ runtime and Maven for the Kafka broker from
-# apt; the Python build and test dependencies from PyPI.
+# liblz4 headers, kcat, openssl (certificates of the secured test broker), tshark (the
+# independent SoupBinTCP/MoldUDP64 decoder of the conformance tests) and, when missing, a JDK 17+
+# and Maven for the Kafka broker from apt; the Python build and test dependencies from PyPI.
 # Idempotent: a second run only checks. Needs root (or sudo) for apt-get.
 set -euo pipefail
 export PIP_ROOT_USER_ACTION=ignore
 cd "$(dirname "$0")/.."
 
-# tshark: the independent SoupBinTCP/MoldUDP64 decoder of tests/test_soupbin_tshark.py.
-apt_packages=(liblz4-dev kcat tshark)
+apt_packages=(liblz4-dev kcat tshark openssl)
 missing=()
 for package in "${apt_packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -24,12 +24,30 @@
 #                                              (needs python3 + confluent_kafka; default RF = broker default,
 #                                              MIN_ISR sets the topic's min.insync.replicas)
 #
+# Secured single node: start, restart, stop, kill, pause, resume, status and bootstrap take
+# --secure to act on a second single node, with its own state dir (FEEDHANDLER_KAFKA_STATE/secure)
+# and ports, that never touches the plaintext one. It listens on 127.0.0.1 only:
+#   SASL_PLAINTEXT  secure port      (default 19192)  SASL PLAIN and SCRAM-SHA-512
+#   SSL             secure port + 1  (default 19193)  server certificate only (no client certificate)
+#   SASL_SSL        secure port + 2  (default 19194)  both, over TLS
+#   CONTROLLER      secure port + 3  (default 19195)  plaintext, the node's own quorum
+# Users (throw-away): PLAIN feed_plain / plain-secret, SCRAM-SHA-512 feed_scram / scram-secret
+# (added when the storage is formatted: StorageTool format --add-scram), admin / admin-secret (PLAIN,
+# the broker's own). A fresh start makes a new CA and broker certificate (for 127.0.0.1 and
+# localhost) with openssl; clients trust FEEDHANDLER_KAFKA_STATE/secure/tls/ca.pem
+# (librdkafka: ssl.ca.location).
+#   scripts/kafka.sh start --secure            prints, on stdout, shell assignments for clients:
+#                                              KAFKA_SECURE_SASL_PLAINTEXT, _SSL, _SASL_SSL (bootstraps),
+#                                              KAFKA_SECURE_CA, KAFKA_SECURE_{PLAIN,SCRAM}_{USER,PASSWORD}
+#   scripts/kafka.sh bootstrap --secure        prints the same; status --secure checks it over SASL
+#
 # Environment:
 #   FEEDHANDLER_KAFKA_VERSION          Kafka version to fetch/run (default below)
 #   FEEDHANDLER_KAFKA_HOME             jar cache (default ~/.cache/feedhandler/kafka-<version>); jars in ./libs
 #   FEEDHANDLER_KAFKA_STATE            state dir (default /tmp/feedhandler-kafka); ./single and ./cluster/node-N
 #   FEEDHANDLER_KAFKA_PORT             single-node broker port (default 19092)
 #   FEEDHANDLER_KAFKA_CONTROLLER_PORT  single-node controller port (default broker port + 1)
+#   FEEDHANDLER_KAFKA_SECURE_PORT      secured node's first port (default 19192; it uses 4 in a row)
 #   FEEDHANDLER_KAFKA_CLUSTER_PORT     cluster node 1 broker port (default 29092); node N uses
 #                                      base + 100*(N-1) for the broker and that + 1 for its controller
 #   FEEDHANDLER_KAFKA_HEAP_OPTS        JVM heap flags (default -Xms512m -Xmx1g single, -Xms256m -Xmx512m cluster)
@@ -59,6 +77,20 @@ STOP_TIMEOUT=30
 SINGLE_DIR="$STATE/single"
 CLUSTER_DIR="$STATE/cluster"
 
+# The secured single node (--secure): its own state dir and ports, next to the plaintext one.
+SECURE=0
+SECURE_PORT="${FEEDHANDLER_KAFKA_SECURE_PORT:-19192}"
+SECURE_DIR="$STATE/secure"
+# Throw-away credentials of the secured node (it listens on 127.0.0.1 only and its CA is made
+# afresh by every fresh start). The admin user is the broker's own (inter-broker, probe).
+SECURE_ADMIN_USER=admin
+SECURE_ADMIN_PASSWORD=admin-secret
+SECURE_PLAIN_USER=feed_plain
+SECURE_PLAIN_PASSWORD=plain-secret
+SECURE_SCRAM_USER=feed_scram
+SECURE_SCRAM_PASSWORD=scram-secret
+SECURE_KEYSTORE_PASSWORD=keystore-secret
+
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -73,7 +105,35 @@ node_dir() { echo "$CLUSTER_DIR/node-$1"; }
 cluster_broker_port() { echo $((CLUSTER_PORT + 100 * ($1 - 1))); }
 cluster_controller_port() { echo $((CLUSTER_PORT + 100 * ($1 - 1) + 1)); }
 
-single_bootstrap() { echo "$HOST:$PORT"; }
+single_bootstrap() {
+    if ((SECURE)); then secure_env; else echo "$HOST:$PORT"; fi
+}
+
+single_what() { if ((SECURE)); then echo "secured single-node"; else echo "single-node"; fi; }
+
+# --secure: the single-node commands act on the secured node instead. Its listeners:
+# SASL_PLAINTEXT on the secure port, SSL on +1, SASL_SSL on +2, the controller on +3.
+select_secure() {
+    SECURE=1
+    SINGLE_DIR=$SECURE_DIR
+    PORT=$SECURE_PORT
+    CONTROLLER_PORT=$((SECURE_PORT + 3))
+}
+secure_ports() { echo "$SECURE_PORT" $((SECURE_PORT + 1)) $((SECURE_PORT + 2)) $((SECURE_PORT + 3)); }
+
+# What a client of the secured node needs, as shell assignments (eval-able).
+secure_env() {
+    cat <<EOF
+KAFKA_SECURE_SASL_PLAINTEXT=$HOST:$SECURE_PORT
+KAFKA_SECURE_SSL=$HOST:$((SECURE_PORT + 1))
+KAFKA_SECURE_SASL_SSL=$HOST:$((SECURE_PORT + 2))
+KAFKA_SECURE_CA=$SECURE_DIR/tls/ca.pem
+KAFKA_SECURE_PLAIN_USER=$SECURE_PLAIN_USER
+KAFKA_SECURE_PLAIN_PASSWORD=$SECURE_PLAIN_PASSWORD
+KAFKA_SECURE_SCRAM_USER=$SECURE_SCRAM_USER
+KAFKA_SECURE_SCRAM_PASSWORD=$SECURE_SCRAM_PASSWORD
+EOF
+}
 
 # cluster_list broker|voter: every node's HOST:BROKER_PORT, or its N@HOST:CONTROLLER_PORT
 # (controller.quorum.voters), comma-separated.
@@ -175,19 +235,29 @@ cmd_fetch() {
 
 # ---------------------------------------------------------------- config
 
-# write_config DIR NODE_ID BROKER_PORT CONTROLLER_PORT VOTERS REPLICATION MIN_ISR
+# plaintext_listeners BROKER_PORT CONTROLLER_PORT: the listener settings of a plaintext node.
+plaintext_listeners() {
+    cat <<EOF
+listeners=PLAINTEXT://$HOST:$1,CONTROLLER://$HOST:$2
+advertised.listeners=PLAINTEXT://$HOST:$1
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+EOF
+}
+
+# write_config DIR NODE_ID BROKER_PORT CONTROLLER_PORT VOTERS REPLICATION MIN_ISR [LISTENERS]
+# LISTENERS: the listener and security settings (default: plaintext_listeners); the first
+# advertised listener is the one the readiness probe asks (with DIR/probe.properties if any).
 write_config() {
     local dir=$1 id=$2 bport=$3 cport=$4 voters=$5 rf=$6 isr=$7
+    local listeners=${8:-$(plaintext_listeners "$bport" "$cport")}
     mkdir -p "$dir/data"
     cat >"$dir/server.properties" <<EOF
 # generated by scripts/kafka.sh -- combined broker+controller KRaft node
 process.roles=broker,controller
 node.id=$id
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://$HOST:$bport,CONTROLLER://$HOST:$cport
-advertised.listeners=PLAINTEXT://$HOST:$bport
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
+$listeners
 controller.listener.names=CONTROLLER
 log.dirs=$dir/data
 
@@ -238,11 +308,68 @@ logger.state.level = WARN
 EOF
 }
 
-format_storage() { # DIR CLUSTER_ID
+# secure_listeners DIR: the listener and security settings of the secured node. SASL users:
+# PLAIN ones live in the listener's JAAS line, SCRAM ones in the cluster metadata (added when
+# the storage is formatted, start_single). The broker itself talks SASL PLAIN as admin.
+secure_listeners() {
+    local dir=$1 sasl_port=$SECURE_PORT ssl_port=$((SECURE_PORT + 1)) sasl_ssl_port=$((SECURE_PORT + 2))
+    local plain="org.apache.kafka.common.security.plain.PlainLoginModule required username=\"$SECURE_ADMIN_USER\" password=\"$SECURE_ADMIN_PASSWORD\" user_$SECURE_ADMIN_USER=\"$SECURE_ADMIN_PASSWORD\" user_$SECURE_PLAIN_USER=\"$SECURE_PLAIN_PASSWORD\";"
+    local scram="org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    cat <<EOF
+listeners=SASL_PLAINTEXT://$HOST:$sasl_port,SSL://$HOST:$ssl_port,SASL_SSL://$HOST:$sasl_ssl_port,CONTROLLER://$HOST:$CONTROLLER_PORT
+advertised.listeners=SASL_PLAINTEXT://$HOST:$sasl_port,SSL://$HOST:$ssl_port,SASL_SSL://$HOST:$sasl_ssl_port
+listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=SASL_PLAINTEXT
+sasl.mechanism.inter.broker.protocol=PLAIN
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512
+listener.name.sasl_plaintext.plain.sasl.jaas.config=$plain
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=$scram
+listener.name.sasl_ssl.plain.sasl.jaas.config=$plain
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$dir/tls/broker.p12
+ssl.keystore.password=$SECURE_KEYSTORE_PASSWORD
+ssl.key.password=$SECURE_KEYSTORE_PASSWORD
+ssl.client.auth=none
+EOF
+}
+
+# make_tls DIR: a throw-away CA (DIR/tls/ca.pem, what clients trust: ssl.ca.location) and the
+# broker's key and certificate for 127.0.0.1 / localhost signed by it, as a PKCS12 keystore.
+make_tls() {
+    local tls=$1/tls
+    command -v openssl >/dev/null 2>&1 || die "openssl not found (needed for the secured node's certificates)"
+    mkdir -p "$tls"
+    (
+        cd "$tls"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 30 -keyout ca.key -out ca.pem \
+            -subj "/CN=feedhandler throw-away CA $(date +%s)"
+        openssl req -newkey rsa:2048 -nodes -keyout broker.key -out broker.csr -subj "/CN=localhost"
+        printf '%s\n' "subjectAltName=IP:$HOST,DNS:localhost" "basicConstraints=CA:FALSE" \
+            "keyUsage=digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >broker.ext
+        openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+            -extfile broker.ext -out broker.pem
+        openssl pkcs12 -export -name broker -in broker.pem -inkey broker.key -certfile ca.pem \
+            -passout "pass:$SECURE_KEYSTORE_PASSWORD" -out broker.p12
+    ) >"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; die "could not make the TLS certificates"; }
+}
+
+# The readiness probe's client settings for the secured node: SASL PLAIN as the admin.
+write_probe_properties() {
+    cat >"$1/probe.properties" <<EOF
+security.protocol=SASL_PLAINTEXT
+sasl.mechanism=PLAIN
+sasl.username=$SECURE_ADMIN_USER
+sasl.password=$SECURE_ADMIN_PASSWORD
+EOF
+}
+
+format_storage() { # DIR CLUSTER_ID [STORAGE TOOL ARGUMENTS...] (e.g. --add-scram ...)
     local dir=$1 cid=$2
+    shift 2
     if ! java -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
         -Dlog4j2.configurationFile="file:$dir/log4j2.properties" \
-        -cp "$LIBS/*" kafka.tools.StorageTool format -t "$cid" -c "$dir/server.properties" \
+        -cp "$LIBS/*" kafka.tools.StorageTool format -t "$cid" -c "$dir/server.properties" "$@" \
         >"$dir/format.log" 2>&1; then
         cat "$dir/format.log" >&2
         return 1
@@ -326,18 +453,26 @@ probe_mode() {
     esac
 }
 
-# Prints the ids of the live (unfenced) brokers in the metadata that broker $1 returns.
+# probe_brokers BOOTSTRAP [CLIENT_PROPERTIES]: the ids of the live (unfenced) brokers in the
+# metadata that BOOTSTRAP returns; CLIENT_PROPERTIES, a file of librdkafka key=value lines
+# (security settings), is used when it exists.
 probe_brokers() {
-    local bs=$1
+    local bs=$1 props=${2:-}
+    [[ -n "$props" && -f "$props" ]] || props=""
     case "$(probe_mode)" in
         kcat)
-            kcat -b "$bs" -L -m 3 2>/dev/null | sed -n 's/^ *broker \([0-9][0-9]*\) at .*/\1/p' || true
+            kcat -b "$bs" ${props:+-F "$props"} -L -m 3 2>/dev/null | sed -n 's/^ *broker \([0-9][0-9]*\) at .*/\1/p' || true
             ;;
         python)
-            python3 - "$bs" 2>/dev/null <<'EOF' || true
+            python3 - "$bs" "$props" 2>/dev/null <<'EOF' || true
 import sys
 from confluent_kafka.admin import AdminClient
-md = AdminClient({"bootstrap.servers": sys.argv[1], "log_level": 0}).list_topics(timeout=3)
+settings = {}
+if sys.argv[2]:
+    with open(sys.argv[2]) as lines:
+        settings = dict(line.strip().split("=", 1) for line in lines
+                        if "=" in line and not line.startswith("#"))
+md = AdminClient({**settings, "bootstrap.servers": sys.argv[1], "log_level": 0}).list_topics(timeout=3)
 for b in sorted(md.brokers):
     print(b)
 EOF
@@ -346,7 +481,7 @@ EOF
 }
 
 dir_id() { sed -n 's/^node\.id=//p' "$1/server.properties"; }
-dir_port() { sed -n 's/^advertised\.listeners=.*:\([0-9][0-9]*\)$/\1/p' "$1/server.properties"; }
+dir_port() { sed -n 's/^advertised\.listeners=[^,]*:\([0-9][0-9]*\)\(,.*\)\{0,1\}$/\1/p' "$1/server.properties"; }
 
 # True when the node in DIR serves client requests. It is asked on its own listener:
 # a Kafka 4 broker only processes requests once the controller has unfenced it, so this
@@ -363,7 +498,7 @@ node_ready() {
             grep -q "Kafka Server started"
         return
     fi
-    probe_brokers "$HOST:$port" | grep -qx "$id"
+    probe_brokers "$HOST:$port" "$dir/probe.properties" | grep -qx "$id"
 }
 
 # wait_ready DIR... : waits until every node is ready; fails early if a JVM dies.
@@ -410,28 +545,41 @@ start_single() { # KEEP (1: keep the data of a formatted node)
     cmd_fetch
     lock_state
     if [[ -n "$(node_pid "$SINGLE_DIR")" ]]; then
-        log "single-node Kafka already running: restarting it ($( ((keep)) && echo "keeping its data" || echo "fresh"))"
+        log "$(single_what) Kafka already running: restarting it ($( ((keep)) && echo "keeping its data" || echo "fresh"))"
         stop_dirs "$SINGLE_DIR"
     fi
-    check_ports_free "$PORT" "$CONTROLLER_PORT"
-    local t0ns heap="${FEEDHANDLER_KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}" how="fresh"
+    local t0ns heap="${FEEDHANDLER_KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}" how="fresh" listeners="" format_args=()
+    if ((SECURE)); then
+        # shellcheck disable=SC2046
+        check_ports_free $(secure_ports)
+        heap="${FEEDHANDLER_KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
+        format_args=(--add-scram "SCRAM-SHA-512=[name=$SECURE_SCRAM_USER,password=$SECURE_SCRAM_PASSWORD]")
+    else
+        check_ports_free "$PORT" "$CONTROLLER_PORT"
+    fi
     t0ns=$(date +%s%N)
     if ((keep)) && formatted "$SINGLE_DIR"; then
         how="with its data kept"
         # The ports may differ from the run that formatted it; the data stays.
-        write_config "$SINGLE_DIR" 1 "$PORT" "$CONTROLLER_PORT" "1@$HOST:$CONTROLLER_PORT" 1 1
+        ((SECURE)) && listeners=$(secure_listeners "$SINGLE_DIR")
+        write_config "$SINGLE_DIR" 1 "$PORT" "$CONTROLLER_PORT" "1@$HOST:$CONTROLLER_PORT" 1 1 "$listeners"
         echo "----- restarted by kafka.sh at $(date -Is), data kept -----" >>"$SINGLE_DIR/server.log"
     else
         rm -rf "$SINGLE_DIR"
-        write_config "$SINGLE_DIR" 1 "$PORT" "$CONTROLLER_PORT" "1@$HOST:$CONTROLLER_PORT" 1 1
-        format_storage "$SINGLE_DIR" "$(gen_uuid)" || die "storage format failed"
+        if ((SECURE)); then
+            make_tls "$SINGLE_DIR"
+            write_probe_properties "$SINGLE_DIR"
+            listeners=$(secure_listeners "$SINGLE_DIR")
+        fi
+        write_config "$SINGLE_DIR" 1 "$PORT" "$CONTROLLER_PORT" "1@$HOST:$CONTROLLER_PORT" 1 1 "$listeners"
+        format_storage "$SINGLE_DIR" "$(gen_uuid)" "${format_args[@]+"${format_args[@]}"}" || die "storage format failed"
     fi
     launch "$SINGLE_DIR" "$heap"
     if ! wait_ready "$SINGLE_DIR"; then
         stop_dirs "$SINGLE_DIR"
-        die "single-node Kafka did not become ready"
+        die "$(single_what) Kafka did not become ready"
     fi
-    log "Kafka $KAFKA_VERSION single node ready $how in $(elapsed "$t0ns") (pid $(node_pid "$SINGLE_DIR"), state $SINGLE_DIR)"
+    log "Kafka $KAFKA_VERSION $(single_what) ready $how in $(elapsed "$t0ns") (pid $(node_pid "$SINGLE_DIR"), state $SINGLE_DIR)"
     single_bootstrap
 }
 
@@ -502,9 +650,9 @@ cmd_stop() {
     done
     stop_dirs "${dirs[@]}"
     if [[ -n "$any" ]]; then
-        log "stopped $( ((cluster)) && echo "cluster" || echo "single-node") Kafka (pids $any)"
+        log "stopped $( ((cluster)) && echo "cluster" || single_what) Kafka (pids $any)"
     else
-        log "$( ((cluster)) && echo "cluster" || echo "single-node") Kafka not running"
+        log "$( ((cluster)) && echo "cluster" || single_what) Kafka not running"
     fi
 }
 
@@ -517,8 +665,8 @@ cmd_status() {
         what="kafka $KAFKA_VERSION $CLUSTER_NODES-node cluster"
         for ((n = 1; n <= CLUSTER_NODES; n++)); do dirs+=("$(node_dir "$n")"); done
     else
-        bs=$(single_bootstrap)
-        what="kafka $KAFKA_VERSION single-node"
+        bs=$HOST:$PORT
+        what="kafka $KAFKA_VERSION $(single_what)"
         dirs=("$SINGLE_DIR")
     fi
     resolve_probe
@@ -582,7 +730,7 @@ cmd_kill() {
     if ((cluster)); then
         for ((n = 1; n <= CLUSTER_NODES; n++)); do kill_dir "$(node_dir "$n")" "node $n"; done
     else
-        kill_dir "$SINGLE_DIR" "single-node Kafka"
+        kill_dir "$SINGLE_DIR" "$(single_what) Kafka"
     fi
 }
 
@@ -704,10 +852,18 @@ main() {
         case "$a" in
             --cluster) cluster=1 ;;
             --keep) keep=1 ;;
+            --secure) select_secure ;;
             -h | --help) usage 0 ;;
             *) args+=("$a") ;;
         esac
     done
+    if ((SECURE)); then
+        ((cluster)) && die "--secure is a single node; it does not go with --cluster"
+        case "$cmd" in
+            start | restart | stop | kill | pause | resume | status | bootstrap) ;;
+            *) die "$cmd does not take --secure" ;;
+        esac
+    fi
     case "$cmd" in
         fetch) cmd_fetch ;;
         start | restart)
@@ -718,7 +874,7 @@ main() {
         pause | resume)
             ((cluster)) && die "$cmd is for the single node; use $cmd-node N on the cluster"
             lock_state
-            signal_dir "$SINGLE_DIR" "$([[ $cmd == pause ]] && echo STOP || echo CONT)" "single-node Kafka" ;;
+            signal_dir "$SINGLE_DIR" "$([[ $cmd == pause ]] && echo STOP || echo CONT)" "$(single_what) Kafka" ;;
         pause-node | resume-node)
             cluster_node_arg "${args[0]:-}"
             lock_state

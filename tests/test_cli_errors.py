@@ -149,3 +149,33 @@ def test_a_signal_during_startup_exits_130(kafka, topic_prefix, signal_number):
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == ExitCode.INTERRUPTED, stderr
     assert stderr.splitlines() == ["feedhandler run: interrupted before the feed was read"]
+
+
+def test_an_unreachable_feed_is_one_line_and_exit_3(kafka, topic_prefix):
+    """--connect to a feed that never accepts: quiet retries for --login-timeout, then one line."""
+    port = free_port()
+    result = run_refused(kafka, topic_prefix, "--login-timeout", "2",
+                         feed=["--connect", f"127.0.0.1:{port}"], timeout=30)
+    assert_refused(kafka, topic_prefix, result, ExitCode.COULD_NOT_START,
+                   f"no login at the feed 127.0.0.1:{port} within 2 s: .*Connection refused")
+    assert result[2] < 15
+
+
+def test_a_feed_that_starts_listening_late_is_waited_for(kafka, topic_prefix):
+    """A feed server that is still starting (the demo's simulator preparing its session) is
+    retried quietly within --login-timeout: no warning per attempt, a clean run."""
+    port = free_port()
+    handler = run_cli("run", "--connect", f"127.0.0.1:{port}", "--bootstrap-servers", kafka,
+                      "--topic-prefix", topic_prefix, "--partitions", "1", "--json-stats",
+                      "--login-timeout", "60")
+    time.sleep(3)
+    exchange = run_cli("simulate", "--listen", f"127.0.0.1:{port}", "--count", "1000",
+                       "--quiet")
+    try:
+        stdout, stderr = handler.communicate(timeout=90)
+    finally:
+        exchange.kill()
+        exchange.communicate()
+    assert handler.returncode == ExitCode.OK, stderr
+    assert final_account(stdout)["delivered"] == 1000
+    assert "connection lost" not in stderr and "Connection refused" not in stderr, stderr

@@ -22,9 +22,10 @@ MEANING = {
     ExitCode.TICKS_LOST: "ticks were lost: failed, never acknowledged, or missing from the feed",
     ExitCode.USAGE: "bad arguments or configuration (an -X setting, a route, a topic name, a "
                     "count); nothing was created",
-    ExitCode.COULD_NOT_START: "could not start: Kafka unreachable or refusing the topics, the "
-                              "feed refusing the login, the --listen port in use, or "
-                              "--producer-link require unavailable; no topic was created",
+    ExitCode.COULD_NOT_START: "could not start: Kafka unreachable, refusing the credentials, "
+                              "the certificate or the topics, the feed refusing the login or "
+                              "not answering within --login-timeout, the --listen port in use, "
+                              "or --producer-link require unavailable; no topic was created",
     ExitCode.FEED_FAILED: "the feed ended before its end of session and could not be resumed "
                           "(link lost for good, session changed, a frame that never "
                           "completed); every tick read was delivered (see the account)",

@@ -51,6 +51,7 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 # CPython's default 5 ms switch interval one waits up to that long for the GIL at each hand-off.
 DEFAULT_GIL_SWITCH_INTERVAL = 0.001
 EXCHANGE_TIMEZONE = ZoneInfo("America/New_York")
+DEFAULT_LOGIN_TIMEOUT = 30.0
 
 
 def _producer_setting(text: str) -> tuple[str, str]:
@@ -123,6 +124,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
                              "that did not get the session going again (a login followed by "
                              "garbage counts); default: keep trying, at most one attempt every "
                              "5 s")
+    parser.add_argument("--login-timeout", type=_seconds, default=DEFAULT_LOGIN_TIMEOUT,
+                        metavar="SECONDS",
+                        help="--connect: keep trying the first login this long (a feed server "
+                             "still starting), quietly, then exit 3 with the last reason "
+                             f"(default {DEFAULT_LOGIN_TIMEOUT:g})")
     parser.add_argument("--stall-timeout", type=_seconds, default=LINK_TIMEOUT, metavar="SECONDS",
                         help="a frame that takes longer than this from its first byte to its "
                              f"last is a dead link (default {LINK_TIMEOUT:g}, the link timeout)")
@@ -131,7 +137,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
                              "of scripts/kafka.sh)")
     parser.add_argument("-X", dest="producer_settings", type=_producer_setting, action="append",
                         default=[], metavar="KEY=VALUE",
-                        help="librdkafka producer setting, e.g. -X linger.ms=5 (repeatable)")
+                        help="librdkafka setting, e.g. -X linger.ms=5 (repeatable); the "
+                             "security ones (security.protocol, sasl.*, ssl.*) reach every "
+                             "Kafka client of the handler (docs/kafka.md, Secured Kafka)")
     parser.add_argument("--workers", type=int, default=2, help="decode threads (default 2)")
     parser.add_argument("--format", choices=VALUE_FORMATS, default="struct",
                         help="record value format (default struct); see docs/kafka.md")
@@ -208,6 +216,57 @@ def frame_source(args: argparse.Namespace, session: str | bytes, sequence: int) 
                         stall_timeout=args.stall_timeout)
 
 
+class FeedUnreachable(Exception):
+    """--connect: no login within --login-timeout (one line: the feed and the last reason)."""
+
+
+class _Quiet(logging.Filter):
+    """Keeps a logger's warnings instead of letting them out (the last one is the reason)."""
+
+    def __init__(self):
+        super().__init__()
+        self.last = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        self.last = record.getMessage()
+        return False
+
+
+def _opened(source: FrameSource, login_timeout: float) -> FrameSource:
+    """`source`, opened. A SessionClient retries a feed that does not answer yet (a server still
+    starting) without a warning per attempt, for up to `login_timeout` seconds; then
+    FeedUnreachable with the last reason."""
+    if not isinstance(source, SessionClient):
+        source.open()
+        return source
+    quiet = _Quiet()
+    gave_up = threading.Event()
+
+    def give_up():
+        gave_up.set()
+        source.close()              # open() returns
+
+    source.log.addFilter(quiet)
+    timer = threading.Timer(login_timeout, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        source.open()
+    finally:
+        timer.cancel()
+        timer.join()                # give_up() ran to its end, or never will
+        source.log.removeFilter(quiet)
+    if gave_up.is_set():            # closed: even a login just made is of no use now
+        host, port = source.address
+        reason = quiet.last or "no answer"
+        reason = reason.partition("connection lost: ")[2] or reason
+        raise FeedUnreachable(f"no login at the feed {host}:{port} within {login_timeout:g} s: "
+                              f"{reason}")
+    return source
+
+
 def open_source(args: argparse.Namespace, checkpoints: dict[bytes, Checkpoint]) -> FrameSource:
     """The frame source, opened. Without --sequence, a --connect run logs in to the session of
     the newest checkpoint (or --session's) at its position; when the exchange no longer has
@@ -215,28 +274,24 @@ def open_source(args: argparse.Namespace, checkpoints: dict[bytes, Checkpoint]) 
     same without a login: it follows the checkpoint's session from its position (re-requesting
     what the stream is ahead of), and refuses datagrams of any other session."""
     if args.sequence is not None or args.listen:
-        source = frame_source(args, args.session, 1 if args.sequence is None else args.sequence)
-        source.open()
-        return source
+        return _opened(frame_source(args, args.session,
+                                    1 if args.sequence is None else args.sequence),
+                       args.login_timeout)
     wanted = args.session.encode("ascii").ljust(SESSION_LENGTH) if args.session else None
     checkpoint = checkpoints.get(wanted) if wanted else latest_checkpoint(checkpoints)
     if checkpoint is None:
-        source = frame_source(args, args.session, 1)
-        source.open()
-        return source
+        return _opened(frame_source(args, args.session, 1), args.login_timeout)
     log.info("resuming session %s at sequence %d (checkpoint)",
              checkpoint.session.decode().strip(), checkpoint.next_sequence)
-    source = frame_source(args, checkpoint.session, checkpoint.next_sequence)
     try:
-        source.open()
+        return _opened(frame_source(args, checkpoint.session, checkpoint.next_sequence),
+                       args.login_timeout)
     except LoginRejected as error:
         if wanted or error.reason != SESSION_NOT_AVAILABLE:
             raise
         log.info("session %s is over: starting the current session",
                  checkpoint.session.decode().strip())
-        source = frame_source(args, "", 1)
-        source.open()
-    return source
+        return _opened(frame_source(args, "", 1), args.login_timeout)
 
 
 class StatusPrinter(threading.Thread):
@@ -438,6 +493,8 @@ def _start(args, routes, kafka, cpus, metrics, statistics) -> int:
         return _fail(ExitCode.USAGE, _explained(args, error))
     except LoginRejected as error:
         return _fail(ExitCode.COULD_NOT_START, f"the feed refused the login: {error}")
+    except FeedUnreachable as error:
+        return _fail(ExitCode.COULD_NOT_START, error)
     except (SessionError, OSError) as error:
         return _fail(ExitCode.COULD_NOT_START, error)
     session = source.tracker.session

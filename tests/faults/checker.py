@@ -166,12 +166,12 @@ class Check:
 
 
 def read_partitions(bootstrap: str, topics: list[str], isolation: str = "read_committed",
-                    timeout: float = READ_TIMEOUT):
+                    timeout: float = READ_TIMEOUT, settings: dict | None = None):
     """Yield every record of `topics` (a confluent_kafka Message), each partition from its
     beginning to its end (for read_committed: the last stable offset), in offset order within
-    a partition."""
+    a partition. `settings`: more client settings (security, SASL, SSL)."""
     consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": "feedhandler-fault-checker",
+        **(settings or {}), "bootstrap.servers": bootstrap, "group.id": "feedhandler-fault-checker",
         "enable.auto.commit": False, "enable.partition.eof": True,
         "auto.offset.reset": "earliest", "isolation.level": isolation,
         "fetch.queue.backoff.ms": 1, "log_level": 3,
@@ -210,17 +210,19 @@ def read_partitions(bootstrap: str, topics: list[str], isolation: str = "read_co
 
 
 def check_topics(bootstrap: str, routes: Routes, value_format: str, expected: range | None = None,
-                 isolation: str = "read_committed", timeout: float = READ_TIMEOUT) -> Check:
+                 isolation: str = "read_committed", timeout: float = READ_TIMEOUT,
+                 settings: dict | None = None) -> Check:
     """Read every topic of `routes` (and its dead-letter topic) and check the ticks of one
     feed session (the sessions seen are in `sessions`).
 
     `expected`: the sequence numbers the feed sent (None: from the lowest to the highest seen).
-    Sequence numbers on dead letters (their `sequence` header) count as accounted for."""
+    Sequence numbers on dead letters (their `sequence` header) count as accounted for.
+    `settings`: more client settings (security, SASL, SSL)."""
     partitions: dict[tuple[str, int], Ticks] = defaultdict(Ticks)
     check = Check()
     dead = []
     for message in read_partitions(bootstrap, routes.topics + [routes.dead_letter], isolation,
-                                   timeout):
+                                   timeout, settings):
         if message.topic() == routes.dead_letter:
             headers = dict(message.headers() or ())
             if "sequence" in headers:
