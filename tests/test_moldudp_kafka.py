@@ -123,6 +123,8 @@ def test_a_restart_resumes_from_the_checkpoint_and_re_requests_what_it_missed(
     exchange = simulator([port], request_port, count=count, seed=SEED, rate=100_000,
                          symbols=40)
     with exchange:
+        # The session is generated once the simulator runs; stop the first run mid-feed.
+        exchange.wait_prepared()
         time.sleep(1.5)
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=60)
@@ -134,7 +136,7 @@ def test_a_restart_resumes_from_the_checkpoint_and_re_requests_what_it_missed(
     assert second.returncode == 0, log
     assert "resuming session SIMULATOR at sequence" in log
     final = next(json.loads(line)["final"] for line in stdout.splitlines() if '"final"' in line)
-    assert final["feed"]["recovery"]["requests_sent"] > 0 and final["lost"] == 0
+    assert final["feed"]["recovery"]["requests_sent"] > 0 and final["lost"] == 0, (final, log)
     result = check_topics(kafka, Routes.by_category(topic_prefix), "struct",
                           expected=range(1, count + 1))
     assert result.ok, result.summary()

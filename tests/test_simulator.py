@@ -385,3 +385,24 @@ def test_a_connection_closed_without_a_word_is_not_a_warning(caplog):
     probe, = [r for r in caplog.records if "without a word" in r.getMessage()]
     partial, = [r for r in caplog.records if "in the middle of a frame" in r.getMessage()]
     assert (probe.levelno, partial.levelno) == (logging.INFO, logging.WARNING)
+
+
+def test_a_paced_session_starts_its_clock_when_it_is_ready(monkeypatch):
+    """Generating a --count session takes time; a paced session must not make up for it by
+    publishing that time's worth of frames at once."""
+    generate = simulator.orderflow.generate
+
+    def slow_generate(*args, **kwargs):
+        time.sleep(1.0)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(simulator.orderflow, "generate", slow_generate)
+    count = 3_000
+    with serving(count=count, rate=6_000) as sim:
+        feed = client(sim.port)
+        sim.wait_prepared()
+        ready = time.monotonic()
+        assert sum(1 for _ in feed.frames()) == count // 6
+        elapsed = time.monotonic() - ready
+    assert feed.messages_received == count
+    assert 0.35 < elapsed < 1.5

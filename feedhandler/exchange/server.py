@@ -284,6 +284,10 @@ class Simulator:
             if chunk is None:
                 store.finish()
             else:
+                if not self._prepared.is_set():
+                    # A paced session's clock starts with its first frames, not while they
+                    # were being generated (which would publish that time's worth at once).
+                    self._started = time.monotonic()
                 store.append(chunk)
                 store.publish_due(time.monotonic() - self._started)
             self._appended.set()
