@@ -38,6 +38,6 @@ def pytest_terminal_summary(terminalreporter, config):
         write(f"{name:<44} {row['mps'] / 1e6:>9.2f} {row['mbps']:>8.0f}  {ratios}")
     for bench in session.benchmarks:
         for key in ("latency_ms", "latency_ms_at_max_rate", "speedup_2_vs_1_thread",
-                    "speedup_with_arrays", "pool_ceiling"):
+                    "speedup_with_arrays", "pool_ceiling", "percent_of_memcpy"):
             if bench.extra_info.get(key):
                 write(f"{bench.name:<44} {key}: {bench.extra_info[key]}")
