@@ -26,12 +26,11 @@ def pytest_terminal_summary(terminalreporter, config):
     if session is None or not session.benchmarks:
         return
     rows = rate_rows(session.benchmarks)
-    if not rows:
-        return
     write = terminalreporter.write_line
     write("")
-    write("Throughput (median of rounds) and same-run ratios")
-    write(f"{'benchmark':<44} {'M msg/s':>9} {'MB/s':>8}  ratios")
+    if rows:
+        write("Throughput (median of rounds) and same-run ratios")
+        write(f"{'benchmark':<44} {'M msg/s':>9} {'MB/s':>8}  ratios")
     for name, row in rows.items():
         ratios = ", ".join(f"{row['mps'] / rows[other]['mps']:.2f}x {other}"
                            for other in row["against"] if other in rows)
