@@ -438,7 +438,7 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
     end to end. They are checked again only as far as memory safety needs, since the caller's
     bytes may have changed since: anything but the same tiling of known types within the
     counts of pass one is BUFFER_CHANGED. `n` is where the caller's bytes end."""
-    cdef size_t pos = position[0], length
+    cdef size_t pos = position[0], message = index[0], length   # locals: kept in registers
     cdef uint8_t t, k
     cdef int fault
     cdef const MessageSpec* spec
@@ -464,17 +464,17 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
         if convert_message(msg, spec, at.row[k]):
             fault = field_fault(msg, spec)
         if fault:
-            if log_fault(log, <F.Fault>fault, pos, length, index[0]):
+            if log_fault(log, <F.Fault>fault, pos, length, message):
                 return F.OUT_OF_MEMORY
             if not keep_going:
                 return fault
         else:
-            at.sequence[k][0] = first_sequence + index[0]
+            at.sequence[k][0] = first_sequence + message
             at.sequence[k] += 1
             at.row[k] += spec.struct_size
-        index[0] += 1
+        message += 1
         pos += 2 + length
-    position[0] = pos
+    position[0], index[0] = pos, message
     return F.OK
 
 
@@ -522,6 +522,8 @@ cdef struct BlockResult:
     BlockArrays arrays
     int fault                   # fatal: raised as DecodeError (or quarantines the packet)
     uint64_t fault_offset       # from log.base, like the log's offsets
+    int framing_fault           # strict mode: the framing fault pass one stopped at
+    size_t fill_end             # bytes pass two covers: up to that fault, or all
 
 
 cdef void init_result(BlockResult* r, uint64_t base) noexcept nogil:
@@ -534,31 +536,32 @@ cdef void release_result(BlockResult* r) noexcept nogil:
     free(r.arrays.arena)
 
 
-cdef void decode_messages(const uint8_t* block, size_t n, uint64_t first_sequence,
-                          long declared_count, bint keep_going, BlockResult* r) noexcept nogil:
-    """Split, count, allocate and fill in one go, so a frame needs a single nogil section."""
-    cdef int fault, framing_fault
-    cdef size_t end, size, at, i
+cdef bint plan_block(const uint8_t* block, size_t n, long declared_count, bint keep_going,
+                     BlockResult* r) noexcept nogil:
+    """Pass one and the arena it sizes. False if there is nothing for pass two to do (r.fault
+    then says why, if anything went wrong)."""
+    cdef int fault
+    cdef size_t size, at, i
     fault = scan_block(block, n, &r.scan, &r.arrays, &r.log, keep_going)
     if fault == F.OUT_OF_MEMORY:
         r.fault = F.OUT_OF_MEMORY
-        return
+        return False
     # Strict mode reports the first fault in stream order: after a framing fault, pass two
     # still runs over the messages before it, which may hold an earlier field fault.
-    framing_fault = fault if not keep_going else F.OK
-    end = <size_t> (r.log.entries[0].offset - r.log.base) if framing_fault else n
-    if not framing_fault and declared_count >= 0 and r.scan.messages != <size_t> (
+    r.framing_fault = fault if not keep_going else F.OK
+    r.fill_end = <size_t> (r.log.entries[0].offset - r.log.base) if r.framing_fault else n
+    if not r.framing_fault and declared_count >= 0 and r.scan.messages != <size_t> (
             0 if declared_count == W.END_OF_SESSION_COUNT else declared_count):
         r.fault = r.log.entries[0].code if r.log.count else F.COUNT_MISMATCH
         r.fault_offset = r.log.entries[0].offset if r.log.count else r.log.base + n
-        return
+        return False
     size = r.scan.messages * sizeof(uint64_t)
     for i in range(r.arrays.type_count):
         size += r.scan.counts[i] * SPECS[r.arrays.types[i]].struct_size + _ROW_SLACK
     r.arrays.arena = <uint8_t*> malloc(size)
     if r.arrays.arena == NULL:
         r.fault = F.OUT_OF_MEMORY
-        return
+        return False
     at = 0
     for i in range(r.arrays.type_count):
         r.arrays.sequences[i] = <uint64_t*> (r.arrays.arena + at)
@@ -566,16 +569,30 @@ cdef void decode_messages(const uint8_t* block, size_t n, uint64_t first_sequenc
     for i in range(r.arrays.type_count):
         r.arrays.rows[i] = r.arrays.arena + at
         at += r.scan.counts[i] * SPECS[r.arrays.types[i]].struct_size + _ROW_SLACK
-    fault = fill_block(block, end, first_sequence, &r.scan, &r.arrays, &r.log, keep_going)
+    return True
+
+
+cdef void fill_planned(const uint8_t* block, uint64_t first_sequence, bint keep_going,
+                       BlockResult* r) noexcept nogil:
+    """Pass two over what plan_block planned, and the block's final fault."""
+    cdef int fault = fill_block(block, r.fill_end, first_sequence, &r.scan, &r.arrays, &r.log,
+                                keep_going)
     if fault == F.BUFFER_CHANGED:
         r.fault = fault
         r.fault_offset = r.log.base
     elif fault == F.OUT_OF_MEMORY or (fault and not keep_going):
         r.fault = fault
         r.fault_offset = r.log.entries[r.log.count - 1].offset if r.log.count else r.log.base
-    elif framing_fault:
-        r.fault = framing_fault
+    elif r.framing_fault:
+        r.fault = r.framing_fault
         r.fault_offset = r.log.entries[0].offset
+
+
+cdef void decode_messages(const uint8_t* block, size_t n, uint64_t first_sequence,
+                          long declared_count, bint keep_going, BlockResult* r) noexcept nogil:
+    """Split, count, allocate and fill in one go, so a frame needs a single nogil section."""
+    if plan_block(block, n, declared_count, keep_going, r):
+        fill_planned(block, first_sequence, keep_going, r)
 
 
 # ---- turning the C results into Python objects -------------------------------------------------
@@ -642,6 +659,14 @@ cdef list quarantine_entries(const FaultLog* log, const uint8_t* block, uint64_t
     return entries
 
 
+cdef tuple block_outcome(BlockResult* r, const uint8_t* block):
+    """parse_messages' (messages, quarantined) from a decoded block, or its exception."""
+    if r.fault:
+        raise fault_error(r.fault, r.fault_offset)
+    messages, _ = view_arrays(&r.arrays, take_arena(&r.arrays))
+    return messages, quarantine_entries(&r.log, block, 0, 0)
+
+
 def parse_messages(buf, *, bint quarantine=False, uint64_t base_offset=0):
     """ITCH messages in NASDAQ's binary file framing -> (messages, quarantined).
 
@@ -654,12 +679,35 @@ def parse_messages(buf, *, bint quarantine=False, uint64_t base_offset=0):
     try:
         with nogil:
             decode_messages(<const uint8_t*> view.buf, view.len, 0, -1, quarantine, &r)
-        if r.fault:
-            raise fault_error(r.fault, r.fault_offset)
-        messages, _ = view_arrays(&r.arrays, take_arena(&r.arrays))
-        return messages, quarantine_entries(&r.log, <const uint8_t*> view.buf, 0, 0)
+        return block_outcome(&r, <const uint8_t*> view.buf)
     finally:
         release_result(&r)
+        PyBuffer_Release(&view)
+
+
+def _parse_changed_between_passes(buf, size_t at, bytes replacement, *, bint quarantine=False):
+    """parse_messages on a private copy of `buf` whose bytes at `at` become `replacement`
+    after pass one and before pass two: what another thread writing into the caller's buffer
+    at the wrong moment does, made deterministic for the tests."""
+    cdef Py_buffer view
+    cdef BlockResult r
+    cdef uint8_t* block = NULL
+    init_result(&r, 0)
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        if at + len(replacement) > <size_t> view.len:
+            raise ValueError("replacement runs past the buffer")
+        block = <uint8_t*> malloc(max(view.len, 1))
+        if block == NULL:
+            raise MemoryError()
+        memcpy(block, view.buf, view.len)
+        if plan_block(block, view.len, -1, quarantine, &r):
+            memcpy(block + at, <const char*> replacement, len(replacement))
+            fill_planned(block, 0, quarantine, &r)
+        return block_outcome(&r, block)
+    finally:
+        release_result(&r)
+        free(block)
         PyBuffer_Release(&view)
 
 
