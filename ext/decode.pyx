@@ -338,30 +338,48 @@ cdef inline F.Fault frame_fault(const uint8_t* block, size_t n, size_t pos) noex
     return F.OK
 
 
+cdef uint8_t new_slot(BlockScan* scan, BlockArrays* arrays, uint8_t t) noexcept nogil:
+    """1 + the slot of a type seen for the first time (slots go by first appearance)."""
+    arrays.types[arrays.type_count] = t
+    arrays.type_count += 1
+    scan.slot_of[t] = <uint8_t> arrays.type_count
+    return scan.slot_of[t]
+
+
+cdef inline size_t count_well_framed(const uint8_t* block, size_t n, size_t pos,
+                                     BlockScan* scan, BlockArrays* arrays) noexcept nogil:
+    """Count the run of well-framed messages at pos (a known type at its length, inside the
+    block: what frame_fault calls OK, in one test) and return where it ends. Position and
+    tally stay in locals: the walk is one chain of dependent loads, nothing else may lengthen
+    it."""
+    cdef size_t length, counted = 0
+    cdef uint8_t t, slot
+    while n - pos >= 3:
+        length = load_be16(block + pos)
+        t = block[pos + 2]
+        if length != SPECS[t].expected_length or length > n - pos - 2:
+            break
+        slot = scan.slot_of[t]
+        if slot == 0:
+            slot = new_slot(scan, arrays, t)
+        scan.counts[slot - 1] += 1
+        counted += 1
+        pos += 2 + length
+    scan.messages += counted
+    return pos
+
+
 cdef int scan_block(const uint8_t* block, size_t n, BlockScan* scan, BlockArrays* arrays,
                     FaultLog* log, bint keep_going) noexcept nogil:
     """First pass: split the block and count messages per type (slots in `arrays.types`), so
     pass two can fill exactly-sized arrays. Returns the first fault when not keep_going, else
     OK or MESSAGE_TRUNCATED (after which nothing can be framed)."""
-    cdef size_t pos = 0, length
-    cdef uint8_t t, slot
+    cdef size_t pos = 0
     cdef int fault
-    while pos < n:
-        if n - pos >= 3:
-            length = load_be16(block + pos)
-            t = block[pos + 2]
-            # Well framed (a known type at its length, inside the block) in one test: what
-            # frame_fault would call OK; anything else goes to it for the precise fault.
-            if length == SPECS[t].expected_length and length <= n - pos - 2:
-                slot = scan.slot_of[t]
-                if slot == 0:
-                    arrays.types[arrays.type_count] = t
-                    arrays.type_count += 1
-                    slot = scan.slot_of[t] = <uint8_t> arrays.type_count
-                scan.counts[slot - 1] += 1
-                scan.messages += 1
-                pos += 2 + length
-                continue
+    while True:
+        pos = count_well_framed(block, n, pos, scan, arrays)
+        if pos == n:
+            return F.OK
         fault = frame_fault(block, n, pos)
         if fault == F.MESSAGE_TRUNCATED:
             if log_fault(log, F.MESSAGE_TRUNCATED, pos, n - pos, scan.messages):
@@ -373,7 +391,6 @@ cdef int scan_block(const uint8_t* block, size_t n, BlockScan* scan, BlockArrays
             return fault
         scan.messages += 1
         pos += 2 + load_be16(block + pos)
-    return F.OK
 
 
 cdef inline bint has_unprintable(const uint8_t* p) noexcept nogil:
