@@ -27,6 +27,17 @@ cimport faults as F
 cimport frame_layout as W
 cimport itch_layout as L
 
+cdef extern from "shuffle_convert.h" nogil:
+    enum:
+        SHUFFLE_MASKS
+        SHUFFLE_READ
+        SHUFFLE_WRITE
+    const uint8_t SHUFFLE_WINDOW_AT[5]
+    const uint8_t SHUFFLE_MASK_WINDOW[SHUFFLE_MASKS]
+    const uint8_t SHUFFLE_MASK_PIECE[SHUFFLE_MASKS]
+    void shuffle_convert(const uint8_t* msg, const uint8_t* masks, uint8_t* out)
+    int shuffle_convert_supported()
+
 from feedhandler.errors import DecodeError, Quarantined
 
 cnp.import_array()
@@ -193,10 +204,11 @@ cdef enum:
     _MAX_SWAPS64 = 3    # most 8-byte integers ('V')
     _MAX_TYPES = 24     # the 23 ITCH 5.0 message types, rounded up
     _MAX_BODY = 40      # longest message body after the wire header ('I': 50 - 11), rounded up
-    _ROW_SLACK = 64     # bytes after each type's rows that the fixed-size copy may scribble on
-    # Bytes convert_message reads at a message: its wire header and a fixed-size body. Messages
-    # nearer the end of the input are staged through a buffer of this size first.
-    _MESSAGE_WINDOW = 11 + _MAX_BODY    # sizeof(WireMessageHeader) + _MAX_BODY
+    _ROW_SLACK = 64     # bytes after each type's rows that the fixed-size writes may scribble on
+    # Bytes either conversion may read at a message (convert_message: the wire header and a
+    # fixed-size body, 11 + _MAX_BODY; shuffle_convert: SHUFFLE_READ). Messages nearer the end
+    # of the input are staged through a buffer of this size first.
+    _MESSAGE_WINDOW = SHUFFLE_READ
     _NO_LENGTH = 0x10000                # expected length of an unknown type: no u16 equals it
 
 cdef struct MessageSpec:
@@ -219,6 +231,7 @@ cdef struct MessageSpec:
     uint8_t stock_wire          # wire offset of the stock field (0: none, then unchecked)
     uint8_t checks_side         # 1 if the type has a buy/sell indicator, else 0
     uint8_t checks_stock        # 1 if the type has a stock field, else 0
+    uint8_t shuffles[SHUFFLE_MASKS * 16]    # the type's masks for shuffle_convert
 
 cdef MessageSpec SPECS[256]
 cdef list DESCRS = [None] * 256  # numpy dtype per type byte
@@ -260,15 +273,73 @@ cdef void _install_spec(str key, object dtype, list header) except *:
         elif field.kind != "S":
             raise ImportError(f"ITCH struct {key!r}: no wire conversion for field {name!r} "
                               "(or more integers than _MAX_SWAPS32/_MAX_SWAPS64)")
+    for i, mask_byte in enumerate(_shuffle_masks(key, dtype)):
+        spec.shuffles[i] = mask_byte
     DESCRS[t] = dtype
     KEYS[t] = key
 
 
+def _byte_sources(dtype) -> list:
+    """Wire byte of each struct byte of a message type (None: a zero, the timestamp's top
+    bytes): integers reversed (big- to little-endian), text as is."""
+    cdef char* s = _scratch
+    wire_view = memoryview(<L.WireMessageHeader[:1]> <L.WireMessageHeader*> s)
+    wire_header = {name: (offset, count * _CODE_SIZES[code]) for name, offset, count, code in
+                   _packed_fields(wire_view.format, wire_view.itemsize)}
+    widening = sizeof(L.MessageHeader) - sizeof(L.WireMessageHeader)
+    sources = [None] * dtype.itemsize
+    for name in dtype.names:
+        field, offset = dtype.fields[name][:2]
+        wire, width = wire_header.get(name, (offset - widening, field.itemsize))
+        for i in range(field.itemsize):
+            if field.kind != "u":
+                sources[offset + i] = wire + i
+            elif i < width:
+                sources[offset + i] = wire + width - 1 - i
+    return sources
+
+
+def _shuffle_masks(key, dtype) -> bytes:
+    """shuffle_convert's masks for a message type: mask byte = position of the wanted wire
+    byte in the mask's window, or 0x80 (a zero) where another mask supplies it or nothing
+    does (the timestamp's top bytes, past the struct)."""
+    masks = bytearray([0x80] * (SHUFFLE_MASKS * 16))
+    for j, source in enumerate(_byte_sources(dtype)):
+        if source is None:
+            continue
+        for k in range(SHUFFLE_MASKS):
+            window = SHUFFLE_WINDOW_AT[SHUFFLE_MASK_WINDOW[k]]
+            if SHUFFLE_MASK_PIECE[k] == j // 16 and window <= source < window + 16:
+                masks[k * 16 + j % 16] = source - window
+                break
+        else:
+            raise ImportError(f"ITCH struct {key!r}: byte {j} is out of the shuffle windows")
+    return bytes(masks)
+
+
+if SHUFFLE_WRITE > _ROW_SLACK or 11 + _MAX_BODY > _MESSAGE_WINDOW:
+    raise ImportError("shuffle_convert.h and decode.pyx disagree on the bytes read or written")
 for _type in range(256):
     SPECS[_type].expected_length = _NO_LENGTH
 DTYPES = {key: _dtype_from_format(fmt, size) for key, (size, fmt) in _struct_formats().items()}
 for _key, _dtype in DTYPES.items():
     _install_spec(_key, _dtype, _message_header())
+
+
+cdef bint use_shuffles = shuffle_convert_supported()
+
+
+def _conversion(str name=None) -> str:
+    """The message conversion in use ("shuffle": SSSE3, chosen when the CPU has it, or
+    "portable"); with a name, switch to it first (the tests run both)."""
+    global use_shuffles
+    if name is not None:
+        if name not in ("shuffle", "portable"):
+            raise ValueError(f"no conversion {name!r}")
+        if name == "shuffle" and not shuffle_convert_supported():
+            raise ValueError("this CPU has no SSSE3")
+        use_shuffles = name == "shuffle"
+    return "shuffle" if use_shuffles else "portable"
 
 
 # ---- the block walk ----------------------------------------------------------------------------
@@ -401,18 +472,17 @@ cdef inline bint has_unprintable(const uint8_t* p) noexcept nogil:
         & 0x8080808080808080ULL != 0
 
 
-cdef inline uint32_t convert_message(const uint8_t* msg, const MessageSpec* spec,
-                                     uint8_t* out) noexcept nogil:
+cdef inline void convert_message(const uint8_t* msg, const MessageSpec* spec,
+                                 uint8_t* out) noexcept nogil:
     """Write one well-framed wire message into its struct at `out`: the same steps for every
-    type (see MessageSpec). Reads _MESSAGE_WINDOW bytes at msg and writes up to
+    type (see MessageSpec), in portable C. Reads 11 + _MAX_BODY bytes at msg and writes up to
     sizeof(MessageHeader) + _MAX_BODY bytes at out: past a short struct, into the next row or
     the slack that decode_messages leaves after each type's rows, both rewritten or unused
-    afterwards. Returns nonzero if a field check failed (field_fault says which)."""
+    afterwards. (shuffle_convert does the same with SSSE3 where the CPU has it.)"""
     cdef const L.WireMessageHeader* wire = <const L.WireMessageHeader*> msg
     cdef L.MessageHeader* header = <L.MessageHeader*> out
-    cdef uint64_t timestamp = load_be48(wire.timestamp), v64
+    cdef uint64_t v64
     cdef uint32_t v32
-    cdef uint8_t side = msg[spec.side_wire]
     cdef int k
     memcpy(out + sizeof(L.MessageHeader), msg + sizeof(L.WireMessageHeader), _MAX_BODY)
     for k in range(_MAX_SWAPS32):
@@ -424,8 +494,14 @@ cdef inline uint32_t convert_message(const uint8_t* msg, const MessageSpec* spec
     header.message_type = wire.message_type
     header.stock_locate = load_be16(wire.stock_locate)
     header.tracking_number = load_be16(wire.tracking_number)
-    header.timestamp = timestamp
-    # Bitwise, not short-circuit: one well-predicted branch for the caller instead of three.
+    header.timestamp = load_be48(wire.timestamp)
+
+
+cdef inline uint32_t suspect_fields(const uint8_t* msg, const MessageSpec* spec) noexcept nogil:
+    """Nonzero if a field check fails (field_fault says which). Bitwise, not short-circuit:
+    one well-predicted branch for the caller instead of three."""
+    cdef uint64_t timestamp = load_be48((<const L.WireMessageHeader*> msg).timestamp)
+    cdef uint8_t side = msg[spec.side_wire]
     return (<uint32_t> (timestamp >= _NANOSECONDS_PER_DAY)
             | (spec.checks_side & <uint32_t> (side != b'B') & <uint32_t> (side != b'S'))
             | (spec.checks_stock & <uint32_t> has_unprintable(msg + spec.stock_wire)))
@@ -461,6 +537,7 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
     cdef const MessageSpec* spec
     cdef const uint8_t* msg
     cdef uint8_t staged[_MESSAGE_WINDOW]
+    cdef bint shuffles = use_shuffles
     while pos < limit:
         if limit - pos < 3:
             return F.BUFFER_CHANGED
@@ -477,8 +554,12 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
             memset(staged, 0, _MESSAGE_WINDOW)
             memcpy(staged, msg, length)
             msg = staged
+        if shuffles:
+            shuffle_convert(msg, spec.shuffles, at.row[k])
+        else:
+            convert_message(msg, spec, at.row[k])
         fault = F.OK
-        if convert_message(msg, spec, at.row[k]):
+        if suspect_fields(msg, spec):
             fault = field_fault(msg, spec)
         if fault:
             if log_fault(log, <F.Fault>fault, pos, length, message):
