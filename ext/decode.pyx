@@ -213,15 +213,17 @@ cdef enum:
 
 cdef struct MessageSpec:
     # Conversion is the same fixed sequence of steps for every type (no branch depends on the
-    # type, which is unpredictable in a feed): copy the body, byte-swap exactly _MAX_SWAPS32 and
-    # _MAX_SWAPS64 integers, write the header. A type with fewer integers repeats harmless swaps
-    # aimed at the row's first bytes, which the header overwrites afterwards. Swaps read the
-    # wire bytes (a body field's wire offset is its struct offset - 2), not the row just
-    # written: a load straddling two stores of the copy cannot be store-forwarded.
+    # type, which is unpredictable in a feed). With SSSE3 (shuffle_convert): seven byte
+    # shuffles with the type's masks. In portable C (convert_message): copy the body, byte-swap
+    # exactly _MAX_SWAPS32 and _MAX_SWAPS64 integers, write the header; a type with fewer
+    # integers repeats harmless swaps aimed at the row's first bytes, which the header
+    # overwrites afterwards. Swaps read the wire bytes (a body field's wire offset is its
+    # struct offset - 2), not the row just written: a load straddling two stores of the copy
+    # cannot be store-forwarded.
     uint16_t struct_size        # 0 marks an unknown type
     uint16_t wire_length
     uint32_t expected_length    # wire_length, or _NO_LENGTH: one compare checks the framing
-    uint8_t count32             # 4- and 8-byte integers after the timestamp
+    uint8_t count32             # 4- and 8-byte integers after the timestamp (real swaps)
     uint8_t count64
     uint8_t wire32[_MAX_SWAPS32]    # wire offset of each, then dummies (0)
     uint8_t row32[_MAX_SWAPS32]     # struct offset of each, then dummies (0)
