@@ -1,6 +1,8 @@
 """Decode engine speed: itch.parse and packet.decode against itchcpp, itchfeed, a plain
-struct.unpack parser and python-lz4 on the same data; one thread against two."""
+struct.unpack parser and python-lz4 on the same data; against a memcpy of the same bytes; one
+thread against two."""
 
+import ctypes
 import os
 import statistics
 import struct
@@ -23,6 +25,7 @@ SMALL = 20_000                                   # for the slow pure-Python pars
 SMALL_BLOCK = synthetic.random_stream(SMALL, seed=7)[0]
 FRAMES = frames_of(split_block(BLOCK), 500)
 PAYLOADS = [(f[36:], int.from_bytes(f[8:12], "big") - 20) for f in FRAMES]
+PLAIN_FRAMES = frames_of(split_block(BLOCK), 500, codec="none")
 
 
 def describe(benchmark, messages, size, against=()):
@@ -97,6 +100,71 @@ def lz4_decompress_all(payloads) -> list:
 
 def copy_all(blocks) -> list:
     return [bytearray(block) for block in blocks]
+
+
+# ---- against the memory limit: a memcpy of the same bytes, same process, same moment ----------
+
+def memcpy_into(destination):
+    """A task copying `source` into the preallocated `destination` (no page faults in it)."""
+    return lambda source: ctypes.memmove(destination, source, len(source))
+
+
+def cpu_median(task, argument, rounds: int) -> float:
+    """Median thread CPU seconds of `task(argument)`: other processes on the shared cores
+    stretch wall-clock time, not the CPU time this thread spends."""
+    seconds = []
+    for _ in range(rounds):
+        started = time.thread_time()
+        task(argument)
+        seconds.append(time.thread_time() - started)
+    return statistics.median(seconds)
+
+
+def percent_of_memcpy(task, argument, source: bytes, repeats: int = 7, rounds: int = 21) -> dict:
+    """`task(argument)`'s speed as a % of a memcpy of `source` (the same input bytes):
+    memcpy, task, memcpy again, `repeats` times, each a median of `rounds` calls; each
+    repeat's ratio uses the two memcpy medians around it. (The whole measurement is one
+    pytest-benchmark round, so these tests stay out of the messages/s table.)"""
+    copy = memcpy_into(ctypes.create_string_buffer(len(source)))
+    percents, copy_rates, task_seconds = [], [], []
+    for _ in range(repeats):
+        before = cpu_median(copy, source, rounds)
+        spent = cpu_median(task, argument, rounds)
+        after = cpu_median(copy, source, rounds)
+        percents.append(100 * (before + after) / 2 / spent)
+        copy_rates.append(len(source) / ((before + after) / 2) / 1e9)
+        task_seconds.append(spent)
+    return {"median": round(statistics.median(percents), 1),
+            "all": [round(p, 1) for p in sorted(percents)],
+            "memcpy_gb_per_s": round(statistics.median(copy_rates), 2),
+            "messages_per_s_cpu": round(MESSAGES / statistics.median(task_seconds))}
+
+
+@pytest.mark.benchmark(group="memory")
+def test_memcpy(benchmark):
+    """memcpy of the ITCH block into a preallocated buffer: the floor the decoders are held to."""
+    describe(benchmark, MESSAGES, len(BLOCK))
+    benchmark(memcpy_into(ctypes.create_string_buffer(len(BLOCK))), BLOCK)
+
+
+@pytest.mark.benchmark(group="memory")
+def test_parse_vs_memcpy(benchmark):
+    """itch.parse of the block as a % of a memcpy of the block (thread CPU time, same run):
+    extra_info["percent_of_memcpy"]["median"] is what the benchmark gate reads."""
+    result = {}
+    benchmark.pedantic(lambda: result.update(percent_of_memcpy(itch.parse, BLOCK, BLOCK)),
+                       rounds=1)
+    benchmark.extra_info["percent_of_memcpy"] = result
+
+
+@pytest.mark.benchmark(group="memory")
+def test_decode_vs_memcpy(benchmark):
+    """packet.decode_many of uncompressed frames of 500 messages (checksums verified) as a %
+    of a memcpy of the same frames' bytes: extra_info["percent_of_memcpy"]["median"]."""
+    result = {}
+    benchmark.pedantic(lambda: result.update(percent_of_memcpy(
+        packet.decode_many, PLAIN_FRAMES, b"".join(PLAIN_FRAMES))), rounds=1)
+    benchmark.extra_info["percent_of_memcpy"] = result
 
 
 @pytest.mark.benchmark(group="decode")

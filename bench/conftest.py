@@ -34,18 +34,17 @@ def pytest_terminal_summary(terminalreporter, config):
     if session is None or not session.benchmarks:
         return
     rows = rate_rows(session.benchmarks)
-    if not rows:
-        return
     write = terminalreporter.write_line
     write("")
-    write("Throughput (median of rounds) and same-run ratios")
-    write(f"{'benchmark':<44} {'M msg/s':>9} {'MB/s':>8}  ratios")
+    if rows:
+        write("Throughput (median of rounds) and same-run ratios")
+        write(f"{'benchmark':<44} {'M msg/s':>9} {'MB/s':>8}  ratios")
     for name, row in rows.items():
         ratios = ", ".join(f"{row['mps'] / rows[other]['mps']:.2f}x {other}"
                            for other in row["against"] if other in rows)
         write(f"{name:<44} {row['mps'] / 1e6:>9.2f} {row['mbps']:>8.0f}  {ratios}")
     for bench in session.benchmarks:
         for key in ("latency_ms", "latency_ms_at_max_rate", "speedup_2_vs_1_thread",
-                    "speedup_with_arrays", "pool_ceiling"):
+                    "speedup_with_arrays", "pool_ceiling", "percent_of_memcpy"):
             if bench.extra_info.get(key):
                 write(f"{bench.name:<44} {key}: {bench.extra_info[key]}")

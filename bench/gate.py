@@ -17,6 +17,7 @@ baseline file, picked from the spread over repeated runs (docs/release.md).
 """
 
 import argparse
+import ctypes
 import json
 import statistics
 import sys
@@ -78,10 +79,15 @@ class PoolScaling:
 
 def gated_ratios() -> dict:
     blocks = workloads.lz4_decompress_all(workloads.PAYLOADS)
+    copy_block = workloads.memcpy_into(ctypes.create_string_buffer(len(workloads.BLOCK)))
     return {
         "parse_vs_itchcpp": Pair(lambda: itch.parse(workloads.BLOCK),
                                  lambda: workloads.itchcpp_parse(workloads.BLOCK),
                                  "itch.parse against the C++ parser itchcpp on the same block"),
+        "parse_vs_memcpy": Pair(lambda: itch.parse(workloads.BLOCK),
+                                lambda: copy_block(workloads.BLOCK),
+                                "itch.parse against a memcpy of the same block into a "
+                                "preallocated buffer (issue 12's memory-limit yardstick)"),
         "decode_vs_lz4_decompress": Pair(lambda: workloads.decode_all(workloads.FRAMES),
                                          lambda: workloads.lz4_decompress_all(workloads.PAYLOADS),
                                          "packet.decode against python-lz4 alone on the same frames"),

@@ -27,6 +27,17 @@ cimport faults as F
 cimport frame_layout as W
 cimport itch_layout as L
 
+cdef extern from "shuffle_convert.h" nogil:
+    enum:
+        SHUFFLE_MASKS
+        SHUFFLE_READ
+        SHUFFLE_WRITE
+    const uint8_t SHUFFLE_WINDOW_AT[5]
+    const uint8_t SHUFFLE_MASK_WINDOW[SHUFFLE_MASKS]
+    const uint8_t SHUFFLE_MASK_PIECE[SHUFFLE_MASKS]
+    void shuffle_convert(const uint8_t* msg, const uint8_t* masks, uint8_t* out)
+    int shuffle_convert_supported()
+
 from feedhandler.errors import DecodeError, Quarantined
 
 cnp.import_array()
@@ -189,20 +200,40 @@ cdef object fault_error(int fault, uint64_t offset):
 # ---- message layouts, derived from the structs in itch_layout.pxd -------------------------------
 
 cdef enum:
-    _MAX_SWAPS = 8
+    _MAX_SWAPS32 = 5    # most 4-byte integers after the timestamp in one type ('O')
+    _MAX_SWAPS64 = 3    # most 8-byte integers ('V')
     _MAX_TYPES = 24     # the 23 ITCH 5.0 message types, rounded up
     _MAX_BODY = 40      # longest message body after the wire header ('I': 50 - 11), rounded up
-    _ROW_SLACK = 64     # bytes after each type's rows that the fixed-size copy may scribble on
+    _ROW_SLACK = 64     # bytes after each type's rows that the fixed-size writes may scribble on
+    # Bytes either conversion may read at a message (convert_message: the wire header and a
+    # fixed-size body, 11 + _MAX_BODY; shuffle_convert: SHUFFLE_READ). Messages nearer the end
+    # of the input are staged through a buffer of this size first.
+    _MESSAGE_WINDOW = SHUFFLE_READ
+    _NO_LENGTH = 0x10000                # expected length of an unknown type: no u16 equals it
 
 cdef struct MessageSpec:
+    # Conversion is the same fixed sequence of steps for every type (no branch depends on the
+    # type, which is unpredictable in a feed). With SSSE3 (shuffle_convert): seven byte
+    # shuffles with the type's masks. In portable C (convert_message): copy the body, byte-swap
+    # exactly _MAX_SWAPS32 and _MAX_SWAPS64 integers, write the header; a type with fewer
+    # integers repeats harmless swaps aimed at the row's first bytes, which the header
+    # overwrites afterwards. Swaps read the wire bytes (a body field's wire offset is its
+    # struct offset - 2), not the row just written: a load straddling two stores of the copy
+    # cannot be store-forwarded.
     uint16_t struct_size        # 0 marks an unknown type
     uint16_t wire_length
-    uint8_t count32             # 4- and 8-byte integers after the timestamp, by struct offset
+    uint32_t expected_length    # wire_length, or _NO_LENGTH: one compare checks the framing
+    uint8_t count32             # 4- and 8-byte integers after the timestamp (real swaps)
     uint8_t count64
-    uint8_t offsets32[_MAX_SWAPS]
-    uint8_t offsets64[_MAX_SWAPS]
-    uint8_t side_offset         # 0: the type has no buy/sell indicator
-    uint8_t stock_offset        # 0: the type has no stock field
+    uint8_t wire32[_MAX_SWAPS32]    # wire offset of each, then dummies (0)
+    uint8_t row32[_MAX_SWAPS32]     # struct offset of each, then dummies (0)
+    uint8_t wire64[_MAX_SWAPS64]
+    uint8_t row64[_MAX_SWAPS64]
+    uint8_t side_wire           # wire offset of the buy/sell indicator (0: none, then unchecked)
+    uint8_t stock_wire          # wire offset of the stock field (0: none, then unchecked)
+    uint8_t checks_side         # 1 if the type has a buy/sell indicator, else 0
+    uint8_t checks_stock        # 1 if the type has a stock field, else 0
+    uint8_t shuffles[SHUFFLE_MASKS * 16]    # the type's masks for shuffle_convert
 
 cdef MessageSpec SPECS[256]
 cdef list DESCRS = [None] * 256  # numpy dtype per type byte
@@ -226,28 +257,91 @@ cdef void _install_spec(str key, object dtype, list header) except *:
     spec.wire_length = dtype.itemsize - (sizeof(L.MessageHeader) - sizeof(L.WireMessageHeader))
     if spec.wire_length - sizeof(L.WireMessageHeader) > _MAX_BODY:
         raise ImportError(f"ITCH struct {key!r}: body longer than _MAX_BODY")
+    spec.expected_length = spec.wire_length
     spec.count32 = spec.count64 = 0
     for name in dtype.names[len(header):]:
         field, offset = dtype.fields[name][:2]
+        wire_offset = offset - (sizeof(L.MessageHeader) - sizeof(L.WireMessageHeader))
         if name == "buy_sell_indicator":
-            spec.side_offset = offset
+            spec.side_wire, spec.checks_side = wire_offset, 1
         elif name == "stock":
-            spec.stock_offset = offset
-        elif field == np.uint32:
-            spec.offsets32[spec.count32] = offset
+            spec.stock_wire, spec.checks_stock = wire_offset, 1
+        elif field == np.uint32 and spec.count32 < _MAX_SWAPS32:
+            spec.wire32[spec.count32], spec.row32[spec.count32] = wire_offset, offset
             spec.count32 += 1
-        elif field == np.uint64:
-            spec.offsets64[spec.count64] = offset
+        elif field == np.uint64 and spec.count64 < _MAX_SWAPS64:
+            spec.wire64[spec.count64], spec.row64[spec.count64] = wire_offset, offset
             spec.count64 += 1
         elif field.kind != "S":
-            raise ImportError(f"ITCH struct {key!r}: no wire conversion for field {name!r}")
+            raise ImportError(f"ITCH struct {key!r}: no wire conversion for field {name!r} "
+                              "(or more integers than _MAX_SWAPS32/_MAX_SWAPS64)")
+    for i, mask_byte in enumerate(_shuffle_masks(key, dtype)):
+        spec.shuffles[i] = mask_byte
     DESCRS[t] = dtype
     KEYS[t] = key
 
 
+def _byte_sources(dtype) -> list:
+    """Wire byte of each struct byte of a message type (None: a zero, the timestamp's top
+    bytes): integers reversed (big- to little-endian), text as is."""
+    cdef char* s = _scratch
+    wire_view = memoryview(<L.WireMessageHeader[:1]> <L.WireMessageHeader*> s)
+    wire_header = {name: (offset, count * _CODE_SIZES[code]) for name, offset, count, code in
+                   _packed_fields(wire_view.format, wire_view.itemsize)}
+    widening = sizeof(L.MessageHeader) - sizeof(L.WireMessageHeader)
+    sources = [None] * dtype.itemsize
+    for name in dtype.names:
+        field, offset = dtype.fields[name][:2]
+        wire, width = wire_header.get(name, (offset - widening, field.itemsize))
+        for i in range(field.itemsize):
+            if field.kind != "u":
+                sources[offset + i] = wire + i
+            elif i < width:
+                sources[offset + i] = wire + width - 1 - i
+    return sources
+
+
+def _shuffle_masks(key, dtype) -> bytes:
+    """shuffle_convert's masks for a message type: mask byte = position of the wanted wire
+    byte in the mask's window, or 0x80 (a zero) where another mask supplies it or nothing
+    does (the timestamp's top bytes, past the struct)."""
+    masks = bytearray([0x80] * (SHUFFLE_MASKS * 16))
+    for j, source in enumerate(_byte_sources(dtype)):
+        if source is None:
+            continue
+        for k in range(SHUFFLE_MASKS):
+            window = SHUFFLE_WINDOW_AT[SHUFFLE_MASK_WINDOW[k]]
+            if SHUFFLE_MASK_PIECE[k] == j // 16 and window <= source < window + 16:
+                masks[k * 16 + j % 16] = source - window
+                break
+        else:
+            raise ImportError(f"ITCH struct {key!r}: byte {j} is out of the shuffle windows")
+    return bytes(masks)
+
+
+if SHUFFLE_WRITE > _ROW_SLACK or 11 + _MAX_BODY > _MESSAGE_WINDOW:
+    raise ImportError("shuffle_convert.h and decode.pyx disagree on the bytes read or written")
+for _type in range(256):
+    SPECS[_type].expected_length = _NO_LENGTH
 DTYPES = {key: _dtype_from_format(fmt, size) for key, (size, fmt) in _struct_formats().items()}
 for _key, _dtype in DTYPES.items():
     _install_spec(_key, _dtype, _message_header())
+
+
+cdef bint use_shuffles = shuffle_convert_supported()
+
+
+def _conversion(str name=None) -> str:
+    """The message conversion in use ("shuffle": SSSE3, chosen when the CPU has it, or
+    "portable"); with a name, switch to it first (the tests run both)."""
+    global use_shuffles
+    if name is not None:
+        if name not in ("shuffle", "portable"):
+            raise ValueError(f"no conversion {name!r}")
+        if name == "shuffle" and not shuffle_convert_supported():
+            raise ValueError("this CPU has no SSSE3")
+        use_shuffles = name == "shuffle"
+    return "shuffle" if use_shuffles else "portable"
 
 
 # ---- the block walk ----------------------------------------------------------------------------
@@ -317,35 +411,59 @@ cdef inline F.Fault frame_fault(const uint8_t* block, size_t n, size_t pos) noex
     return F.OK
 
 
+cdef uint8_t new_slot(BlockScan* scan, BlockArrays* arrays, uint8_t t) noexcept nogil:
+    """1 + the slot of a type seen for the first time (slots go by first appearance)."""
+    arrays.types[arrays.type_count] = t
+    arrays.type_count += 1
+    scan.slot_of[t] = <uint8_t> arrays.type_count
+    return scan.slot_of[t]
+
+
+cdef inline size_t count_well_framed(const uint8_t* block, size_t n, size_t pos,
+                                     BlockScan* scan, BlockArrays* arrays) noexcept nogil:
+    """Count the run of well-framed messages at pos (a known type at its length, inside the
+    block: what frame_fault calls OK, in one test) and return where it ends. Position and
+    tally stay in locals: the walk is one chain of dependent loads, nothing else may lengthen
+    it."""
+    cdef size_t length, counted = 0
+    cdef uint8_t t, slot
+    while n - pos >= 3:
+        length = load_be16(block + pos)
+        t = block[pos + 2]
+        if length != SPECS[t].expected_length or length > n - pos - 2:
+            break
+        slot = scan.slot_of[t]
+        if slot == 0:
+            slot = new_slot(scan, arrays, t)
+        scan.counts[slot - 1] += 1
+        counted += 1
+        pos += 2 + length
+    scan.messages += counted
+    return pos
+
+
 cdef int scan_block(const uint8_t* block, size_t n, BlockScan* scan, BlockArrays* arrays,
                     FaultLog* log, bint keep_going) noexcept nogil:
     """First pass: split the block and count messages per type (slots in `arrays.types`), so
     pass two can fill exactly-sized arrays. Returns the first fault when not keep_going, else
     OK or MESSAGE_TRUNCATED (after which nothing can be framed)."""
     cdef size_t pos = 0
-    cdef uint8_t t
     cdef int fault
-    while pos < n:
+    while True:
+        pos = count_well_framed(block, n, pos, scan, arrays)
+        if pos == n:
+            return F.OK
         fault = frame_fault(block, n, pos)
         if fault == F.MESSAGE_TRUNCATED:
             if log_fault(log, F.MESSAGE_TRUNCATED, pos, n - pos, scan.messages):
                 return F.OUT_OF_MEMORY
             return F.MESSAGE_TRUNCATED
-        if fault:
-            if log_fault(log, <F.Fault>fault, pos, load_be16(block + pos), scan.messages):
-                return F.OUT_OF_MEMORY
-            if not keep_going:
-                return fault
-        else:
-            t = block[pos + 2]
-            if scan.slot_of[t] == 0:
-                arrays.types[arrays.type_count] = t
-                arrays.type_count += 1
-                scan.slot_of[t] = <uint8_t> arrays.type_count
-            scan.counts[scan.slot_of[t] - 1] += 1
+        if log_fault(log, <F.Fault>fault, pos, load_be16(block + pos), scan.messages):
+            return F.OUT_OF_MEMORY
+        if not keep_going:
+            return fault
         scan.messages += 1
         pos += 2 + load_be16(block + pos)
-    return F.OK
 
 
 cdef inline bint has_unprintable(const uint8_t* p) noexcept nogil:
@@ -356,75 +474,144 @@ cdef inline bint has_unprintable(const uint8_t* p) noexcept nogil:
         & 0x8080808080808080ULL != 0
 
 
-cdef inline F.Fault fill_message(const uint8_t* msg, size_t available, const MessageSpec* spec,
+cdef inline void convert_message(const uint8_t* msg, const MessageSpec* spec,
                                  uint8_t* out) noexcept nogil:
-    """Write one well-framed wire message into its struct, then check its field values.
-
-    Away from the end of the input the body is copied with one fixed-size memcpy, which the
-    compiler inlines; it may write past the struct, into the next row or the slack that
-    decode_messages leaves after each type's rows, both rewritten or unused afterwards."""
+    """Write one well-framed wire message into its struct at `out`: the same steps for every
+    type (see MessageSpec), in portable C. Reads 11 + _MAX_BODY bytes at msg and writes up to
+    sizeof(MessageHeader) + _MAX_BODY bytes at out: past a short struct, into the next row or
+    the slack that decode_messages leaves after each type's rows, both rewritten or unused
+    afterwards. (shuffle_convert does the same with SSSE3 where the CPU has it.)"""
     cdef const L.WireMessageHeader* wire = <const L.WireMessageHeader*> msg
     cdef L.MessageHeader* header = <L.MessageHeader*> out
-    cdef uint64_t timestamp = load_be48(wire.timestamp), v64
+    cdef uint64_t v64
     cdef uint32_t v32
-    cdef uint8_t k
+    cdef int k
+    memcpy(out + sizeof(L.MessageHeader), msg + sizeof(L.WireMessageHeader), _MAX_BODY)
+    for k in range(_MAX_SWAPS32):
+        v32 = load_be32(msg + spec.wire32[k])
+        memcpy(out + spec.row32[k], &v32, 4)
+    for k in range(_MAX_SWAPS64):
+        v64 = load_be64(msg + spec.wire64[k])
+        memcpy(out + spec.row64[k], &v64, 8)
     header.message_type = wire.message_type
     header.stock_locate = load_be16(wire.stock_locate)
     header.tracking_number = load_be16(wire.tracking_number)
-    header.timestamp = timestamp
-    if available >= sizeof(L.WireMessageHeader) + _MAX_BODY:
-        memcpy(out + sizeof(L.MessageHeader), msg + sizeof(L.WireMessageHeader), _MAX_BODY)
-    else:
-        memcpy(out + sizeof(L.MessageHeader), msg + sizeof(L.WireMessageHeader),
-               spec.wire_length - sizeof(L.WireMessageHeader))
-    for k in range(spec.count32):
-        v32 = load_be32(out + spec.offsets32[k])
-        memcpy(out + spec.offsets32[k], &v32, 4)
-    for k in range(spec.count64):
-        v64 = load_be64(out + spec.offsets64[k])
-        memcpy(out + spec.offsets64[k], &v64, 8)
-    if timestamp >= _NANOSECONDS_PER_DAY:
+    header.timestamp = load_be48(wire.timestamp)
+
+
+cdef inline uint32_t suspect_fields(const uint8_t* msg, const MessageSpec* spec) noexcept nogil:
+    """Nonzero if a field check fails (field_fault says which). Bitwise, not short-circuit:
+    one well-predicted branch for the caller instead of three."""
+    cdef uint64_t timestamp = load_be48((<const L.WireMessageHeader*> msg).timestamp)
+    cdef uint8_t side = msg[spec.side_wire]
+    return (<uint32_t> (timestamp >= _NANOSECONDS_PER_DAY)
+            | (spec.checks_side & <uint32_t> (side != b'B') & <uint32_t> (side != b'S'))
+            | (spec.checks_stock & <uint32_t> has_unprintable(msg + spec.stock_wire)))
+
+
+cdef F.Fault field_fault(const uint8_t* msg, const MessageSpec* spec) noexcept nogil:
+    """The first failed field check of a message, in the order the docs list them."""
+    if load_be48((<const L.WireMessageHeader*> msg).timestamp) >= _NANOSECONDS_PER_DAY:
         return F.TIMESTAMP_OUT_OF_DAY
-    if spec.side_offset and out[spec.side_offset] != b'B' and out[spec.side_offset] != b'S':
+    if spec.checks_side and msg[spec.side_wire] != b'B' and msg[spec.side_wire] != b'S':
         return F.BAD_SIDE
-    if spec.stock_offset and has_unprintable(out + spec.stock_offset):
+    if spec.checks_stock and has_unprintable(msg + spec.stock_wire):
         return F.BAD_STOCK
+    return F.OK
+
+
+cdef struct FillCursors:
+    uint8_t* row[_MAX_TYPES]        # where each slot's next row goes
+    uint64_t* sequence[_MAX_TYPES]  # where each slot's next sequence number goes
+    uint64_t* end[_MAX_TYPES]       # the end of each slot's sequences: the count pass one made
+
+
+cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t limit,
+                      size_t* index, uint64_t first_sequence, const BlockScan* scan,
+                      FillCursors* at, FaultLog* log, bint keep_going) noexcept nogil:
+    """Fill the rows of the messages in [*position, limit), which pass one found well framed
+    end to end. They are checked again only as far as memory safety needs, since the caller's
+    bytes may have changed since: anything but the same tiling of known types within the
+    counts of pass one is BUFFER_CHANGED. `n` is where the caller's bytes end."""
+    cdef size_t pos = position[0], message = index[0], length   # locals: kept in registers
+    cdef uint8_t t, k
+    cdef int fault
+    cdef const MessageSpec* spec
+    cdef const uint8_t* msg
+    cdef uint8_t staged[_MESSAGE_WINDOW]
+    cdef bint shuffles = use_shuffles
+    while pos < limit:
+        if limit - pos < 3:
+            return F.BUFFER_CHANGED
+        length = load_be16(block + pos)
+        t = block[pos + 2]
+        spec = &SPECS[t]
+        k = scan.slot_of[t]
+        if length != spec.expected_length or length > limit - pos - 2 or k == 0 \
+                or at.sequence[k - 1] == at.end[k - 1]:
+            return F.BUFFER_CHANGED
+        k -= 1
+        msg = block + pos + 2
+        if n - pos - 2 < _MESSAGE_WINDOW:      # near the end: never read past the caller's bytes
+            memset(staged, 0, _MESSAGE_WINDOW)
+            memcpy(staged, msg, length)
+            msg = staged
+        if shuffles:
+            shuffle_convert(msg, spec.shuffles, at.row[k])
+        else:
+            convert_message(msg, spec, at.row[k])
+        fault = F.OK
+        if suspect_fields(msg, spec):
+            fault = field_fault(msg, spec)
+        if fault:
+            if log_fault(log, <F.Fault>fault, pos, length, message):
+                return F.OUT_OF_MEMORY
+            if not keep_going:
+                return fault
+        else:
+            at.sequence[k][0] = first_sequence + message
+            at.sequence[k] += 1
+            at.row[k] += spec.struct_size
+        message += 1
+        pos += 2 + length
+    position[0], index[0] = pos, message
     return F.OK
 
 
 cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence,
                     const BlockScan* scan, BlockArrays* arrays, FaultLog* log,
                     bint keep_going) noexcept nogil:
-    """Second pass: fill the struct arrays sized by scan_block. A message that fails its field
-    checks is logged and its slot reused, so `filled` may end below the scanned counts."""
-    cdef size_t pos = 0, index = 0
-    cdef uint8_t t, k
-    cdef int fault
-    cdef const MessageSpec* spec
-    while pos < n:
-        if frame_fault(block, n, pos) == F.OK:      # framing faults were logged by scan_block
-            t = block[pos + 2]
-            k = scan.slot_of[t]
-            # A type pass one did not see, or more rows of it: the bytes changed under us.
-            if k == 0 or arrays.filled[k - 1] >= scan.counts[k - 1]:
-                return F.BUFFER_CHANGED
-            k -= 1
-            spec = &SPECS[t]
-            fault = fill_message(block + pos + 2, n - pos - 2, spec,
-                                 arrays.rows[k] + arrays.filled[k] * spec.struct_size)
-            if fault:
-                if log_fault(log, <F.Fault>fault, pos, spec.wire_length, index):
-                    return F.OUT_OF_MEMORY
-                if not keep_going:
-                    return fault
-            else:
-                arrays.sequences[k][arrays.filled[k]] = first_sequence + index
-                arrays.filled[k] += 1
-        elif n - pos < 2 or load_be16(block + pos) > n - pos - 2:
+    """Second pass: fill the struct arrays sized by scan_block, skipping the messages its log
+    holds (framing faults, in stream order). A message that fails its field checks is logged
+    and its slot reused, so `filled` may end below the scanned counts."""
+    cdef FillCursors at
+    cdef size_t pos = 0, index = 0, limit, i, framing_faults = log.count, next_fault = 0
+    cdef const FaultEntry* skipped
+    cdef int fault = F.OK
+    for i in range(arrays.type_count):
+        at.row[i] = arrays.rows[i]
+        at.sequence[i] = arrays.sequences[i]
+        at.end[i] = arrays.sequences[i] + scan.counts[i]
+    while True:
+        limit = n
+        if next_fault < framing_faults:
+            limit = min(n, <size_t> (log.entries[next_fault].offset - log.base))
+        fault = fill_segment(block, n, &pos, limit, &index, first_sequence, scan, &at, log,
+                             keep_going)
+        if fault or limit == n:
+            break
+        skipped = &log.entries[next_fault]
+        next_fault += 1
+        if skipped.code == F.MESSAGE_TRUNCATED:
+            break
+        if skipped.index != index:
+            fault = F.BUFFER_CHANGED
             break
         index += 1
-        pos += 2 + load_be16(block + pos)
-    return F.OK
+        pos += 2 + skipped.length
+    for i in range(arrays.type_count):
+        arrays.filled[i] = at.sequence[i] - arrays.sequences[i]
+    return fault
 
 
 # ---- one block, start to finish, without the GIL -------------------------------------------------
@@ -435,6 +622,8 @@ cdef struct BlockResult:
     BlockArrays arrays
     int fault                   # fatal: raised as DecodeError (or quarantines the packet)
     uint64_t fault_offset       # from log.base, like the log's offsets
+    int framing_fault           # strict mode: the framing fault pass one stopped at
+    size_t fill_end             # bytes pass two covers: up to that fault, or all
 
 
 cdef void init_result(BlockResult* r, uint64_t base) noexcept nogil:
@@ -447,31 +636,32 @@ cdef void release_result(BlockResult* r) noexcept nogil:
     free(r.arrays.arena)
 
 
-cdef void decode_messages(const uint8_t* block, size_t n, uint64_t first_sequence,
-                          long declared_count, bint keep_going, BlockResult* r) noexcept nogil:
-    """Split, count, allocate and fill in one go, so a frame needs a single nogil section."""
-    cdef int fault, framing_fault
-    cdef size_t end, size, at, i
+cdef bint plan_block(const uint8_t* block, size_t n, long declared_count, bint keep_going,
+                     BlockResult* r) noexcept nogil:
+    """Pass one and the arena it sizes. False if there is nothing for pass two to do (r.fault
+    then says why, if anything went wrong)."""
+    cdef int fault
+    cdef size_t size, at, i
     fault = scan_block(block, n, &r.scan, &r.arrays, &r.log, keep_going)
     if fault == F.OUT_OF_MEMORY:
         r.fault = F.OUT_OF_MEMORY
-        return
+        return False
     # Strict mode reports the first fault in stream order: after a framing fault, pass two
     # still runs over the messages before it, which may hold an earlier field fault.
-    framing_fault = fault if not keep_going else F.OK
-    end = <size_t> (r.log.entries[0].offset - r.log.base) if framing_fault else n
-    if not framing_fault and declared_count >= 0 and r.scan.messages != <size_t> (
+    r.framing_fault = fault if not keep_going else F.OK
+    r.fill_end = <size_t> (r.log.entries[0].offset - r.log.base) if r.framing_fault else n
+    if not r.framing_fault and declared_count >= 0 and r.scan.messages != <size_t> (
             0 if declared_count == W.END_OF_SESSION_COUNT else declared_count):
         r.fault = r.log.entries[0].code if r.log.count else F.COUNT_MISMATCH
         r.fault_offset = r.log.entries[0].offset if r.log.count else r.log.base + n
-        return
+        return False
     size = r.scan.messages * sizeof(uint64_t)
     for i in range(r.arrays.type_count):
         size += r.scan.counts[i] * SPECS[r.arrays.types[i]].struct_size + _ROW_SLACK
     r.arrays.arena = <uint8_t*> malloc(size)
     if r.arrays.arena == NULL:
         r.fault = F.OUT_OF_MEMORY
-        return
+        return False
     at = 0
     for i in range(r.arrays.type_count):
         r.arrays.sequences[i] = <uint64_t*> (r.arrays.arena + at)
@@ -479,16 +669,30 @@ cdef void decode_messages(const uint8_t* block, size_t n, uint64_t first_sequenc
     for i in range(r.arrays.type_count):
         r.arrays.rows[i] = r.arrays.arena + at
         at += r.scan.counts[i] * SPECS[r.arrays.types[i]].struct_size + _ROW_SLACK
-    fault = fill_block(block, end, first_sequence, &r.scan, &r.arrays, &r.log, keep_going)
+    return True
+
+
+cdef void fill_planned(const uint8_t* block, uint64_t first_sequence, bint keep_going,
+                       BlockResult* r) noexcept nogil:
+    """Pass two over what plan_block planned, and the block's final fault."""
+    cdef int fault = fill_block(block, r.fill_end, first_sequence, &r.scan, &r.arrays, &r.log,
+                                keep_going)
     if fault == F.BUFFER_CHANGED:
         r.fault = fault
         r.fault_offset = r.log.base
     elif fault == F.OUT_OF_MEMORY or (fault and not keep_going):
         r.fault = fault
         r.fault_offset = r.log.entries[r.log.count - 1].offset if r.log.count else r.log.base
-    elif framing_fault:
-        r.fault = framing_fault
+    elif r.framing_fault:
+        r.fault = r.framing_fault
         r.fault_offset = r.log.entries[0].offset
+
+
+cdef void decode_messages(const uint8_t* block, size_t n, uint64_t first_sequence,
+                          long declared_count, bint keep_going, BlockResult* r) noexcept nogil:
+    """Split, count, allocate and fill in one go, so a frame needs a single nogil section."""
+    if plan_block(block, n, declared_count, keep_going, r):
+        fill_planned(block, first_sequence, keep_going, r)
 
 
 # ---- turning the C results into Python objects -------------------------------------------------
@@ -555,6 +759,14 @@ cdef list quarantine_entries(const FaultLog* log, const uint8_t* block, uint64_t
     return entries
 
 
+cdef tuple block_outcome(BlockResult* r, const uint8_t* block):
+    """parse_messages' (messages, quarantined) from a decoded block, or its exception."""
+    if r.fault:
+        raise fault_error(r.fault, r.fault_offset)
+    messages, _ = view_arrays(&r.arrays, take_arena(&r.arrays))
+    return messages, quarantine_entries(&r.log, block, 0, 0)
+
+
 def parse_messages(buf, *, bint quarantine=False, uint64_t base_offset=0):
     """ITCH messages in NASDAQ's binary file framing -> (messages, quarantined).
 
@@ -567,12 +779,35 @@ def parse_messages(buf, *, bint quarantine=False, uint64_t base_offset=0):
     try:
         with nogil:
             decode_messages(<const uint8_t*> view.buf, view.len, 0, -1, quarantine, &r)
-        if r.fault:
-            raise fault_error(r.fault, r.fault_offset)
-        messages, _ = view_arrays(&r.arrays, take_arena(&r.arrays))
-        return messages, quarantine_entries(&r.log, <const uint8_t*> view.buf, 0, 0)
+        return block_outcome(&r, <const uint8_t*> view.buf)
     finally:
         release_result(&r)
+        PyBuffer_Release(&view)
+
+
+def _parse_changed_between_passes(buf, size_t at, bytes replacement, *, bint quarantine=False):
+    """parse_messages on a private copy of `buf` whose bytes at `at` become `replacement`
+    after pass one and before pass two: what another thread writing into the caller's buffer
+    at the wrong moment does, made deterministic for the tests."""
+    cdef Py_buffer view
+    cdef BlockResult r
+    cdef uint8_t* block = NULL
+    init_result(&r, 0)
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        if at + len(replacement) > <size_t> view.len:
+            raise ValueError("replacement runs past the buffer")
+        block = <uint8_t*> malloc(max(view.len, 1))
+        if block == NULL:
+            raise MemoryError()
+        memcpy(block, view.buf, view.len)
+        if plan_block(block, view.len, -1, quarantine, &r):
+            memcpy(block + at, <const char*> replacement, len(replacement))
+            fill_planned(block, 0, quarantine, &r)
+        return block_outcome(&r, block)
+    finally:
+        release_result(&r)
+        free(block)
         PyBuffer_Release(&view)
 
 
