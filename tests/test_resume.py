@@ -109,3 +109,23 @@ def test_exactly_once_a_killed_handler_leaves_every_committed_tick_once(kafka, t
     assert_every_tick_once(kafka, topic_prefix, value_format)
     assert account["already_in_kafka"] == 0 and account["decoded"] < COUNT, account
     assert account["delivered"] == account["decoded"]
+
+
+def test_exactly_once_a_rerun_from_the_start_writes_nothing_twice(kafka, topic_prefix):
+    """--exactly-once --sequence 1 after a complete run: the committed checkpoint says every
+    tick is in Kafka, so the rerun skips them all (it used to write the session again)."""
+    count = 20_000
+    command = ("run", "--bootstrap-servers", kafka, "--topic-prefix", topic_prefix,
+               "--partitions", "3", "--json-stats", "--quiet", "--exactly-once")
+    accounts = []
+    for _ in range(2):
+        with Simulator(SimulatorConfig(port=0, count=count, symbols=50, seed=13,
+                                       status_interval=None)) as exchange:
+            run = run_cli(*command, "--connect", f"127.0.0.1:{exchange.port}", "--sequence", "1")
+            stdout, stderr = run.communicate(timeout=120)
+        assert run.returncode == 0, stderr[-3000:]
+        accounts.append(final_account(stdout))
+    assert accounts[0]["delivered"] == count, accounts[0]
+    assert accounts[1]["already_in_kafka"] == count and accounts[1]["produced"] == 0, accounts[1]
+    check = check_topics(kafka, Routes.by_category(topic_prefix), "struct", range(1, count + 1))
+    assert check.ok and check.distinct == count, check.summary()

@@ -231,6 +231,14 @@ def _tails(consumer: Consumer, watermarks: dict[tuple[str, int], tuple[int, int]
     return records
 
 
+def checkpoint_ends(partitions: dict[str, int], position: int) -> dict[str, np.ndarray]:
+    """`partition_ends` tables from the checkpoint alone: every tick before `position` counts
+    as held in every partition of every topic. With exactly-once that is exact (ticks and the
+    checkpoint that covers them commit together, nothing past it is visible)."""
+    return {topic: np.full((count, TYPE_CODES), position - 1, np.uint64)
+            for topic, count in partitions.items()}
+
+
 def partition_ends(client: KafkaClientConfig, routes: Routes, value_format: str,
                    session: bytes, position: int = 1,
                    timeout: float = READ_TIMEOUT) -> dict[str, np.ndarray]:
@@ -239,8 +247,8 @@ def partition_ends(client: KafkaClientConfig, routes: Routes, value_format: str,
     before the checkpoint `position` counts as held."""
     topics = [*routes.topics, routes.dead_letter]
     watermarks = _watermarks_of(client, topics, timeout)
-    ends = {topic: np.full((1 + max((p for t, p in watermarks if t == topic), default=-1),
-                            TYPE_CODES), position - 1, np.uint64) for topic in topics}
+    ends = checkpoint_ends({topic: 1 + max((p for t, p in watermarks if t == topic), default=-1)
+                            for topic in topics}, position)
     consumer = _consumer(client)
     try:
         records = _tails(consumer, watermarks, value_format, position, timeout)

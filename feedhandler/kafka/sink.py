@@ -30,8 +30,9 @@ from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig, kafka
 from feedhandler.kafka.ledger import DeliveryErrors, DeliveryLedger
 from feedhandler.kafka.producer import BATCH_PATH, LINK_PATH, create_producer
 from feedhandler.kafka.resume import (CHECKPOINT_INTERVAL, CHECKPOINT_SETTINGS, Checkpoint,
-                                      ResumeFilter, directory_key, directory_value,
-                                      partition_ends, position_key, position_value)
+                                      ResumeFilter, checkpoint_ends, directory_key,
+                                      directory_value, partition_ends, position_key,
+                                      position_value)
 from feedhandler.kafka.routing import (BATCH_DTYPES, TICK_HEADER_SIZE, Routes, StockDirectory,
                                        batched_records, raw_blocks, tick_records)
 from feedhandler.kafka.timestamps import TimestampWindow
@@ -116,11 +117,13 @@ def open_sink(config: SinkConfig) -> KafkaSink:
             # left open.
             producer.init_transactions(config.flush_timeout)
         if config.resume is not None:
-            # Exactly-once: nothing past the committed checkpoint is visible, so there is
-            # nothing to skip.
-            ends = {} if sink.transactional else partition_ends(
-                client, routes, config.value_format, config.resume.session,
-                config.resume.next_sequence)
+            # Exactly-once: nothing past the committed checkpoint is visible, so what is held
+            # is exactly what precedes it (a run asked to start earlier skips that part).
+            position = config.resume.next_sequence
+            ends = checkpoint_ends({t: partitions[t] for t in [*routes.topics, dead_letter]},
+                                   position) \
+                if sink.transactional else partition_ends(
+                    client, routes, config.value_format, config.resume.session, position)
             sink.resume(config.resume, ends)
     except (KafkaException, TimeoutError, RuntimeError) as error:
         raise KafkaStartError(f"cannot resume: {kafka_reason(error)}") from None
