@@ -121,7 +121,7 @@ def measure(benchmark, kafka, prefix, port, value_format, workers, ticks, agains
         benchmark.pedantic(run_handler, setup=setup, rounds=3, warmup_rounds=1)
     finally:
         delete_topics(kafka, handlers)
-    benchmark.extra_info[latency_key] = handlers[-1].acks.percentiles_ms()
+    benchmark.extra_info[latency_key] = handlers[-1].latencies.summary_ms()
 
 
 def delete_topics(kafka, handlers):
@@ -351,4 +351,4 @@ def test_latency_paced(benchmark, kafka, topic_prefix, delivery):
         for process in simulators:
             process.kill()
         delete_topics(kafka, handlers)
-    benchmark.extra_info["latency_ms"] = handlers[-1].acks.percentiles_ms()
+    benchmark.extra_info["latency_ms"] = handlers[-1].latencies.summary_ms()

@@ -34,6 +34,7 @@ from feedhandler.kafka.routing import CATEGORIES, VALUE_FORMATS
 from feedhandler.kafka.sink import STATISTICS_INTERVAL_MS
 from feedhandler.kafka.topics import KafkaStartError, check_reachable
 from feedhandler.ops import service, threads
+from feedhandler.ops.latency import format_table
 from feedhandler.pipeline.handler import Handler, HandlerConfig
 from feedhandler.session import (FrameSource, ListenSource, LoginRejected, SessionClient,
                                  SessionError)
@@ -435,7 +436,7 @@ def _start(args, routes, kafka, cpus, metrics, statistics) -> int:
     elapsed = time.monotonic() - started
     summary = {**account.as_dict(), "seconds": round(elapsed, 3),
                "ticks_per_s": round(account.delivered / elapsed) if elapsed else 0,
-               "latency_ms": handler.acks.percentiles_ms()}
+               "latency_ms": handler.latencies.summary_ms()}
     if hasattr(source, "stats"):
         summary["feed"] = source.stats()
     if args.json_stats:
@@ -460,9 +461,7 @@ def format_account(summary: dict) -> str:
         lines.append(f"  {key:<20} {summary[key]}")
     if summary["failure_reasons"]:
         lines.append(f"  failure reasons      {summary['failure_reasons']}")
-    if summary["latency_ms"]:
-        lines.append("  frame->ack latency   " + ", ".join(
-            f"{k} {v} ms" for k, v in summary["latency_ms"].items()))
+    lines.extend(format_table(summary["latency_ms"]))
     for part, figures in summary.get("feed", {}).get("lines", {}).items():
         lines.append(f"  line {part:<15} {json.dumps(figures)}")
     if "feed" in summary:
