@@ -36,6 +36,7 @@ from feedhandler.kafka.topics import KafkaStartError, check_reachable
 from feedhandler.ops import service, threads
 from feedhandler.ops.latency import format_table
 from feedhandler.pipeline.handler import Handler, HandlerConfig
+from feedhandler.pipeline.profiles import DEFAULT_PROFILE, PROFILES, profile_settings
 from feedhandler.session import (FrameSource, ListenSource, LoginRejected, SessionClient,
                                  SessionError)
 from feedhandler.session.moldudp import MoldSource
@@ -128,6 +129,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
     parser.add_argument("-X", dest="producer_settings", type=_producer_setting, action="append",
                         default=[], metavar="KEY=VALUE",
                         help="librdkafka producer setting, e.g. -X linger.ms=5 (repeatable)")
+    parser.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
+                        help="throughput: large producer batches (linger.ms 20), the producer "
+                             "polled every 5 ms (default); latency: linger.ms 1, "
+                             "acknowledgements checked every 0.5 ms, short socket reads. -X "
+                             "settings win; see docs/kafka.md")
     parser.add_argument("--workers", type=int, default=2, help="decode threads (default 2)")
     parser.add_argument("--format", choices=VALUE_FORMATS, default="struct",
                         help="record value format (default struct); see docs/kafka.md")
@@ -328,15 +334,20 @@ def _fail(code: ExitCode, problem) -> ExitCode:
     return code
 
 
+def producer_settings(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The -X settings over the --profile's own, and --exactly-once's transactional.id."""
+    settings = list(profile_settings(args.profile, dict(args.producer_settings)).producer.items())
+    if args.exactly_once and not any(key == "transactional.id" for key, _ in settings):
+        settings.append(("transactional.id", f"feedhandler-{args.topic_prefix}"))
+    return settings
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         validate.counts(args)
         _check_transport(args)
         routes = validate.routes(args.topic_prefix, args.route)
-        settings = list(args.producer_settings)
-        if args.exactly_once and not any(key == "transactional.id" for key, _ in settings):
-            settings.append(("transactional.id", f"feedhandler-{args.topic_prefix}"))
-        kafka = validate.kafka_client(args.bootstrap_servers, settings)
+        kafka = validate.kafka_client(args.bootstrap_servers, producer_settings(args))
         cpus = threads.parse_cpus(args.cpus) if args.cpus else {}
     except (validate.UsageError, ValueError) as error:
         return _fail(ExitCode.USAGE, error)
@@ -373,7 +384,7 @@ def _start(args, routes, kafka, cpus, metrics, statistics) -> int:
         replication_factor=args.replication_factor, producer_overrides=kafka.settings,
         headers=args.headers, timestamp_base_ms=midnight_ms(args.trade_date),
         flush_timeout=args.flush_timeout, producer_link=args.producer_link, cpus=cpus,
-        statistics=statistics)
+        statistics=statistics, **PROFILES[args.profile].pipeline)
     try:
         if "transactional.id" in kafka.settings:
             fence_previous(kafka)
