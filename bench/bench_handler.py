@@ -22,7 +22,7 @@ from brokers import kafka, topic_prefix  # noqa: F401 (fixtures)
 from feedhandler.exchange import orderflow
 from feedhandler.wire import itch, packet
 from feedhandler.cli.run import DEFAULT_GIL_SWITCH_INTERVAL
-from feedhandler.kafka.sink import BATCH_TICKS
+from feedhandler.kafka.sink import BATCH_TICKS, SinkConfig, open_sink
 from feedhandler.pipeline.handler import Handler, HandlerConfig
 from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig
 from feedhandler.kafka.topics import ensure_topics
@@ -205,10 +205,7 @@ def test_batched_uncompressed(benchmark, kafka, topic_prefix, batched_feed, work
 def batched_values(ticks: int, routes: Routes) -> list[tuple[str, int, bytes, int]]:
     """(topic, partition, value, rows) of the batched records a handler makes of a simulated
     session of `ticks` messages, BATCH_TICKS at a time."""
-    messages = split_block(orderflow.generate(ticks, symbols=500, seed=5).data)
-    packets = packet.decode_many([packet.encode(messages[i:i + 500], session=b"CEILING001",
-                                                sequence=1 + i)
-                                  for i in range(0, len(messages), 500)])
+    packets = session_packets(ticks)
     directory = StockDirectory()
     for p in packets:
         if "R" in p.messages:
@@ -219,6 +216,14 @@ def batched_values(ticks: int, routes: Routes) -> list[tuple[str, int, bytes, in
             for k in range(0, len(packets), per_hold)
             for topic, partition, message_type, rows in batched_records(
                 packets[k:k + per_hold], routes.topic_of_type, partitions, directory)]
+
+
+def session_packets(ticks: int) -> list[packet.Packet]:
+    """A simulated session of `ticks` messages, decoded: what the sink gets from the decoder."""
+    messages = split_block(orderflow.generate(ticks, symbols=500, seed=5).data)
+    return packet.decode_many([packet.encode(messages[i:i + 500], session=b"CEILING001",
+                                             sequence=1 + i)
+                               for i in range(0, len(messages), 500)])
 
 
 def produce_values(producer, values, ticks: int) -> None:
@@ -261,6 +266,35 @@ def test_librdkafka_ceiling_for_batched(benchmark, kafka, topic_prefix, compress
         benchmark.pedantic(produce_values, setup=setup, rounds=3, warmup_rounds=1)
     finally:
         delete_topic_names(kafka, created)
+
+
+def publish_packets(sink, packets) -> None:
+    for decoded in packets:
+        sink.publish(decoded, 0)
+        sink.service()
+    settled = sink.finish()
+    assert settled["failed"] == settled["undelivered"] == 0
+
+
+@pytest.mark.benchmark(group="end-to-end")
+def test_librdkafka_ceiling_for_struct(benchmark, kafka, topic_prefix):
+    """Ready-made decoded packets of a simulated session handed to the handler's per-tick
+    struct sink on one thread, with nothing else running (no feed, no decode threads): what
+    records built in C by the ProducerLink, librdkafka and the broker allow per-tick records
+    on this machine."""
+    benchmark.extra_info.update(messages=TICKS, against=["test_struct[2]"])
+    packets = session_packets(TICKS)
+    sinks = []
+
+    def setup():
+        sinks.append(open_sink(SinkConfig(kafka, routes=Routes.by_category(
+            f"{topic_prefix}{next(RUNS)}."), partitions=PARTITIONS)))
+        return (sinks[-1], packets), {}
+
+    try:
+        benchmark.pedantic(publish_packets, setup=setup, rounds=3, warmup_rounds=1)
+    finally:
+        delete_topic_names(kafka, [t for sink in sinks for t in sink.config.routes.every_topic])
 
 
 def pure_python_setup(kafka, topics):

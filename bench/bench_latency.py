@@ -57,10 +57,11 @@ RUN_IDS = iter(range(1_000_000))
 
 
 @contextlib.contextmanager
-def paced_feed(messages: int, rate: int):
+def paced_feed(messages: int, rate: int, sequence: int = 0):
     """The frame batches of a simulator serving `messages` at `rate` a second in frames of
     FRAME_MESSAGES. Its pacing clock starts as it starts serving, before the login: the
-    client joins from then on (sequence 0), not with a burst of what it missed."""
+    client joins from then on (sequence 0), not with a burst of what it missed (sequence 1,
+    as bench_handler's test_latency_paced does)."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "feedhandler", "simulate", "--listen",
                                 f"127.0.0.1:{port}", "--count", str(messages), "--symbols",
@@ -71,7 +72,7 @@ def paced_feed(messages: int, rate: int):
         while True:
             try:
                 client = SessionClient("127.0.0.1", port, username="feed", password="feed",
-                                       sequence=0)
+                                       sequence=sequence)
                 client.open()
                 break
             except OSError:
@@ -177,6 +178,9 @@ def main() -> None:
     parser.add_argument("--profiles", nargs="+", default=["throughput"], choices=PROFILES)
     parser.add_argument("--seconds", type=float, default=3.0, help="feed length per run")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--join-from-start", action="store_true",
+                        help="log in for the whole session (sequence 1): what was published "
+                             "before the login comes at once, as in test_latency_paced")
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
     args = parser.parse_args()
     prefix = f"benchlat{int(time.time())}."
@@ -191,9 +195,11 @@ def main() -> None:
                                                "decoded_p99", "kafka_p50", "kafka_p99",
                                                "ticks_per_s")}
                 for round_number in range(args.rounds + 1):     # the first is a warm-up
-                    floor = run_floor(prefix, paced_feed(messages, rate), linger, frames)
-                    latencies, ticks_per_s = run_handler(prefix, paced_feed(messages, rate),
-                                                         linger, profile)
+                    sequence = 1 if args.join_from_start else 0
+                    floor = run_floor(prefix, paced_feed(messages, rate, sequence), linger,
+                                      frames)
+                    latencies, ticks_per_s = run_handler(
+                        prefix, paced_feed(messages, rate, sequence), linger, profile)
                     if not round_number:
                         continue
                     handler = latencies.acknowledged

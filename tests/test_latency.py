@@ -112,13 +112,15 @@ class KeptHistogram(LatencyHistogram):
         super().record(value_ns)
 
 
-def test_a_handler_run_stamps_every_frame_at_every_stage_in_order(kafka, topic_prefix):
+@pytest.mark.parametrize("inline_frames", [0, 4])     # decoded on the pool, on the reader
+def test_a_handler_run_stamps_every_frame_at_every_stage_in_order(kafka, topic_prefix,
+                                                                 inline_frames):
     messages = split_block(orderflow.generate(20_000, symbols=20, seed=4).data)
     frames = [packet.encode(messages[i:i + 400], session=b"LATENCY001", sequence=1 + i)
               for i in range(0, len(messages), 400)]
     reads = [frames[i:i + 4] for i in range(0, len(frames), 4)]
     handler = Handler(HandlerConfig(kafka, routes=Routes.by_category(topic_prefix),
-                                    partitions=2))
+                                    partitions=2, inline_frames=inline_frames))
     latencies = handler.latencies
     for stage in STAGES:
         kept = KeptHistogram()
@@ -153,7 +155,7 @@ def test_the_default_profile_is_throughput_and_changes_nothing():
     assert args.profile == "throughput"
     assert producer_settings(args) == []
     assert PROFILES["throughput"].pipeline == {"poll_interval": POLL_INTERVAL,
-                                               "read_frames": 0}
+                                               "read_frames": 0, "inline_frames": 0}
 
 
 def test_the_latency_profile_sets_its_settings_and_explicit_ones_win():

@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from feedhandler.kafka.sink import SinkConfig, frame_messages, open_sink
@@ -45,6 +45,9 @@ class HandlerConfig(SinkConfig):
     queue_reads: int = 0            # socket reads queued for the publisher; 0 = 4 per worker
     # Frames at most per socket read handed on as one task; 0 = the frame source's default.
     read_frames: int = 0
+    # Reads of at most this many frames are decoded on the reader's thread: one thread
+    # hand-off less for a small read, whose decode takes microseconds (0 = never).
+    inline_frames: int = 0
     # CPUs per thread role ("reader", "decode", "publisher"), from feedhandler.ops.threads
     # parse_cpus; a role not named keeps the mask it inherits.
     cpus: dict = field(default_factory=dict)
@@ -167,7 +170,14 @@ class Handler:
             if not isinstance(batch, list):
                 batch = [batch]
             self.account.frames += len(batch)
-            future = pool.submit(_decode, batch)
+            if len(batch) <= self.config.inline_frames:
+                future = Future()
+                try:
+                    future.set_result(_decode(batch))
+                except Exception as error:      # surfaces on the publisher, as from the pool
+                    future.set_exception(error)
+            else:
+                future = pool.submit(_decode, batch)
             while True:     # blocks while the publisher is behind: backpressure
                 try:
                     self._pending.put((future, received), timeout=0.1)

@@ -3,7 +3,8 @@
 - throughput (the default): large producer batches (PRODUCER_DEFAULTS: linger.ms 20), the
   producer polled every 5 ms, up to the source's default frames per socket read in one task.
 - latency: small batches sent at once (linger.ms 1), acknowledgements checked every 0.5 ms
-  while the feed is quiet, and socket reads of at most LATENCY_READ_FRAMES frames.
+  while the feed is quiet, socket reads of at most LATENCY_READ_FRAMES frames, decoded on the
+  reader's thread (one thread hand-off less).
 
 Explicit `-X` settings win over a profile's producer settings. docs/kafka.md gives the
 measured trade-off."""
@@ -25,10 +26,12 @@ class Profile:
 
 
 PROFILES = {
-    "throughput": Profile(pipeline={"poll_interval": POLL_INTERVAL, "read_frames": 0}),
+    "throughput": Profile(pipeline={"poll_interval": POLL_INTERVAL, "read_frames": 0,
+                                    "inline_frames": 0}),
     "latency": Profile(producer={"linger.ms": "1"},
                        pipeline={"poll_interval": LATENCY_POLL_INTERVAL,
-                                 "read_frames": LATENCY_READ_FRAMES}),
+                                 "read_frames": LATENCY_READ_FRAMES,
+                                 "inline_frames": LATENCY_READ_FRAMES}),
 }
 DEFAULT_PROFILE = "throughput"
 
