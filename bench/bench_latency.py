@@ -17,7 +17,7 @@ Handler and floor take turns, ROUNDS times per setting after an unmeasured warm-
 table gives medians over rounds with their ranges, and the ratio handler / floor per round.
 
     PYTHONPATH=$PWD python3 bench/bench_latency.py [--rates 100000 500000]
-        [--linger 0 1 5 20] [--seconds 3] [--rounds 3] [--profiles throughput latency]
+        [--linger 0 1 5 20] [--seconds 4] [--rounds 3] [--profiles throughput latency]
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ from feedhandler.kafka.routing import Routes  # noqa: E402
 from feedhandler.kafka.topics import ensure_topics  # noqa: E402
 from feedhandler.ops.latency import LatencyHistogram, StageLatencies  # noqa: E402
 from feedhandler.pipeline.handler import Handler, HandlerConfig  # noqa: E402
-from feedhandler.pipeline.profiles import PROFILES, profile_settings  # noqa: E402
+from feedhandler.kafka.sink import POLL_INTERVAL  # noqa: E402
+from feedhandler.pipeline.profiles import profile_settings  # noqa: E402
 from feedhandler.session import SessionClient  # noqa: E402
 from streams import split_block  # noqa: E402
 
@@ -54,6 +55,13 @@ FRAME_MESSAGES = 100
 PARTITIONS = 6
 SYMBOLS = 500
 RUN_IDS = iter(range(1_000_000))
+# --profile, and the latency profile less one of its changes at a time (what each is worth)
+VARIANTS = {
+    "throughput": ("throughput", {}),
+    "latency": ("latency", {}),
+    "latency-pool-decode": ("latency", {"inline_frames": 0}),
+    "latency-5ms-acks": ("latency", {"ack_interval": POLL_INTERVAL}),
+}
 
 
 @contextlib.contextmanager
@@ -85,14 +93,15 @@ def paced_feed(messages: int, rate: int, sequence: int = 0):
         process.wait()
 
 
-def run_handler(prefix: str, feed, linger: int, profile: str) -> tuple[StageLatencies,
+def run_handler(prefix: str, feed, linger: int, variant: str) -> tuple[StageLatencies,
                                                                        float]:
     """The handler over the paced feed: its stage latencies and ticks/s."""
     routes = Routes.by_category(f"{prefix}{next(RUN_IDS)}.")
+    profile, changes = VARIANTS[variant]
     settings = profile_settings(profile, {"linger.ms": str(linger)})
     config = HandlerConfig(BOOTSTRAP, value_format="struct", workers=2, routes=routes,
                            partitions=PARTITIONS, producer_overrides=settings.producer,
-                           **settings.pipeline)
+                           **{**settings.pipeline, **changes})
     handler = Handler(config)
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(DEFAULT_GIL_SWITCH_INTERVAL)
@@ -175,8 +184,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", type=int, nargs="+", default=[100_000, 500_000])
     parser.add_argument("--linger", type=int, nargs="+", default=[0, 1, 5, 20])
-    parser.add_argument("--profiles", nargs="+", default=["throughput"], choices=PROFILES)
-    parser.add_argument("--seconds", type=float, default=3.0, help="feed length per run")
+    parser.add_argument("--profiles", nargs="+", default=["throughput"], choices=VARIANTS)
+    parser.add_argument("--seconds", type=float, default=4.0, help="feed length per run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--join-from-start", action="store_true",
                         help="log in for the whole session (sequence 1): what was published "

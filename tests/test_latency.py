@@ -154,7 +154,7 @@ def test_the_default_profile_is_throughput_and_changes_nothing():
     args = run_args()
     assert args.profile == "throughput"
     assert producer_settings(args) == []
-    assert PROFILES["throughput"].pipeline == {"poll_interval": POLL_INTERVAL,
+    assert PROFILES["throughput"].pipeline == {"ack_interval": POLL_INTERVAL,
                                                "read_frames": 0, "inline_frames": 0}
 
 
@@ -162,7 +162,7 @@ def test_the_latency_profile_sets_its_settings_and_explicit_ones_win():
     latency = PROFILES["latency"]
     assert dict(producer_settings(run_args("--profile", "latency"))) == latency.producer
     assert float(latency.producer["linger.ms"]) < float(PRODUCER_DEFAULTS["linger.ms"])
-    assert latency.pipeline["poll_interval"] < POLL_INTERVAL
+    assert latency.pipeline["ack_interval"] < POLL_INTERVAL
     settings = dict(producer_settings(run_args("--profile", "latency", "-X", "linger.ms=7",
                                                "-X", "acks=1")))
     assert settings == {**latency.producer, "linger.ms": "7", "acks": "1"}

@@ -73,9 +73,6 @@ class SinkConfig:
     # librdkafka's statistics (a JSON string), every `statistics.interval.ms` (an -X setting
     # wins over STATISTICS_INTERVAL_MS); called on the thread that polls the producer.
     statistics: Callable[[str], None] | None = None
-    # Seconds between polls of the producer (and acknowledgement checks) while records flow
-    # or the feed is quiet; feedhandler.pipeline.profiles sets it per --profile.
-    poll_interval: float = POLL_INTERVAL
 
 
 def open_sink(config: SinkConfig) -> KafkaSink:
@@ -230,7 +227,7 @@ class KafkaSink:
         now = time.monotonic()
         if now >= self._next_poll:
             self.producer.poll(0)
-            self._next_poll = now + self.config.poll_interval
+            self._next_poll = now + POLL_INTERVAL
         self._update_acks()
         if self.transactional:
             if self._in_transaction and now >= self._next_commit:
@@ -325,7 +322,7 @@ class KafkaSink:
             return
         self.ledger.backpressure_waits += 1
         while not self._has_room(records, nbytes):
-            self.producer.poll(self.config.poll_interval)
+            self.producer.poll(POLL_INTERVAL)
             self._update_acks()
 
     def _produce(self, topic: str, value: bytes, *, key: bytes | None = None,
@@ -345,7 +342,7 @@ class KafkaSink:
                 break
             except BufferError:
                 self.ledger.backpressure_waits += 1
-                self.producer.poll(self.config.poll_interval)
+                self.producer.poll(POLL_INTERVAL)
                 self._update_acks()
         self.ledger.handed_over(1, nbytes)
 

@@ -30,7 +30,7 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from feedhandler.kafka.sink import SinkConfig, frame_messages, open_sink
+from feedhandler.kafka.sink import POLL_INTERVAL, SinkConfig, frame_messages, open_sink
 from feedhandler.ops.threads import borrowed_thread, every_role, start_role
 from feedhandler.wire import packet as packets
 
@@ -43,6 +43,10 @@ class HandlerConfig(SinkConfig):
 
     workers: int = 2
     queue_reads: int = 0            # socket reads queued for the publisher; 0 = 4 per worker
+    # Seconds the publisher waits for the next read before it looks at the producer again
+    # (acknowledgements, held records) while frames await acknowledgement; with none waiting
+    # it looks every POLL_INTERVAL.
+    ack_interval: float = POLL_INTERVAL
     # Frames at most per socket read handed on as one task; 0 = the frame source's default.
     read_frames: int = 0
     # Reads of at most this many frames are decoded on the reader's thread: one thread
@@ -222,10 +226,12 @@ class Handler:
 
     def _publish_loop(self) -> None:
         start_role("fh-publisher", "publisher", self.config.cpus)
+        acks = self.sink.ledger.acks
         try:
             while True:
                 try:
-                    item = self._pending.get(timeout=self.config.poll_interval)
+                    item = self._pending.get(timeout=self.config.ack_interval
+                                             if acks.frames else POLL_INTERVAL)
                 except queue.Empty:
                     self.sink.idle()
                     continue
