@@ -24,6 +24,7 @@ from feedhandler.wire import itch, packet
 from feedhandler.cli.run import DEFAULT_GIL_SWITCH_INTERVAL
 from feedhandler.kafka.sink import BATCH_TICKS, SinkConfig, open_sink
 from feedhandler.pipeline.handler import Handler, HandlerConfig
+from feedhandler.pipeline.profiles import PROFILES
 from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig
 from feedhandler.kafka.topics import ensure_topics
 from feedhandler.kafka.routing import Routes, StockDirectory, batched_records
@@ -140,7 +141,19 @@ def delete_topic_names(kafka, topics):
 @pytest.mark.parametrize("workers", [1, 2, 4])
 def test_struct(benchmark, kafka, topic_prefix, feed, workers):
     measure(benchmark, kafka, topic_prefix, feed, "struct", workers, TICKS,
-            ["test_pure_python_baseline", "test_struct_through_produce_batch[2]"])
+            ["test_pure_python_baseline", "test_struct_through_produce_batch[2]",
+             "test_librdkafka_ceiling_for_struct"])
+
+
+@pytest.mark.benchmark(group="end-to-end")
+@pytest.mark.parametrize("workers", [2])
+def test_struct_latency_profile(benchmark, kafka, topic_prefix, feed, workers):
+    """`--profile latency` (linger.ms 1, acknowledgements looked for every 0.2 ms, short reads
+    decoded on the reader): what it costs at full speed, next to the default profile."""
+    profile = PROFILES["latency"]
+    measure(benchmark, kafka, topic_prefix, feed, "struct", workers, TICKS,
+            ["test_struct[2]", "test_librdkafka_ceiling_for_struct"],
+            producer_overrides=profile.producer, **profile.pipeline)
 
 
 @pytest.mark.benchmark(group="end-to-end")
@@ -189,7 +202,8 @@ def test_json(benchmark, kafka, topic_prefix, json_feed, workers):
 @pytest.mark.parametrize("workers", [1, 2, 4])
 def test_batched(benchmark, kafka, topic_prefix, batched_feed, workers):
     measure(benchmark, kafka, topic_prefix, batched_feed, "batched", workers, BATCHED_TICKS,
-            ["test_pure_python_baseline", "test_struct[2]"])
+            ["test_pure_python_baseline", "test_struct[2]",
+             "test_librdkafka_ceiling_for_batched[lz4]"])
 
 
 @pytest.mark.benchmark(group="end-to-end")

@@ -93,12 +93,12 @@ def paced_feed(messages: int, rate: int, sequence: int = 0):
         process.wait()
 
 
-def run_handler(prefix: str, feed, linger: int, variant: str) -> tuple[StageLatencies,
+def run_handler(prefix: str, feed, linger: int | None, variant: str) -> tuple[StageLatencies,
                                                                        float]:
     """The handler over the paced feed: its stage latencies and ticks/s."""
     routes = Routes.by_category(f"{prefix}{next(RUN_IDS)}.")
     profile, changes = VARIANTS[variant]
-    settings = profile_settings(profile, {"linger.ms": str(linger)})
+    settings = profile_settings(profile, {} if linger is None else {"linger.ms": str(linger)})
     config = HandlerConfig(BOOTSTRAP, value_format="struct", workers=2, routes=routes,
                            partitions=PARTITIONS, producer_overrides=settings.producer,
                            **{**settings.pipeline, **changes})
@@ -172,6 +172,10 @@ def run_floor(prefix: str, feed, linger: int, frames) -> LatencyHistogram:
     return acknowledged
 
 
+def linger_setting(text: str) -> int | None:
+    return None if text == "profile" else int(text)
+
+
 def ms(histogram: LatencyHistogram, percent: float) -> float:
     return histogram.percentiles_ns([percent])[0] / 1e6
 
@@ -183,7 +187,9 @@ def spread(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", type=int, nargs="+", default=[100_000, 500_000])
-    parser.add_argument("--linger", type=int, nargs="+", default=[0, 1, 5, 20])
+    parser.add_argument("--linger", type=linger_setting, nargs="+", default=[0, 1, 5, 20],
+                        help="linger.ms values, or `profile`: the profile's own (the floor "
+                             "then takes the same)")
     parser.add_argument("--profiles", nargs="+", default=["throughput"], choices=VARIANTS)
     parser.add_argument("--seconds", type=float, default=4.0, help="feed length per run")
     parser.add_argument("--rounds", type=int, default=3)
@@ -205,8 +211,11 @@ def main() -> None:
                                                "ticks_per_s")}
                 for round_number in range(args.rounds + 1):     # the first is a warm-up
                     sequence = 1 if args.join_from_start else 0
-                    floor = run_floor(prefix, paced_feed(messages, rate, sequence), linger,
-                                      frames)
+                    floor_linger = linger if linger is not None else int(profile_settings(
+                        VARIANTS[profile][0], {}).producer.get("linger.ms",
+                                                               PRODUCER_DEFAULTS["linger.ms"]))
+                    floor = run_floor(prefix, paced_feed(messages, rate, sequence),
+                                      floor_linger, frames)
                     latencies, ticks_per_s = run_handler(
                         prefix, paced_feed(messages, rate, sequence), linger, profile)
                     if not round_number:
@@ -235,7 +244,8 @@ def main() -> None:
               "produced->ack p99", "k ticks/s")
     print(" | ".join(header))
     for rate, linger, profile, figures in rows:
-        print(" | ".join([f"{rate // 1000}k", str(linger), profile] + [
+        print(" | ".join([f"{rate // 1000}k", "profile's" if linger is None else str(linger),
+                          profile] + [
             spread(figures[key]) for key in ("floor_p50", "p50", "ratio_p50", "floor_p99",
                                              "p99", "ratio_p99", "produced_p99",
                                              "decoded_p99", "kafka_p99", "ticks_per_s")]))
