@@ -27,6 +27,7 @@ import contextlib
 import json
 import statistics
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -54,6 +55,8 @@ BOOTSTRAP = "127.0.0.1:19092"
 FRAME_MESSAGES = 100
 PARTITIONS = 6
 SYMBOLS = 500
+JOIN_LEAD = 1.5         # seconds of the session that pass before the login, about
+FLOOR_MESSAGES = 1_000_000
 RUN_IDS = iter(range(1_000_000))
 # --profile, and the latency profile less one of its changes at a time (what each is worth)
 VARIANTS = {
@@ -65,15 +68,17 @@ VARIANTS = {
 
 
 @contextlib.contextmanager
-def paced_feed(messages: int, rate: int, sequence: int = 0):
-    """The frame batches of a simulator serving `messages` at `rate` a second in frames of
-    FRAME_MESSAGES. Its pacing clock starts as it starts serving, before the login: the
-    client joins from then on (sequence 0), not with a burst of what it missed (sequence 1,
-    as bench_handler's test_latency_paced does)."""
+def paced_feed(session: Path, messages: int, rate: int, sequence: int = 0):
+    """The frame batches of a simulator replaying `messages` of a session file at `rate` a
+    second in frames of FRAME_MESSAGES (a replay, not synthetic data: generating 500 k
+    messages a second live takes more than this machine has beside the handler and the
+    broker). Its pacing clock starts as it starts serving, before the login: the client joins
+    from then on (sequence 0), not with a burst of what it missed (sequence 1, as
+    bench_handler's test_latency_paced does)."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "feedhandler", "simulate", "--listen",
-                                f"127.0.0.1:{port}", "--count", str(messages), "--symbols",
-                                str(SYMBOLS), "--rate", str(rate), "--messages-per-packet",
+                                f"127.0.0.1:{port}", "--replay", str(session), "--count",
+                                str(messages), "--rate", str(rate), "--messages-per-packet",
                                 str(FRAME_MESSAGES), "--quiet"], cwd=ROOT)
     try:
         deadline = time.monotonic() + 60
@@ -117,18 +122,46 @@ def run_handler(prefix: str, feed, linger: int | None, variant: str) -> tuple[St
     return handler.latencies, account.delivered / elapsed
 
 
-def floor_records(messages: int, routes: Routes) -> list[list[tuple[str, bytes, bytes]]]:
-    """(topic, key, value) of every message of a session like the simulator's, per frame."""
-    block = orderflow.generate(messages, symbols=SYMBOLS, seed=0)
+def floor_records(data: bytes, routes: Routes) -> list[list[tuple[str, bytes, bytes]]]:
+    """(topic, key, value) of every message of a session file's first FLOOR_MESSAGES, per
+    frame (the floor sends them round and round)."""
     records = [(routes.topic_of_type[chr(m[0])], b"S%d" % (int.from_bytes(m[1:3], "big")
                                                            % SYMBOLS), m)
-               for m in split_block(block.data)]
+               for m in split_block(data)[:FLOOR_MESSAGES]]
     return [records[i:i + FRAME_MESSAGES] for i in range(0, len(records), FRAME_MESSAGES)]
 
 
-def run_floor(prefix: str, feed, linger: int, frames) -> LatencyHistogram:
-    """The plain producer at the paced feed's frames: frame-to-ack of each frame's last
-    record, from its socket read."""
+class EveryRecordAcks:
+    """The handler's definition of a frame acknowledged, for the floor: every record of the
+    frame and of every frame before it acknowledged (delivery reports on every record; called
+    on the one thread that serves them)."""
+
+    def __init__(self, histogram: LatencyHistogram):
+        self.histogram = histogram
+        self.remaining: list[int] = []      # per frame: records not yet acknowledged
+        self.received: list[int] = []
+        self.next_frame = 0                 # oldest frame not yet counted
+
+    def frame(self, records: int, received: int) -> int:
+        self.remaining.append(records)
+        self.received.append(received)
+        return len(self.remaining) - 1
+
+    def callback(self, frame: int):
+        def acked(error, _message):
+            assert error is None, error
+            self.remaining[frame] -= 1
+            now = time.monotonic_ns()
+            while self.next_frame < len(self.remaining) and not self.remaining[self.next_frame]:
+                self.histogram.record(now - self.received[self.next_frame])
+                self.next_frame += 1
+        return acked
+
+
+def run_floor(prefix: str, feed, linger: int, frames, every_record: bool) -> LatencyHistogram:
+    """The plain producer at the paced feed's frames: frame-to-ack from its socket read, of
+    each frame's last record (the issue's floor), or with `every_record` of every record up to
+    the frame (the handler's definition)."""
     routes = Routes.by_category(f"{prefix}{next(RUN_IDS)}.")
     ensure_topics(KafkaClientConfig(BOOTSTRAP), dict.fromkeys(routes.topics, PARTITIONS))
     renamed = {old: new for old, new in zip(Routes.by_category("floor.").topics,
@@ -139,12 +172,14 @@ def run_floor(prefix: str, feed, linger: int, frames) -> LatencyHistogram:
         producer.produce(topic, b"warm-up")
     producer.flush(30)
     acknowledged = LatencyHistogram()
+    every = EveryRecordAcks(acknowledged)
     done = threading.Event()
 
     def serve_reports():
         while not done.is_set():
             producer.poll(0.1)
-    def acknowledgement(received: int):
+
+    def last_record(received: int):
         def acked(error, _message):
             assert error is None, error
             acknowledged.record(time.monotonic_ns() - received)
@@ -159,11 +194,16 @@ def run_floor(prefix: str, feed, linger: int, frames) -> LatencyHistogram:
                 for _ in batch:
                     records = frames[frame_number % len(frames)]
                     frame_number += 1
+                    if every_record:
+                        acked = every.callback(every.frame(len(records), received))
+                        for topic, key, value in records:
+                            producer.produce(renamed[topic], value, key, on_delivery=acked)
+                        continue
                     for topic, key, value in records[:-1]:
                         producer.produce(renamed[topic], value, key)
                     topic, key, value = records[-1]
                     producer.produce(renamed[topic], value, key,
-                                     on_delivery=acknowledgement(received))
+                                     on_delivery=last_record(received))
         assert producer.flush(60) == 0
     finally:
         done.set()
@@ -196,13 +236,23 @@ def main() -> None:
     parser.add_argument("--join-from-start", action="store_true",
                         help="log in for the whole session (sequence 1): what was published "
                              "before the login comes at once, as in test_latency_paced")
+    parser.add_argument("--floor", choices=["last-record", "every-record"],
+                        default="last-record",
+                        help="the floor's frame acknowledged: its last record's delivery "
+                             "report (default, the issue's floor), or every record up to it "
+                             "(the handler's definition; a delivery report per record)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
     args = parser.parse_args()
     prefix = f"benchlat{int(time.time())}."
     rows = []
+    workdir = tempfile.TemporaryDirectory(prefix="bench_latency.")
+    session = Path(workdir.name) / "session.itch"
     for rate in args.rates:
-        messages = int(rate * args.seconds)
-        frames = floor_records(messages, Routes.by_category("floor."))
+        messages = int(rate * (args.seconds + JOIN_LEAD))
+        data = orderflow.generate(messages, symbols=SYMBOLS, seed=0).data
+        session.write_bytes(data)
+        frames = floor_records(data, Routes.by_category("floor."))
+        del data
         for linger in args.linger:
             for profile in args.profiles:
                 figures = {key: [] for key in ("floor_p50", "floor_p99", "p50", "p99",
@@ -214,11 +264,16 @@ def main() -> None:
                     floor_linger = linger if linger is not None else int(profile_settings(
                         VARIANTS[profile][0], {}).producer.get("linger.ms",
                                                                PRODUCER_DEFAULTS["linger.ms"]))
-                    floor = run_floor(prefix, paced_feed(messages, rate, sequence),
-                                      floor_linger, frames)
+                    floor = run_floor(prefix, paced_feed(session, messages, rate, sequence),
+                                      floor_linger, frames, args.floor == "every-record")
                     latencies, ticks_per_s = run_handler(
-                        prefix, paced_feed(messages, rate, sequence), linger, profile)
+                        prefix, paced_feed(session, messages, rate, sequence), linger,
+                        profile)
                     if not round_number:
+                        continue
+                    if not floor.total or not latencies.acknowledged.total:
+                        print(f"rate {rate} linger {linger} {profile}: a run got no frames "
+                              "(joined after the session ended); round left out", flush=True)
                         continue
                     handler = latencies.acknowledged
                     values = {"floor_p50": ms(floor, 50), "floor_p99": ms(floor, 99),
