@@ -29,6 +29,7 @@ from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig
 from feedhandler.kafka.topics import ensure_topics
 from feedhandler.kafka.routing import Routes, StockDirectory, batched_records
 from feedhandler.session import SessionClient
+from feedhandler.session.source import MAX_BATCH
 from streams import split_block
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,8 +284,10 @@ def test_librdkafka_ceiling_for_batched(benchmark, kafka, topic_prefix, compress
 
 
 def publish_packets(sink, packets) -> None:
-    for decoded in packets:
-        sink.publish(decoded, 0)
+    """As the handler's publisher does, serving the producer once per socket read's worth."""
+    for first in range(0, len(packets), MAX_BATCH):
+        for decoded in packets[first:first + MAX_BATCH]:
+            sink.publish(decoded, 0)
         sink.service()
     settled = sink.finish()
     assert settled["failed"] == settled["undelivered"] == 0

@@ -64,6 +64,8 @@ VARIANTS = {
     "latency": ("latency", {}),
     "latency-pool-decode": ("latency", {"inline_frames": 0}),
     "latency-5ms-acks": ("latency", {"ack_interval": POLL_INTERVAL}),
+    # the same records through confluent_kafka's produce_batch instead of the ProducerLink
+    "latency-produce-batch": ("latency", {"producer_link": "off"}),
 }
 
 
