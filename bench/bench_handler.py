@@ -22,12 +22,14 @@ from brokers import kafka, topic_prefix  # noqa: F401 (fixtures)
 from feedhandler.exchange import orderflow
 from feedhandler.wire import itch, packet
 from feedhandler.cli.run import DEFAULT_GIL_SWITCH_INTERVAL
-from feedhandler.kafka.sink import BATCH_TICKS
+from feedhandler.kafka.sink import BATCH_TICKS, SinkConfig, open_sink
 from feedhandler.pipeline.handler import Handler, HandlerConfig
+from feedhandler.pipeline.profiles import PROFILES
 from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig
 from feedhandler.kafka.topics import ensure_topics
 from feedhandler.kafka.routing import Routes, StockDirectory, batched_records
 from feedhandler.session import SessionClient
+from feedhandler.session.source import MAX_BATCH
 from streams import split_block
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +123,7 @@ def measure(benchmark, kafka, prefix, port, value_format, workers, ticks, agains
         benchmark.pedantic(run_handler, setup=setup, rounds=3, warmup_rounds=1)
     finally:
         delete_topics(kafka, handlers)
-    benchmark.extra_info[latency_key] = handlers[-1].acks.percentiles_ms()
+    benchmark.extra_info[latency_key] = handlers[-1].latencies.summary_ms()
 
 
 def delete_topics(kafka, handlers):
@@ -140,7 +142,19 @@ def delete_topic_names(kafka, topics):
 @pytest.mark.parametrize("workers", [1, 2, 4])
 def test_struct(benchmark, kafka, topic_prefix, feed, workers):
     measure(benchmark, kafka, topic_prefix, feed, "struct", workers, TICKS,
-            ["test_pure_python_baseline", "test_struct_through_produce_batch[2]"])
+            ["test_pure_python_baseline", "test_struct_through_produce_batch[2]",
+             "test_librdkafka_ceiling_for_struct"])
+
+
+@pytest.mark.benchmark(group="end-to-end")
+@pytest.mark.parametrize("workers", [2])
+def test_struct_latency_profile(benchmark, kafka, topic_prefix, feed, workers):
+    """`--profile latency` (linger.ms 1, acknowledgements looked for every 0.2 ms, short reads
+    decoded on the reader): what it costs at full speed, next to the default profile."""
+    profile = PROFILES["latency"]
+    measure(benchmark, kafka, topic_prefix, feed, "struct", workers, TICKS,
+            ["test_struct[2]", "test_librdkafka_ceiling_for_struct"],
+            producer_overrides=profile.producer, **profile.pipeline)
 
 
 @pytest.mark.benchmark(group="end-to-end")
@@ -189,7 +203,8 @@ def test_json(benchmark, kafka, topic_prefix, json_feed, workers):
 @pytest.mark.parametrize("workers", [1, 2, 4])
 def test_batched(benchmark, kafka, topic_prefix, batched_feed, workers):
     measure(benchmark, kafka, topic_prefix, batched_feed, "batched", workers, BATCHED_TICKS,
-            ["test_pure_python_baseline", "test_struct[2]"])
+            ["test_pure_python_baseline", "test_struct[2]",
+             "test_librdkafka_ceiling_for_batched[lz4]"])
 
 
 @pytest.mark.benchmark(group="end-to-end")
@@ -205,10 +220,7 @@ def test_batched_uncompressed(benchmark, kafka, topic_prefix, batched_feed, work
 def batched_values(ticks: int, routes: Routes) -> list[tuple[str, int, bytes, int]]:
     """(topic, partition, value, rows) of the batched records a handler makes of a simulated
     session of `ticks` messages, BATCH_TICKS at a time."""
-    messages = split_block(orderflow.generate(ticks, symbols=500, seed=5).data)
-    packets = packet.decode_many([packet.encode(messages[i:i + 500], session=b"CEILING001",
-                                                sequence=1 + i)
-                                  for i in range(0, len(messages), 500)])
+    packets = session_packets(ticks)
     directory = StockDirectory()
     for p in packets:
         if "R" in p.messages:
@@ -219,6 +231,14 @@ def batched_values(ticks: int, routes: Routes) -> list[tuple[str, int, bytes, in
             for k in range(0, len(packets), per_hold)
             for topic, partition, message_type, rows in batched_records(
                 packets[k:k + per_hold], routes.topic_of_type, partitions, directory)]
+
+
+def session_packets(ticks: int) -> list[packet.Packet]:
+    """A simulated session of `ticks` messages, decoded: what the sink gets from the decoder."""
+    messages = split_block(orderflow.generate(ticks, symbols=500, seed=5).data)
+    return packet.decode_many([packet.encode(messages[i:i + 500], session=b"CEILING001",
+                                             sequence=1 + i)
+                               for i in range(0, len(messages), 500)])
 
 
 def produce_values(producer, values, ticks: int) -> None:
@@ -261,6 +281,37 @@ def test_librdkafka_ceiling_for_batched(benchmark, kafka, topic_prefix, compress
         benchmark.pedantic(produce_values, setup=setup, rounds=3, warmup_rounds=1)
     finally:
         delete_topic_names(kafka, created)
+
+
+def publish_packets(sink, packets) -> None:
+    """As the handler's publisher does, serving the producer once per socket read's worth."""
+    for first in range(0, len(packets), MAX_BATCH):
+        for decoded in packets[first:first + MAX_BATCH]:
+            sink.publish(decoded, 0)
+        sink.service()
+    settled = sink.finish()
+    assert settled["failed"] == settled["undelivered"] == 0
+
+
+@pytest.mark.benchmark(group="end-to-end")
+def test_librdkafka_ceiling_for_struct(benchmark, kafka, topic_prefix):
+    """Ready-made decoded packets of a simulated session handed to the handler's per-tick
+    struct sink on one thread, with nothing else running (no feed, no decode threads): what
+    records built in C by the ProducerLink, librdkafka and the broker allow per-tick records
+    on this machine."""
+    benchmark.extra_info.update(messages=TICKS, against=["test_struct[2]"])
+    packets = session_packets(TICKS)
+    sinks = []
+
+    def setup():
+        sinks.append(open_sink(SinkConfig(kafka, routes=Routes.by_category(
+            f"{topic_prefix}{next(RUNS)}."), partitions=PARTITIONS)))
+        return (sinks[-1], packets), {}
+
+    try:
+        benchmark.pedantic(publish_packets, setup=setup, rounds=3, warmup_rounds=1)
+    finally:
+        delete_topic_names(kafka, [t for sink in sinks for t in sink.config.routes.every_topic])
 
 
 def pure_python_setup(kafka, topics):
@@ -351,4 +402,4 @@ def test_latency_paced(benchmark, kafka, topic_prefix, delivery):
         for process in simulators:
             process.kill()
         delete_topics(kafka, handlers)
-    benchmark.extra_info["latency_ms"] = handlers[-1].acks.percentiles_ms()
+    benchmark.extra_info["latency_ms"] = handlers[-1].latencies.summary_ms()

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from feedhandler.cli.exit_codes import ExitCode
 from feedhandler.exchange.server import Simulator, SimulatorConfig
 from feedhandler.kafka.routing import Routes
+from feedhandler.ops.latency import BUCKETS, STAGES
 from feedhandler.ops.metrics import KafkaStatistics, MetricsServer
 from feedhandler.pipeline.handler import Handler, HandlerConfig
 from feedhandler.session import SessionClient
@@ -124,6 +125,10 @@ def test_counters_move_during_a_run_and_end_equal_to_the_account(kafka, topic_pr
         assert final[f'feedhandler_decoded_messages_total{{type="{message_type}"}}'] == ticks
     assert final["feedhandler_frame_to_ack_seconds_count"] == account.frames
     assert 0 < final["feedhandler_frame_to_produce_seconds_count"] <= account.frames
+    for stage in STAGES:
+        assert final[f'feedhandler_frame_latency_seconds_count{{stage="{stage}"}}'] > 0
+    assert final['feedhandler_frame_latency_seconds_count{stage="acknowledged"}'] == \
+        account.frames
     assert final["feedhandler_decode_queue_reads"] == 0
     assert final["feedhandler_checkpoint_sequence"] == count + 1
     assert 0 < final["feedhandler_librdkafka_messages_sent_total"] <= account.records
@@ -228,13 +233,14 @@ def test_metrics_are_off_by_default_and_create_nothing_unasked(kafka, topic_pref
     try:
         handler = Handler(HandlerConfig(kafka, routes=Routes.by_category(topic_prefix),
                                         partitions=1))
-        assert handler.produce_latencies_ns is None
-        assert handler.sink.ledger.acks.recent_latencies_ns is None
         account = handler.run(SessionClient("127.0.0.1", exchange.port, username="feed",
                                             password="feed"))
     finally:
         exchange.stop()
     assert account.delivered == 20_000
+    # latencies are kept in fixed memory, metrics or not
+    for histogram in handler.latencies.stages.values():
+        assert len(histogram.counts) == BUCKETS
     assert sum(account.decoded_by_type.values()) == account.decoded
 
 

@@ -35,7 +35,9 @@ from feedhandler.kafka.routing import CATEGORIES, VALUE_FORMATS
 from feedhandler.kafka.sink import STATISTICS_INTERVAL_MS
 from feedhandler.kafka.topics import KafkaStartError, check_reachable
 from feedhandler.ops import service, threads
+from feedhandler.ops.latency import format_table
 from feedhandler.pipeline.handler import Handler, HandlerConfig
+from feedhandler.pipeline.profiles import DEFAULT_PROFILE, PROFILES, profile_settings
 from feedhandler.session import (FrameSource, ListenSource, LoginRejected, SessionClient,
                                  SessionError)
 from feedhandler.session.moldudp import MoldSource
@@ -140,6 +142,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
                         help="librdkafka setting, e.g. -X linger.ms=5 (repeatable); the "
                              "security ones (security.protocol, sasl.*, ssl.*) reach every "
                              "Kafka client of the handler (docs/kafka.md, Secured Kafka)")
+    parser.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
+                        help="throughput: large producer batches (linger.ms 20), "
+                             "acknowledgements looked for every 5 ms when the feed is quiet "
+                             "(default); latency: linger.ms 1, every 0.2 ms, short socket reads "
+                             "decoded on the reader's thread. -X settings win; see docs/kafka.md")
     parser.add_argument("--workers", type=int, default=2, help="decode threads (default 2)")
     parser.add_argument("--format", choices=VALUE_FORMATS, default="struct",
                         help="record value format (default struct); see docs/kafka.md")
@@ -421,16 +428,21 @@ def _fail(code: ExitCode, problem) -> ExitCode:
     return code
 
 
+def producer_settings(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The -X settings over the --profile's own, and --exactly-once's transactional.id."""
+    settings = list(profile_settings(args.profile, dict(args.producer_settings)).producer.items())
+    if args.exactly_once and not any(key == "transactional.id" for key, _ in settings):
+        settings.append(("transactional.id", f"feedhandler-{args.topic_prefix}"))
+    return settings
+
+
 def check_arguments(args: argparse.Namespace):
     """(routes, Kafka client config) of the arguments, checked without connecting anywhere
     (also `feedhandler config check`); validate.UsageError for the first problem."""
     validate.counts(args)
     _check_transport(args)
     routes = validate.routes(args.topic_prefix, args.route)
-    settings = list(args.producer_settings)
-    if args.exactly_once and not any(key == "transactional.id" for key, _ in settings):
-        settings.append(("transactional.id", f"feedhandler-{args.topic_prefix}"))
-    return routes, validate.kafka_client(args.bootstrap_servers, settings)
+    return routes, validate.kafka_client(args.bootstrap_servers, producer_settings(args))
 
 
 def _explained(args: argparse.Namespace, problem) -> str:
@@ -478,7 +490,7 @@ def _start(args, routes, kafka, cpus, metrics, statistics) -> int:
         replication_factor=args.replication_factor, producer_overrides=kafka.settings,
         headers=args.headers, timestamp_base_ms=midnight_ms(args.trade_date),
         flush_timeout=args.flush_timeout, producer_link=args.producer_link, cpus=cpus,
-        statistics=statistics)
+        statistics=statistics, **PROFILES[args.profile].pipeline)
     try:
         if "transactional.id" in kafka.settings:
             fence_previous(kafka)
@@ -544,7 +556,7 @@ def _start(args, routes, kafka, cpus, metrics, statistics) -> int:
     elapsed = time.monotonic() - started
     summary = {**account.as_dict(), "seconds": round(elapsed, 3),
                "ticks_per_s": round(account.delivered / elapsed) if elapsed else 0,
-               "latency_ms": handler.acks.percentiles_ms()}
+               "latency_ms": handler.latencies.summary_ms()}
     if hasattr(source, "stats"):
         summary["feed"] = source.stats()
     if args.json_stats:
@@ -572,9 +584,7 @@ def format_account(summary: dict) -> str:
         lines.append(f"  {key:<20} {summary[key]}")
     if summary["failure_reasons"]:
         lines.append(f"  failure reasons      {summary['failure_reasons']}")
-    if summary["latency_ms"]:
-        lines.append("  frame->ack latency   " + ", ".join(
-            f"{k} {v} ms" for k, v in summary["latency_ms"].items()))
+    lines.extend(format_table(summary["latency_ms"]))
     for part, figures in summary.get("feed", {}).get("lines", {}).items():
         lines.append(f"  line {part:<15} {json.dumps(figures)}")
     if "feed" in summary:

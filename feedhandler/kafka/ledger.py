@@ -12,14 +12,11 @@ import threading
 import time
 from collections import Counter, deque
 
-import numpy as np
-
 from feedhandler.kafka._producer_link import ProducerLink
+from feedhandler.ops.latency import StageLatencies
 
 log = logging.getLogger(__name__)
 
-LATENCY_SAMPLES = 1_000_000
-LATENCY_BACKLOG = 1 << 18       # latency samples a metrics reader may fall behind by
 FAILURE_LOG_INTERVAL = 5.0      # seconds between log lines about one failure reason
 
 
@@ -82,38 +79,45 @@ class Acknowledgements:
     in order, so a frame counts as acknowledged once that figure reaches the running total at its
     end. This is conservative: a frame waits for every record before it, on any partition, and
     its latency includes that wait. `next_sequence` is the sequence number after the newest
-    acknowledged frame: every tick before it is acknowledged (or failed, and counted)."""
+    acknowledged frame: every tick before it is acknowledged (or failed, and counted).
 
-    def __init__(self):
-        # (records produced through this frame, ticks, receipt ns or None, next sequence)
+    Both calls come from the sink's one thread, which records the frames' "produced", "kafka"
+    and "acknowledged" stages into `latencies` (feedhandler.ops.latency)."""
+
+    def __init__(self, latencies: StageLatencies | None = None):
+        # (records produced through this frame, ticks, receipt ns or None, handed-over ns,
+        # next sequence)
         self.frames: deque = deque()
         self.ticks = 0
         self.next_sequence = 0
-        self.latencies_ns: list[int] = []       # the first LATENCY_SAMPLES, for percentiles_ms
-        # Every sample, until feedhandler.ops.metrics takes them: a deque of at most
-        # LATENCY_BACKLOG it puts here; None (no samples kept) without metrics.
-        self.recent_latencies_ns: deque[int] | None = None
+        self.latencies = latencies if latencies is not None else StageLatencies()
         self.checks = 0     # calls of update(): the publisher is alive (service watchdog)
 
     def frame_produced(self, records_total: int, ticks: int, received_ns: int | None,
                        next_sequence: int | None) -> None:
-        """A frame whose records end at `records_total`; without `received_ns` it made no
-        record of its own and adds no latency sample."""
-        self.frames.append((records_total, ticks, received_ns, next_sequence))
+        """A frame whose records end at `records_total`, just handed to the producer; without
+        `received_ns` it made no record of its own and adds no latency sample."""
+        produced = 0
+        if received_ns is not None:
+            produced = time.monotonic_ns()
+            self.latencies.produced.record(produced - received_ns)
+        self.frames.append((records_total, ticks, received_ns, produced, next_sequence))
 
     def update(self, acknowledged_records: int) -> None:
         self.checks += 1
+        frames = self.frames
+        if not frames or frames[0][0] > acknowledged_records:
+            return
         now = time.monotonic_ns()
-        while self.frames and self.frames[0][0] <= acknowledged_records:
-            _, ticks, received, next_sequence = self.frames.popleft()
+        kafka, acknowledged = self.latencies.kafka, self.latencies.acknowledged
+        while frames and frames[0][0] <= acknowledged_records:
+            _, ticks, received, produced, next_sequence = frames.popleft()
             self.ticks += ticks
             if next_sequence is not None:
                 self.next_sequence = next_sequence
             if received is not None:
-                if self.recent_latencies_ns is not None:
-                    self.recent_latencies_ns.append(now - received)
-                if len(self.latencies_ns) < LATENCY_SAMPLES:
-                    self.latencies_ns.append(now - received)
+                kafka.record(now - produced)
+                acknowledged.record(now - received)
 
     def oldest_age_ms(self) -> float:
         """Age of the oldest frame not yet acknowledged; safe from any thread (the deque may
@@ -126,22 +130,15 @@ class Acknowledgements:
                 continue
         return (time.monotonic_ns() - oldest) / 1e6 if oldest is not None else 0.0
 
-    def percentiles_ms(self) -> dict[str, float]:
-        if not self.latencies_ns:
-            return {}
-        values = np.percentile(np.array(self.latencies_ns), [50, 99, 99.9]) / 1e6
-        return {"p50": round(float(values[0]), 3), "p99": round(float(values[1]), 3),
-                "p99.9": round(float(values[2]), 3)}
-
 
 class DeliveryLedger:
     """Records and ticks handed to the producer, their bytes, failures (`errors`), frame
     acknowledgements (`acks`), dead letters and backpressure waits; `settle` turns them into
     delivered, failed and undelivered ticks once the producer has been flushed."""
 
-    def __init__(self, errors: DeliveryErrors):
+    def __init__(self, errors: DeliveryErrors, latencies: StageLatencies | None = None):
         self.errors = errors
-        self.acks = Acknowledgements()
+        self.acks = Acknowledgements(latencies)
         self.records = 0            # records handed to the producer, dead letters included
         self.ticks = 0              # ticks in them (dead letters excluded)
         self.dead_lettered = 0

@@ -2,9 +2,9 @@
 
 Nothing here costs the pipeline a call per tick: the counters are the handler's own running
 totals (its Account, the sink's DeliveryLedger, the SequenceTracker), read when Prometheus
-scrapes (`PipelineCollector`). The two latency histograms take the samples the handler and the
-ledger keep per socket read and per acknowledged frame while metrics are on, and bin them with
-numpy at most every SAMPLE_INTERVAL. librdkafka's statistics (`statistics.interval.ms`) come as
+scrapes (`PipelineCollector`). The latency histograms are the handler's own fixed-memory ones
+(feedhandler.ops.latency, recorded per frame on the publisher thread), rebinned into
+LATENCY_BUCKETS at scrape time. librdkafka's statistics (`statistics.interval.ms`) come as
 a JSON string to `KafkaStatistics` on the publisher thread, which only keeps it; it is parsed on
 the metrics thread.
 
@@ -18,18 +18,15 @@ import json
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, InfoMetricFamily)
 from prometheus_client.registry import Collector
 
-from feedhandler.kafka.ledger import LATENCY_BACKLOG
+from feedhandler.ops.latency import STAGES
 from feedhandler.ops.threads import name_thread
 from feedhandler.ops.version import version_info
 
@@ -39,7 +36,8 @@ PREFIX = "feedhandler"
 # Upper bounds (seconds) of the latency histograms' buckets, +Inf implied.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-SAMPLE_INTERVAL = 0.5           # seconds between the metrics thread's passes over the samples
+_LATENCY_BOUNDS_NS = [bound * 1e9 for bound in LATENCY_BUCKETS]
+SHUTDOWN_POLL = 0.5             # seconds the server takes at most to see close()
 # Kafka counts as unreachable when no broker is UP in librdkafka's newest statistics, or when
 # none came for this many statistics intervals (the publisher polls the producer, which is
 # what delivers them).
@@ -48,40 +46,21 @@ RTT_STATS = ("avg", "p50", "p99", "max")        # librdkafka window statistics e
 BATCH_STATS = ("avg", "p50", "p99")
 
 
-class LatencyHistogram:
-    """Cumulative bucket counts and the sum of latency samples in nanoseconds, taken from a
-    bounded deque that the pipeline appends to (`samples`)."""
-
-    def __init__(self, name: str, documentation: str):
-        self.name = name
-        self.documentation = documentation
-        self.samples: deque[int] = deque(maxlen=LATENCY_BACKLOG)
-        self._bounds_ns = np.array(LATENCY_BUCKETS) * 1e9
-        self._counts = np.zeros(len(LATENCY_BUCKETS) + 1, dtype=np.int64)
-        self._sum_ns = 0
-        self._lock = threading.Lock()
-
-    def take(self) -> None:
-        """Bin the samples appended since the last call."""
-        with self._lock:
-            samples = self.samples
-            taken = np.fromiter((samples.popleft() for _ in range(len(samples))), np.int64)
-            if not len(taken):
-                return
-            where = np.searchsorted(self._bounds_ns, taken, side="left")
-            self._counts += np.bincount(where, minlength=len(self._counts))
-            self._sum_ns += int(taken.sum())
-
-    def family(self) -> HistogramMetricFamily:
-        self.take()
-        with self._lock:
-            cumulative = np.cumsum(self._counts)
-            total_ns = self._sum_ns
-        buckets = [(f"{bound:g}", int(count)) for bound, count in zip(LATENCY_BUCKETS,
-                                                                       cumulative)]
-        buckets.append(("+Inf", int(cumulative[-1])))
-        return HistogramMetricFamily(self.name, self.documentation, buckets=buckets,
-                                     sum_value=total_ns / 1e9)
+def latency_family(name: str, documentation: str, histograms: dict) -> HistogramMetricFamily:
+    """A Prometheus histogram of the pipeline's fixed-memory latency histograms (ops.latency),
+    read as they are at scrape time: one series per key of `histograms` (labelled `stage`), or
+    an unlabelled one under the key None."""
+    labels = [] if None in histograms else ["stage"]
+    family = HistogramMetricFamily(name, documentation, labels=labels)
+    for stage, histogram in histograms.items():
+        total = histogram.total
+        counts = histogram.counts_at_most(_LATENCY_BOUNDS_NS)
+        buckets = [(f"{bound:g}", min(count, total)) for bound, count in zip(LATENCY_BUCKETS,
+                                                                               counts)]
+        buckets.append(("+Inf", total))
+        family.add_metric([] if stage is None else [stage], buckets,
+                          sum_value=histogram.sum_ns / 1e9)
+    return family
 
 
 class KafkaStatistics:
@@ -197,19 +176,7 @@ class PipelineCollector(Collector):
         self.handler = handler
         self.source = source
         self.statistics = statistics
-        self.produce_latency = LatencyHistogram(
-            f"{PREFIX}_frame_to_produce_seconds",
-            "From a socket read's arrival until the sink took its frames")
-        self.ack_latency = LatencyHistogram(
-            f"{PREFIX}_frame_to_ack_seconds",
-            "From a frame's arrival until Kafka acknowledged its every record")
-        handler.produce_latencies_ns = self.produce_latency.samples
-        handler.sink.ledger.acks.recent_latencies_ns = self.ack_latency.samples
         self._delivered = 0
-
-    def take_samples(self) -> None:
-        self.produce_latency.take()
-        self.ack_latency.take()
 
     def delivered(self) -> int:
         """Ticks delivered: the settled account's figure at the end; before, ticks in frames
@@ -292,8 +259,14 @@ class PipelineCollector(Collector):
             yield gauge("kafka_up", "1 while a Kafka broker is up (librdkafka's statistics)",
                         int(kafka_up))
             yield from self.statistics.families()
-        yield self.produce_latency.family()
-        yield self.ack_latency.family()
+        stages = handler.latencies.stages
+        yield latency_family(f"{PREFIX}_frame_to_produce_seconds", STAGES["produced"],
+                             {None: stages["produced"]})
+        yield latency_family(f"{PREFIX}_frame_to_ack_seconds", STAGES["acknowledged"],
+                             {None: stages["acknowledged"]})
+        yield latency_family(f"{PREFIX}_frame_latency_seconds", "A frame's way through the "
+                             "handler by stage: " + "; ".join(f"{stage}: {what}" for stage, what
+                                                              in STAGES.items()), stages)
 
 
 def _failure_reasons(errors) -> dict[str, int]:
@@ -319,7 +292,6 @@ class MetricsServer:
         self.collector: PipelineCollector | None = None
         self.phase = "starting"
         self._server = _Server((host, port), _endpoints_of(self))
-        self._server.take_samples = self.take_samples
         self.address = self._server.server_address[:2]
         self._thread = threading.Thread(target=self._serve, name="fh-metrics", daemon=True)
         self._thread.start()
@@ -330,11 +302,7 @@ class MetricsServer:
 
     def _serve(self) -> None:
         name_thread("fh-metrics")      # request threads inherit the kernel name
-        self._server.serve_forever(poll_interval=SAMPLE_INTERVAL)
-
-    def take_samples(self) -> None:
-        if self.collector is not None:
-            self.collector.take_samples()
+        self._server.serve_forever(poll_interval=SHUTDOWN_POLL)
 
     def close(self) -> None:
         self._server.shutdown()
@@ -390,11 +358,6 @@ class _InfoCollector(Collector):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    take_samples: Callable[[], None]
-
-    def service_actions(self):
-        # serve_forever calls this between requests, at least every poll interval.
-        self.take_samples()
 
 
 def _endpoints_of(server: MetricsServer) -> type[BaseHTTPRequestHandler]:

@@ -26,8 +26,8 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from feedhandler.kafka.sink import POLL_INTERVAL, SinkConfig, frame_messages, open_sink
@@ -43,6 +43,15 @@ class HandlerConfig(SinkConfig):
 
     workers: int = 2
     queue_reads: int = 0            # socket reads queued for the publisher; 0 = 4 per worker
+    # Seconds the publisher waits for the next read before it looks at the producer again
+    # (acknowledgements, held records) while frames await acknowledgement; with none waiting
+    # it looks every POLL_INTERVAL.
+    ack_interval: float = POLL_INTERVAL
+    # Frames at most per socket read handed on as one task; 0 = the frame source's default.
+    read_frames: int = 0
+    # Reads of at most this many frames are decoded on the reader's thread: one thread
+    # hand-off less for a small read, whose decode takes microseconds (0 = never).
+    inline_frames: int = 0
     # CPUs per thread role ("reader", "decode", "publisher"), from feedhandler.ops.threads
     # parse_cpus; a role not named keeps the mask it inherits.
     cpus: dict = field(default_factory=dict)
@@ -83,6 +92,12 @@ class Account:
         return {**asdict(self), "decoded_by_type": dict(self.decoded_by_type), "lost": self.lost}
 
 
+def _decode(batch: list) -> tuple[list[packets.Packet], int]:
+    """A socket read's packets (on a worker) and when their decoding was done."""
+    decoded = packets.decode_many(batch, policy="quarantine")
+    return decoded, time.monotonic_ns()
+
+
 class Handler:
     """Runs the pipeline over a frame source until it ends or `stop()` is called.
 
@@ -95,15 +110,16 @@ class Handler:
         self._pending: queue.Queue = queue.Queue(config.queue_reads or 4 * config.workers)
         self._publisher_error: BaseException | None = None
         # For metrics and the service watchdog, read from other threads: when the newest
-        # socket read came in; per read, the nanoseconds from its arrival until the sink took
-        # its frames (a deque feedhandler.ops.metrics puts here and empties; None without
-        # metrics); whether the publisher is flushing (nothing more comes) or has settled.
+        # socket read came in; whether the publisher is flushing (nothing more comes) or has
+        # settled.
         self.last_read_ns = 0
-        self.produce_latencies_ns: deque[int] | None = None
         self.draining = threading.Event()
         self.settled = False
         self.sink = open_sink(config)
         self.account.producer_path = self.sink.path
+        # Every frame's way from its socket read's arrival, per stage (ops.latency.STAGES),
+        # all recorded on the publisher thread.
+        self.latencies = self.sink.ledger.acks.latencies
 
     @property
     def link(self):
@@ -124,7 +140,12 @@ class Handler:
         `tracker`'s gaps, missing messages and duplicates go into the account) or any iterable
         of frames or of lists of frames (one list per socket read, decoded as one task, which
         spares the per-frame cost of the hand-offs)."""
-        batches = frames.batches() if hasattr(frames, "batches") else frames
+        if not hasattr(frames, "batches"):
+            batches = frames
+        elif self.config.read_frames:
+            batches = frames.batches(self.config.read_frames)
+        else:
+            batches = frames.batches()
         cpus = every_role(self.config.cpus)
         with borrowed_thread("fh-reader", "reader", cpus):
             publisher = threading.Thread(target=self._publish_loop, name="fh-publisher",
@@ -153,7 +174,14 @@ class Handler:
             if not isinstance(batch, list):
                 batch = [batch]
             self.account.frames += len(batch)
-            future = pool.submit(packets.decode_many, batch, policy="quarantine")
+            if len(batch) <= self.config.inline_frames:
+                future = Future()
+                try:
+                    future.set_result(_decode(batch))
+                except Exception as error:      # surfaces on the publisher, as from the pool
+                    future.set_exception(error)
+            else:
+                future = pool.submit(_decode, batch)
             while True:     # blocks while the publisher is behind: backpressure
                 try:
                     self._pending.put((future, received), timeout=0.1)
@@ -198,21 +226,23 @@ class Handler:
 
     def _publish_loop(self) -> None:
         start_role("fh-publisher", "publisher", self.config.cpus)
+        acks = self.sink.ledger.acks
         try:
             while True:
                 try:
-                    item = self._pending.get(timeout=POLL_INTERVAL)
+                    item = self._pending.get(timeout=self.config.ack_interval
+                                             if acks.frames else POLL_INTERVAL)
                 except queue.Empty:
                     self.sink.idle()
                     continue
                 if item is None:
                     break
                 future, received = item
-                for packet in future.result():
+                decoded_packets, decoded = future.result()
+                self.latencies.decoded.record(decoded - received)
+                for packet in decoded_packets:
                     self._count(packet)
                     self.sink.publish(packet, received)
-                if self.produce_latencies_ns is not None:
-                    self.produce_latencies_ns.append(time.monotonic_ns() - received)
                 self.sink.service()
         except BaseException as error:      # surfaced by run() on the reader's thread
             log.exception("publisher failed")

@@ -1,0 +1,315 @@
+"""Frame-to-ack latency of the handler next to the floor Kafka itself sets, in the same run.
+
+For each feed rate and linger.ms: the simulator (its own process) serves a session paced at
+the rate in frames of FRAME_MESSAGES messages, and
+
+- the handler (struct format, 2 workers, in this process, as `feedhandler run` sets the GIL
+  switch interval) reads, decodes and publishes it; its per-stage latency histograms
+  (feedhandler.ops.latency) give the figures;
+- the floor: the same session client reads the same paced feed, and a plain confluent-kafka
+  producer (the handler's producer defaults: acks=all, idempotence, lz4; the same linger.ms)
+  sends ready-made records of the same messages (the ITCH message as value, the symbol as key,
+  the handler's topics by category, 6 partitions each) at the frames' pace, a delivery
+  callback on each frame's last record, delivery reports served by a thread blocked in
+  poll(). Frame-to-ack is measured from the socket read, as the handler's is.
+
+Handler and floor take turns, ROUNDS times per setting after an unmeasured warm-up pair; the
+table gives medians over rounds with their ranges, and the ratio handler / floor per round.
+
+    PYTHONPATH=$PWD python3 bench/bench_latency.py [--rates 100000 500000]
+        [--linger 0 1 5 20] [--seconds 4] [--rounds 3] [--profiles throughput latency]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import subprocess
+import tempfile
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
+
+from confluent_kafka import Producer  # noqa: E402
+
+from bench_handler import delete_topic_names, free_port  # noqa: E402
+from feedhandler.cli.run import DEFAULT_GIL_SWITCH_INTERVAL  # noqa: E402
+from feedhandler.exchange import orderflow  # noqa: E402
+from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig  # noqa: E402
+from feedhandler.kafka.routing import Routes  # noqa: E402
+from feedhandler.kafka.topics import ensure_topics  # noqa: E402
+from feedhandler.ops.latency import LatencyHistogram, StageLatencies  # noqa: E402
+from feedhandler.pipeline.handler import Handler, HandlerConfig  # noqa: E402
+from feedhandler.kafka.sink import POLL_INTERVAL  # noqa: E402
+from feedhandler.pipeline.profiles import profile_settings  # noqa: E402
+from feedhandler.session import SessionClient  # noqa: E402
+from streams import split_block  # noqa: E402
+
+BOOTSTRAP = "127.0.0.1:19092"
+FRAME_MESSAGES = 100
+PARTITIONS = 6
+SYMBOLS = 500
+JOIN_LEAD = 1.5         # seconds of the session that pass before the login, about
+FLOOR_MESSAGES = 1_000_000
+RUN_IDS = iter(range(1_000_000))
+# --profile, and the latency profile less one of its changes at a time (what each is worth)
+VARIANTS = {
+    "throughput": ("throughput", {}),
+    "latency": ("latency", {}),
+    "latency-pool-decode": ("latency", {"inline_frames": 0}),
+    "latency-5ms-acks": ("latency", {"ack_interval": POLL_INTERVAL}),
+    # the same records through confluent_kafka's produce_batch instead of the ProducerLink
+    "latency-produce-batch": ("latency", {"producer_link": "off"}),
+}
+
+
+@contextlib.contextmanager
+def paced_feed(session: Path, messages: int, rate: int, sequence: int = 0):
+    """The frame batches of a simulator replaying `messages` of a session file at `rate` a
+    second in frames of FRAME_MESSAGES (a replay, not synthetic data: generating 500 k
+    messages a second live takes more than this machine has beside the handler and the
+    broker). Its pacing clock starts as it starts serving, before the login: the client joins
+    from then on (sequence 0), not with a burst of what it missed (sequence 1, as
+    bench_handler's test_latency_paced does)."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "feedhandler", "simulate", "--listen",
+                                f"127.0.0.1:{port}", "--replay", str(session), "--count",
+                                str(messages), "--rate", str(rate), "--messages-per-packet",
+                                str(FRAME_MESSAGES), "--quiet"], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client = SessionClient("127.0.0.1", port, username="feed", password="feed",
+                                       sequence=sequence)
+                client.open()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+        yield client.batches()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def run_handler(prefix: str, feed, linger: int | None, variant: str) -> tuple[StageLatencies,
+                                                                       float]:
+    """The handler over the paced feed: its stage latencies and ticks/s."""
+    routes = Routes.by_category(f"{prefix}{next(RUN_IDS)}.")
+    profile, changes = VARIANTS[variant]
+    settings = profile_settings(profile, {} if linger is None else {"linger.ms": str(linger)})
+    config = HandlerConfig(BOOTSTRAP, value_format="struct", workers=2, routes=routes,
+                           partitions=PARTITIONS, producer_overrides=settings.producer,
+                           **{**settings.pipeline, **changes})
+    handler = Handler(config)
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(DEFAULT_GIL_SWITCH_INTERVAL)
+    try:
+        with feed as frames:
+            started = time.monotonic()
+            account = handler.run(frames)
+            elapsed = time.monotonic() - started
+    finally:
+        sys.setswitchinterval(switch_interval)
+        delete_topic_names(BOOTSTRAP, routes.every_topic)
+    assert account.lost == 0, account
+    return handler.latencies, account.delivered / elapsed
+
+
+def floor_records(data: bytes, routes: Routes) -> list[list[tuple[str, bytes, bytes]]]:
+    """(topic, key, value) of every message of a session file's first FLOOR_MESSAGES, per
+    frame (the floor sends them round and round)."""
+    records = [(routes.topic_of_type[chr(m[0])], b"S%d" % (int.from_bytes(m[1:3], "big")
+                                                           % SYMBOLS), m)
+               for m in split_block(data)[:FLOOR_MESSAGES]]
+    return [records[i:i + FRAME_MESSAGES] for i in range(0, len(records), FRAME_MESSAGES)]
+
+
+class EveryRecordAcks:
+    """The handler's definition of a frame acknowledged, for the floor: every record of the
+    frame and of every frame before it acknowledged (delivery reports on every record; called
+    on the one thread that serves them)."""
+
+    def __init__(self, histogram: LatencyHistogram):
+        self.histogram = histogram
+        self.remaining: list[int] = []      # per frame: records not yet acknowledged
+        self.received: list[int] = []
+        self.next_frame = 0                 # oldest frame not yet counted
+
+    def frame(self, records: int, received: int) -> int:
+        self.remaining.append(records)
+        self.received.append(received)
+        return len(self.remaining) - 1
+
+    def callback(self, frame: int):
+        def acked(error, _message):
+            assert error is None, error
+            self.remaining[frame] -= 1
+            now = time.monotonic_ns()
+            while self.next_frame < len(self.remaining) and not self.remaining[self.next_frame]:
+                self.histogram.record(now - self.received[self.next_frame])
+                self.next_frame += 1
+        return acked
+
+
+def run_floor(prefix: str, feed, linger: int, frames, every_record: bool) -> LatencyHistogram:
+    """The plain producer at the paced feed's frames: frame-to-ack from its socket read, of
+    each frame's last record (the issue's floor), or with `every_record` of every record up to
+    the frame (the handler's definition)."""
+    routes = Routes.by_category(f"{prefix}{next(RUN_IDS)}.")
+    ensure_topics(KafkaClientConfig(BOOTSTRAP), dict.fromkeys(routes.topics, PARTITIONS))
+    renamed = {old: new for old, new in zip(Routes.by_category("floor.").topics,
+                                            routes.topics)}
+    producer = Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": BOOTSTRAP,
+                         "linger.ms": linger, "delivery.report.only.error": False})
+    for topic in routes.topics:         # connected, producer id and leaders known
+        producer.produce(topic, b"warm-up")
+    producer.flush(30)
+    acknowledged = LatencyHistogram()
+    every = EveryRecordAcks(acknowledged)
+    done = threading.Event()
+
+    def serve_reports():
+        while not done.is_set():
+            producer.poll(0.1)
+
+    def last_record(received: int):
+        def acked(error, _message):
+            assert error is None, error
+            acknowledged.record(time.monotonic_ns() - received)
+        return acked
+    server = threading.Thread(target=serve_reports, daemon=True)
+    server.start()
+    frame_number = 0
+    try:
+        with feed as batches:
+            for batch in batches:
+                received = time.monotonic_ns()
+                for _ in batch:
+                    records = frames[frame_number % len(frames)]
+                    frame_number += 1
+                    if every_record:
+                        acked = every.callback(every.frame(len(records), received))
+                        for topic, key, value in records:
+                            producer.produce(renamed[topic], value, key, on_delivery=acked)
+                        continue
+                    for topic, key, value in records[:-1]:
+                        producer.produce(renamed[topic], value, key)
+                    topic, key, value = records[-1]
+                    producer.produce(renamed[topic], value, key,
+                                     on_delivery=last_record(received))
+        assert producer.flush(60) == 0
+    finally:
+        done.set()
+        server.join()
+        delete_topic_names(BOOTSTRAP, routes.topics)
+    return acknowledged
+
+
+def linger_setting(text: str) -> int | None:
+    return None if text == "profile" else int(text)
+
+
+def ms(histogram: LatencyHistogram, percent: float) -> float:
+    return histogram.percentiles_ns([percent])[0] / 1e6
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", type=int, nargs="+", default=[100_000, 500_000])
+    parser.add_argument("--linger", type=linger_setting, nargs="+", default=[0, 1, 5, 20],
+                        help="linger.ms values, or `profile`: the profile's own (the floor "
+                             "then takes the same)")
+    parser.add_argument("--profiles", nargs="+", default=["throughput"], choices=VARIANTS)
+    parser.add_argument("--seconds", type=float, default=4.0, help="feed length per run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--join-from-start", action="store_true",
+                        help="log in for the whole session (sequence 1): what was published "
+                             "before the login comes at once, as in test_latency_paced")
+    parser.add_argument("--floor", choices=["last-record", "every-record"],
+                        default="last-record",
+                        help="the floor's frame acknowledged: its last record's delivery "
+                             "report (default, the issue's floor), or every record up to it "
+                             "(the handler's definition; a delivery report per record)")
+    parser.add_argument("--json", metavar="FILE", help="also write every figure here")
+    args = parser.parse_args()
+    prefix = f"benchlat{int(time.time())}."
+    rows = []
+    workdir = tempfile.TemporaryDirectory(prefix="bench_latency.")
+    session = Path(workdir.name) / "session.itch"
+    for rate in args.rates:
+        messages = int(rate * (args.seconds + JOIN_LEAD))
+        data = orderflow.generate(messages, symbols=SYMBOLS, seed=0).data
+        session.write_bytes(data)
+        frames = floor_records(data, Routes.by_category("floor."))
+        del data
+        for linger in args.linger:
+            for profile in args.profiles:
+                figures = {key: [] for key in ("floor_p50", "floor_p99", "p50", "p99",
+                                               "ratio_p50", "ratio_p99", "produced_p99",
+                                               "decoded_p99", "kafka_p50", "kafka_p99",
+                                               "ticks_per_s")}
+                for round_number in range(args.rounds + 1):     # the first is a warm-up
+                    sequence = 1 if args.join_from_start else 0
+                    floor_linger = linger if linger is not None else int(profile_settings(
+                        VARIANTS[profile][0], {}).producer.get("linger.ms",
+                                                               PRODUCER_DEFAULTS["linger.ms"]))
+                    floor = run_floor(prefix, paced_feed(session, messages, rate, sequence),
+                                      floor_linger, frames, args.floor == "every-record")
+                    latencies, ticks_per_s = run_handler(
+                        prefix, paced_feed(session, messages, rate, sequence), linger,
+                        profile)
+                    if not round_number:
+                        continue
+                    if not floor.total or not latencies.acknowledged.total:
+                        print(f"rate {rate} linger {linger} {profile}: a run got no frames "
+                              "(joined after the session ended); round left out", flush=True)
+                        continue
+                    handler = latencies.acknowledged
+                    values = {"floor_p50": ms(floor, 50), "floor_p99": ms(floor, 99),
+                              "p50": ms(handler, 50), "p99": ms(handler, 99),
+                              "produced_p99": ms(latencies.produced, 99),
+                              "decoded_p99": ms(latencies.decoded, 99),
+                              "kafka_p50": ms(latencies.kafka, 50),
+                              "kafka_p99": ms(latencies.kafka, 99),
+                              "ticks_per_s": ticks_per_s / 1e3}
+                    values["ratio_p50"] = values["p50"] / values["floor_p50"]
+                    values["ratio_p99"] = values["p99"] / values["floor_p99"]
+                    for key, value in values.items():
+                        figures[key].append(value)
+                    print(json.dumps({"rate": rate, "linger": linger, "profile": profile,
+                                      "round": round_number,
+                                      **{k: round(v, 3) for k, v in values.items()},
+                                      "stages": latencies.summary_ms()}), flush=True)
+                rows.append((rate, linger, profile, figures))
+    print()
+    print("medians of rounds (range); ms unless said; ratio = handler / floor, same round")
+    header = ("rate", "linger", "profile", "floor p50", "handler p50", "ratio", "floor p99",
+              "handler p99", "ratio", "rcpt->produced p99", "rcpt->decoded p99",
+              "produced->ack p99", "k ticks/s")
+    print(" | ".join(header))
+    for rate, linger, profile, figures in rows:
+        print(" | ".join([f"{rate // 1000}k", "profile's" if linger is None else str(linger),
+                          profile] + [
+            spread(figures[key]) for key in ("floor_p50", "p50", "ratio_p50", "floor_p99",
+                                             "p99", "ratio_p99", "produced_p99",
+                                             "decoded_p99", "kafka_p99", "ticks_per_s")]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            [{"rate": r, "linger": l, "profile": p, **f} for r, l, p, f in rows], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""`--profile`: what the handler aims for, as producer settings and pipeline cadences.
+
+- throughput (the default): large producer batches (PRODUCER_DEFAULTS: linger.ms 20),
+  acknowledgements checked after every socket read and every 5 ms (POLL_INTERVAL) while the
+  feed is quiet, up to the source's default frames per socket read in one task, decoded on
+  the worker pool.
+- latency: small batches sent at once (linger.ms 1), acknowledgements checked every
+  LATENCY_ACK_INTERVAL while frames await them and the feed is quiet, socket reads of at most
+  LATENCY_READ_FRAMES frames, decoded on the reader's thread (one thread hand-off less).
+
+Explicit `-X` settings win over a profile's producer settings. docs/kafka.md gives the
+measured trade-off."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from feedhandler.kafka.sink import POLL_INTERVAL
+
+LATENCY_ACK_INTERVAL = 0.0002
+LATENCY_READ_FRAMES = 8
+
+
+@dataclass(frozen=True)
+class Profile:
+    producer: dict = field(default_factory=dict)   # librdkafka settings over PRODUCER_DEFAULTS
+    pipeline: dict = field(default_factory=dict)   # HandlerConfig fields
+
+
+PROFILES = {
+    "throughput": Profile(pipeline={"ack_interval": POLL_INTERVAL, "read_frames": 0,
+                                    "inline_frames": 0}),
+    "latency": Profile(producer={"linger.ms": "1"},
+                       pipeline={"ack_interval": LATENCY_ACK_INTERVAL,
+                                 "read_frames": LATENCY_READ_FRAMES,
+                                 "inline_frames": LATENCY_READ_FRAMES}),
+}
+DEFAULT_PROFILE = "throughput"
+
+
+def profile_settings(name: str, explicit: dict) -> Profile:
+    """The profile `name` with the explicitly given producer settings over its own."""
+    profile = PROFILES[name]
+    return Profile({**profile.producer, **explicit}, dict(profile.pipeline))
