@@ -147,7 +147,9 @@ def schema_records(value_format: str, topic_of_type: dict[str, str]) -> dict[str
 def write_schemas(admin_settings: dict, schema_topic: str, value_format: str,
                   topic_of_type: dict[str, str], timeout: float) -> None:
     """Write (and wait for) the schema record of every data topic, with a producer of its own:
-    the handler's producer may be transactional, and its records must not wait behind these."""
+    the handler's producer may be transactional, and its records must not wait behind these.
+    Not idempotent (that costs a producer id round trip, ~0.5 s at start): a retried record is
+    a duplicate of an identical record under the same key of a compacted topic, so harmless."""
     from confluent_kafka import KafkaException, Producer
 
     failures: list[str] = []
@@ -155,7 +157,7 @@ def write_schemas(admin_settings: dict, schema_topic: str, value_format: str,
     def delivered(error, _message):
         if error is not None:
             failures.append(error.str())
-    producer = Producer({**admin_settings, "acks": "all", "enable.idempotence": True})
+    producer = Producer({**admin_settings, "acks": "all", "linger.ms": 0})
     for topic, value in schema_records(value_format, topic_of_type).items():
         producer.produce(schema_topic, value, key=topic.encode(), on_delivery=delivered)
     if producer.flush(timeout) or failures:
