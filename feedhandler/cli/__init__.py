@@ -10,6 +10,8 @@ import argparse
 import logging
 import sys
 
+from feedhandler.cli import tail as _tail
+
 
 def _host_port(text: str) -> tuple[str, int]:
     host, separator, port = text.rpartition(":")
@@ -211,6 +213,7 @@ SUBCOMMANDS = {
                  "serve a synthetic or replayed ITCH 5.0 session over TCP"),
     "run": (add_run_arguments, run,
             "read a feed, decode it in parallel and publish every tick to Kafka"),
+    "tail": (_tail.add_arguments, _tail.tail, _tail.HELP),
     "version": (lambda parser: None, version,
                 "print the versions of feedhandler and what it runs on (also --version)"),
 }

@@ -282,7 +282,11 @@ class FeedReader:
 
         formats = set()
         for schema_topic in {schema_topic_of(t) for t in self.topics}:
-            self._metadata([schema_topic])
+            try:
+                self._metadata([schema_topic])
+            except ReadError:
+                raise ReadError(f"no schema topic {schema_topic} says the format of "
+                                f"{', '.join(self.topics)}: name it") from None
             schemas = read_schemas(self.settings["bootstrap.servers"], schema_topic,
                                    self.timeout)
             for topic in self.topics:

@@ -30,6 +30,18 @@ FORMAT_VERSION = 1
 """Bumped by any change to the bytes of any value format (tests/fixtures/records hold them)."""
 FORMAT_HEADER = "fh.format"
 SCHEMA_SETTINGS = {"cleanup.policy": "compact"}
+TYPE_NAMES = {
+    "S": "System Event", "R": "Stock Directory", "H": "Stock Trading Action",
+    "Y": "Reg SHO Short Sale Price Test Restricted Indicator",
+    "L": "Market Participant Position", "V": "MWCB Decline Level", "W": "MWCB Status",
+    "K": "IPO Quoting Period Update", "J": "LULD Auction Collar", "h": "Operational Halt",
+    "A": "Add Order (no MPID attribution)", "F": "Add Order with MPID Attribution",
+    "E": "Order Executed", "C": "Order Executed with Price", "X": "Order Cancel",
+    "D": "Order Delete", "U": "Order Replace", "P": "Trade (non-cross)", "Q": "Cross Trade",
+    "B": "Broken Trade", "I": "Net Order Imbalance Indicator (NOII)",
+    "N": "Retail Price Improvement Indicator (RPII)", "O": "Direct Listing with Capital Raise",
+}
+"""Message type -> its name in the ITCH 5.0 specification."""
 PAD = "space"       # fixed-width alpha fields: ASCII, left-aligned, padded with spaces
 
 
@@ -85,14 +97,15 @@ def layouts(value_format: str, message_types) -> dict:
     """The per-type layouts of one value format (offsets from the start of the value, or of
     a row for `batched`)."""
     if value_format == "struct":
-        return {t: {"size": TICK_DTYPES[t].itemsize, "fields": _fields(TICK_DTYPES[t], t)}
-                for t in message_types}
+        return {t: {"name": TYPE_NAMES[t], "size": TICK_DTYPES[t].itemsize,
+                    "fields": _fields(TICK_DTYPES[t], t)} for t in message_types}
     if value_format == "batched":
-        return {t: {"row_size": BATCH_DTYPES[t].itemsize,
+        return {t: {"name": TYPE_NAMES[t], "row_size": BATCH_DTYPES[t].itemsize,
                     "fields": _fields(BATCH_DTYPES[t], t)} for t in message_types}
     if value_format == "raw":
         header = _fields(TICK_HEADER_DTYPE)
-        return {t: {"size": TICK_HEADER_DTYPE.itemsize + DTYPES[t].itemsize - 2,
+        return {t: {"name": TYPE_NAMES[t],
+                    "size": TICK_HEADER_DTYPE.itemsize + DTYPES[t].itemsize - 2,
                     "fields": header + _wire_fields(t, TICK_HEADER_DTYPE.itemsize)}
                 for t in message_types}
     if value_format == "json":
@@ -105,7 +118,8 @@ def layouts(value_format: str, message_types) -> dict:
             if decimals is not None:
                 out["decimals"] = decimals
             return out
-        return {t: {"fields": [json_field(n, t) for n in TICK_DTYPES[t].names]}
+        return {t: {"name": TYPE_NAMES[t],
+                    "fields": [json_field(n, t) for n in TICK_DTYPES[t].names]}
                 for t in message_types}
     raise ValueError(f"unknown value format {value_format!r}")
 
