@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 
 from feedhandler.exchange import orderflow
-from feedhandler.exchange.server import Simulator, SimulatorConfig
 from feedhandler.kafka import consume
 from feedhandler.kafka.routing import Routes
 from feedhandler.pipeline.handler import Handler, HandlerConfig
 from feedhandler.session import SessionClient
 from feedhandler.wire import itch
-from streams import split_block
+from streams import running_simulator, split_block
 
 pytestmark = pytest.mark.kafka
 
@@ -27,10 +26,8 @@ SOURCE_MESSAGES = split_block(orderflow.generate(COUNT, symbols=SYMBOLS, seed=SE
 
 @pytest.fixture(scope="module")
 def simulator():
-    sim = Simulator(SimulatorConfig(port=0, count=COUNT, symbols=SYMBOLS, seed=SEED,
-                                    status_interval=None)).start()
-    yield sim
-    sim.stop()
+    with running_simulator(count=COUNT, symbols=SYMBOLS, seed=SEED) as sim:
+        yield sim
 
 
 def publish(kafka, prefix, simulator, value_format="struct") -> Routes:

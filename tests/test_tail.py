@@ -9,9 +9,9 @@ import time
 import pytest
 
 from feedhandler.exchange import orderflow
-from feedhandler.exchange.server import Simulator, SimulatorConfig
 from feedhandler.kafka.contract import TYPE_NAMES
 from feedhandler.wire import itch
+from streams import running_simulator
 from test_handler import ROOT, run_cli
 
 COUNT = 3000
@@ -58,10 +58,8 @@ def test_a_topic_that_is_not_there_is_one_line_and_exit_2(kafka, topic_prefix):
 
 @pytest.fixture(scope="module")
 def simulator():
-    sim = Simulator(SimulatorConfig(port=0, count=COUNT, symbols=SYMBOLS, seed=SEED,
-                                    status_interval=None)).start()
-    yield sim
-    sim.stop()
+    with running_simulator(count=COUNT, symbols=SYMBOLS, seed=SEED) as sim:
+        yield sim
 
 
 def run_handler(kafka, prefix, simulator, value_format):
@@ -117,13 +115,12 @@ def test_follow_prints_ticks_published_after_it_started(kafka, topic_prefix, sim
         cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(3)       # the tail is at the end before the second session is published
-    second = Simulator(SimulatorConfig(port=0, count=COUNT, symbols=SYMBOLS, seed=SEED,
-                                       session=b"SECOND0001", status_interval=None)).start()
     try:
-        run_handler(kafka, topic_prefix, second, "struct")
+        with running_simulator(count=COUNT, symbols=SYMBOLS, seed=SEED,
+                               session=b"SECOND0001") as second:
+            run_handler(kafka, topic_prefix, second, "struct")
         out, err = follower.communicate(timeout=60)
     finally:
-        second.stop()
         follower.kill()
     assert follower.returncode == 0, err
     ticks = [json.loads(line) for line in out.splitlines()]
