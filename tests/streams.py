@@ -1,8 +1,11 @@
 """Helpers shared by the tests: splitting framed blocks, frames of generated streams."""
 
+import contextlib
+
 import numpy as np
 
 from feedhandler.exchange import synthetic
+from feedhandler.exchange.server import Simulator, SimulatorConfig
 from feedhandler.wire import packet
 
 SESSION = b"TEST000001"
@@ -33,3 +36,13 @@ def frames_of(messages: list[bytes], per_frame: int, codec: str = "lz4", first: 
     return [packet.encode(messages[i:i + per_frame], session=SESSION, sequence=first + i,
                           codec=codec)
             for i in range(0, len(messages), per_frame)]
+
+
+@contextlib.contextmanager
+def running_simulator(**settings):
+    """A simulator serving one seeded session on a free port, stopped afterwards."""
+    simulator = Simulator(SimulatorConfig(port=0, status_interval=None, **settings)).start()
+    try:
+        yield simulator
+    finally:
+        simulator.stop()

@@ -14,6 +14,7 @@ import os
 import sys
 
 from feedhandler.cli import config, logs
+from feedhandler.cli import tail as _tail
 from feedhandler.cli.exit_codes import ExitCode
 
 
@@ -273,6 +274,7 @@ SUBCOMMANDS = {
                  "serve a synthetic or replayed ITCH 5.0 session over TCP"),
     "run": (add_run_arguments, run,
             "read a feed, decode it in parallel and publish every tick to Kafka"),
+    "tail": (_tail.add_arguments, _tail.tail, _tail.HELP),
     "version": (lambda parser: None, version,
                 "print the versions of feedhandler and what it runs on (also --version)"),
     "config": (add_config_arguments, config_command,

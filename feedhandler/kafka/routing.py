@@ -45,16 +45,20 @@ TICK_DTYPES = _behind(TICK_HEADER_DTYPE)
 
 @dataclass(frozen=True)
 class Routes:
-    """Message type -> topic, plus the dead-letter topic for quarantined input and the
-    compacted checkpoint topic that lets a restarted handler resume (feedhandler.kafka.resume)."""
+    """Message type -> topic, plus the dead-letter topic for quarantined input, the
+    compacted checkpoint topic that lets a restarted handler resume (feedhandler.kafka.resume)
+    and the compacted schema topic that describes every data topic's values
+    (feedhandler.kafka.contract; None: no schema records)."""
 
     topic_of_type: dict[str, str]
     dead_letter: str
     checkpoint: str
+    schema: str | None = None
 
     @classmethod
     def by_category(cls, prefix: str = "itch.", overrides: dict[str, str] | None = None,
-                    dead_letter: str = "deadletter", checkpoint: str = "checkpoint") -> Routes:
+                    dead_letter: str = "deadletter", checkpoint: str = "checkpoint",
+                    schema: str = "schema") -> Routes:
         """Topics `<prefix><category>`; `overrides` maps a message type or a category name to
         another category or topic suffix (e.g. {"I": "orders", "noii": "reference"})."""
         overrides = overrides or {}
@@ -66,7 +70,7 @@ class Routes:
         unknown = set(overrides) - set(DTYPES) - set(CATEGORIES)
         if unknown:
             raise ValueError(f"unknown message types or categories in routes: {sorted(unknown)}")
-        return cls(topic_of_type, prefix + dead_letter, prefix + checkpoint)
+        return cls(topic_of_type, prefix + dead_letter, prefix + checkpoint, prefix + schema)
 
     @property
     def topics(self) -> list[str]:
@@ -75,8 +79,9 @@ class Routes:
 
     @property
     def every_topic(self) -> list[str]:
-        """Tick topics, the dead-letter topic and the checkpoint topic."""
-        return [*self.topics, self.dead_letter, self.checkpoint]
+        """Tick topics, the dead-letter, checkpoint and schema topics."""
+        return [*self.topics, self.dead_letter, self.checkpoint,
+                *([self.schema] if self.schema else [])]
 
 
 STOCK_TYPES = tuple(t for t, dtype in DTYPES.items() if "stock" in dtype.names)

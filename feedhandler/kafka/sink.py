@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaException
 
 from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig, kafka_reason
+from feedhandler.kafka.contract import (FORMAT_HEADER, SCHEMA_SETTINGS, marker,
+                                        write_schemas)
 from feedhandler.kafka.ledger import DeliveryErrors, DeliveryLedger
 from feedhandler.kafka.producer import BATCH_PATH, LINK_PATH, create_producer
 from feedhandler.kafka.resume import (CHECKPOINT_INTERVAL, CHECKPOINT_SETTINGS, Checkpoint,
@@ -99,11 +101,20 @@ def open_sink(config: SinkConfig) -> KafkaSink:
             "stats_cb": config.statistics})
     producer, link, _ = create_producer(producer_client, errors, config.producer_link)
     routes = config.routes
+    schema = {routes.schema: 1} if routes.schema else {}
     partitions = ensure_topics(client,
                                {**{topic: config.partitions for topic in routes.topics},
-                                dead_letter: 1, routes.checkpoint: 1},
+                                dead_letter: 1, routes.checkpoint: 1, **schema},
                                config.replication_factor,
-                               settings={routes.checkpoint: CHECKPOINT_SETTINGS})
+                               settings={routes.checkpoint: CHECKPOINT_SETTINGS,
+                                         routes.schema: SCHEMA_SETTINGS})
+    if routes.schema:
+        # Before any tick: a reader finds the format of every record it can see.
+        try:
+            write_schemas(client.admin(), routes.schema, config.value_format,
+                          routes.topic_of_type, config.flush_timeout)
+        except KafkaException as error:
+            raise KafkaStartError(kafka_reason(error)) from None
     if config.value_format == "batched":
         sink_class = BatchedSink
     elif link is not None and config.value_format in ("struct", "raw"):
@@ -469,7 +480,8 @@ class BatchedSink(KafkaSink):
         # `first` and `next` bound the release's sequence numbers: a resumed run finds the
         # records that may hold ticks past its checkpoint by them (feedhandler.kafka.resume).
         common_headers = [("session", first.session), ("first", b"%d" % first.sequence),
-                          ("next", b"%d" % last.next_sequence)]
+                          ("next", b"%d" % last.next_sequence),
+                          (FORMAT_HEADER, marker("batched").encode())]
         for topic, partition, message_type, rows in batched_records(
                 [packet for packet, _, _ in held], self.routes.topic_of_type, self.partitions,
                 self.directory):
