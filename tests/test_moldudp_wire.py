@@ -109,3 +109,16 @@ def test_the_worked_example_in_the_docs_is_these_bytes():
         line.split("#")[0] for line in block.splitlines()))
     assert hex_lines(examples[0]) == DATA
     assert hex_lines(examples[1]) == REQUEST
+
+
+def test_merge_frames_joins_consecutive_runs_and_passes_a_lone_frame_through():
+    from feedhandler.session.moldudp import merge_frames
+
+    session = b"SESSION1  "
+    message = b"S" + bytes(10) + b"O"
+    frames = [packet.wrap(moldudp.downstream(session, first, [message] * 3))
+              for first in (1, 4, 7, 20)]
+    merged = merge_frames(frames)
+    assert [packet.peek(frame) for frame in merged] == [(session, 1, 9), (session, 20, 3)]
+    assert merged[1] is frames[3]           # a run of one: not copied and checksummed again
+    assert packet.decode(merged[0]).sequences["S"].tolist() == list(range(1, 10))
