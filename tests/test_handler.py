@@ -286,9 +286,16 @@ def test_sigterm_mid_run_leaves_no_accepted_tick_undelivered(kafka, topic_prefix
         handler = run_cli("run", "--connect", f"127.0.0.1:{exchange.port}",
                           "--bootstrap-servers", kafka, "--topic-prefix", topic_prefix,
                           "--json-stats", "--partitions", "2")
-        time.sleep(3)
+        # Stop once ticks flow (a status line says so), not after a fixed time: a loaded
+        # machine can take seconds just to start the process.
+        seen = []
+        for line in handler.stdout:
+            seen.append(line)
+            if '"messages"' in line and json.loads(line)["messages"] > 0:
+                break
         handler.send_signal(signal.SIGTERM)
         stdout, stderr = handler.communicate(timeout=120)
+        stdout = "".join(seen) + stdout
     finally:
         exchange.stop()
     assert handler.returncode == 0, stderr
