@@ -165,6 +165,10 @@ class Check:
         return "\n".join(lines)
 
 
+PASSING_ERRORS = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)
+
+
 def read_partitions(bootstrap: str, topics: list[str], isolation: str = "read_committed",
                     timeout: float = READ_TIMEOUT, settings: dict | None = None):
     """Yield every record of `topics` (a confluent_kafka Message), each partition from its
@@ -203,6 +207,10 @@ def read_partitions(bootstrap: str, topics: list[str], isolation: str = "read_co
                     yield message
                 elif error.code() == KafkaError._PARTITION_EOF:
                     remaining.discard((message.topic(), message.partition()))
+                elif error.code() in PASSING_ERRORS or error.retriable():
+                    # A broker just restarted: leadership settles and the client retries on
+                    # its own; the deadline above still bounds the read.
+                    continue
                 else:
                     raise RuntimeError(f"reading {message.topic()}: {error.str()}")
     finally:
