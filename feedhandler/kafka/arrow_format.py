@@ -9,8 +9,8 @@ together, same keys, headers and resume rules); only the value differs. Its colu
 
 The columns are built from the numpy rows without a Python object per value: integers are the
 row's fields made contiguous; a decimal128 is 16 bytes, its low 8 the unsigned integer and its
-high 8 zero; a string column is the fixed-width bytes as Arrow fixed-size binary, cast to UTF-8
-and right-trimmed of spaces by Arrow's kernels; `time` is the trade date's midnight in New York plus `timestamp`.
+high 8 zero; a string column is the fixed-width bytes with offsets every field width,
+right-trimmed of spaces by Arrow's kernel; `time` is the trade date's midnight in New York plus `timestamp`.
 
 pyarrow is an optional dependency (`pip install 'feedhandler[arrow]'`): only this module
 imports it, and only the `arrow` format imports this module.
@@ -31,6 +31,7 @@ SPACE = 0x20
 FORMAT_METADATA = b"fh.format"
 TYPE_METADATA = b"fh.message_type"
 BATCH_METADATA_BYTES = 1024     # a record batch's own message header, at most, besides its buffers
+END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"    # continuation marker, length 0
 
 
 def arrow_type(column: dict) -> pa.DataType:
@@ -66,35 +67,24 @@ def row_bytes(message_type: str) -> int:
     return sum(size(c) for c in arrow_columns(message_type))
 
 
-@cache
-def schema_bytes(message_type: str) -> int:
-    return schema(message_type).serialize().size
-
-
 def rows_per_record(message_type: str, max_record_bytes: int) -> int:
     """How many rows fit a record of at most `max_record_bytes` (at least one)."""
-    room = max_record_bytes - schema_bytes(message_type) - BATCH_METADATA_BYTES
+    room = max_record_bytes - len(_schema_message(message_type)) - BATCH_METADATA_BYTES \
+        - len(END_OF_STREAM)
     return max(1, room // row_bytes(message_type))
 
 
 def _strings(column: np.ndarray) -> pa.Array:
-    """Fixed-width space-padded bytes as a UTF-8 string array, trailing spaces dropped: a
-    one-byte field in numpy, wider ones by Arrow's kernels (cheaper than numpy's trim there,
-    dearer than numpy for one byte)."""
+    """Fixed-width space-padded bytes as a UTF-8 string array, trailing spaces dropped: the
+    padded bytes as they are, offsets every `width` bytes, trimmed by Arrow's kernel (a
+    numpy trim costs more: its gather of the kept bytes alone does)."""
     padded = np.ascontiguousarray(column)
-    width = padded.dtype.itemsize
-    codes = padded.view(np.uint8)
-    if width == 1 and (codes < 0x80).all():
-        kept = codes != SPACE
-        offsets = np.zeros(len(codes) + 1, np.int32)
-        np.cumsum(kept, out=offsets[1:])
-        return pa.Array.from_buffers(pa.utf8(), len(codes), [None, pa.py_buffer(offsets),
-                                                             pa.py_buffer(codes[kept])])
-    fixed = pa.Array.from_buffers(pa.binary(width), len(padded), [None, pa.py_buffer(padded)])
-    try:
-        text = fixed.cast(pa.utf8())
-    except pa.ArrowInvalid:     # not UTF-8 (ITCH says ASCII): as Latin-1, like `json`
-        text = pa.array(np.char.decode(padded, "latin-1"), pa.utf8())
+    count, width = len(padded), padded.dtype.itemsize
+    if (padded.view(np.uint8) >= 0x80).any():   # not ASCII, as ITCH says: Latin-1, like `json`
+        return pa.array(np.char.rstrip(np.char.decode(padded, "latin-1"), " "), pa.utf8())
+    offsets = np.arange(0, (count + 1) * width, width, dtype=np.int32)
+    text = pa.Array.from_buffers(pa.utf8(), count, [None, pa.py_buffer(offsets),
+                                                    pa.py_buffer(padded)])
     return pc.ascii_rtrim(text, " ")
 
 
@@ -125,11 +115,40 @@ def record_batch(message_type: str, rows: np.ndarray, midnight_ns: int) -> pa.Re
 
 
 def encode(message_type: str, rows: np.ndarray, midnight_ns: int) -> bytes:
-    """One record value: an IPC stream of the schema and one record batch of `rows`."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, schema(message_type)) as writer:
-        writer.write_batch(record_batch(message_type, rows, midnight_ns))
-    return sink.getvalue().to_pybytes()
+    """One record value of `rows`: an IPC stream of the schema and one record batch."""
+    return _stream(message_type, record_batch(message_type, rows, midnight_ns))
+
+
+def encode_parts(message_type: str, parts: list, midnight_ns: int,
+                 max_record_bytes: int) -> list[list[bytes]]:
+    """The record values of one message type's rows for several partitions (`parts`: rows
+    bytes of BATCH_DTYPES[type] each), a list of values per part: the columns are built
+    once for all the parts (building them costs about ten times what writing a slice does),
+    and each part's rows become one value, or several where a record would exceed
+    `max_record_bytes`."""
+    dtype = BATCH_DTYPES[message_type]
+    rows = np.frombuffer(b"".join(parts) if len(parts) > 1 else parts[0], dtype)
+    batch = record_batch(message_type, rows, midnight_ns)
+    step = rows_per_record(message_type, max_record_bytes)
+    values, first = [], 0
+    for part in parts:
+        end = first + len(part) // dtype.itemsize
+        values.append([_stream(message_type, batch.slice(start, min(step, end - start)))
+                       for start in range(first, end, step)])
+        first = end
+    return values
+
+
+@cache
+def _schema_message(message_type: str) -> bytes:
+    return schema(message_type).serialize().to_pybytes()
+
+
+def _stream(message_type: str, batch: pa.RecordBatch) -> bytes:
+    """The IPC stream format written out: the schema message, the record batch message (each
+    with its continuation marker and length), and the end-of-stream marker; the same for
+    every reader as `pyarrow.ipc.new_stream`, without its per-stream set-up cost."""
+    return b"".join((_schema_message(message_type), batch.serialize(), END_OF_STREAM))
 
 
 def read(value) -> pa.Table:

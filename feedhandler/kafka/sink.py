@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from itertools import groupby
+from operator import itemgetter
 from dataclasses import dataclass, field
 
-import numpy as np
 from confluent_kafka import KafkaException
 
 from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig, kafka_reason
@@ -488,24 +489,26 @@ class BatchedSink(KafkaSink):
         common_headers = [("session", first.session), ("first", b"%d" % first.sequence),
                           ("next", b"%d" % last.next_sequence),
                           (FORMAT_HEADER, marker(self.config.value_format).encode())]
-        for topic, partition, message_type, rows in batched_records(
+        for topic, partition, message_type, value in self._values(batched_records(
                 [packet for packet, _, _ in held], self.routes.topic_of_type, self.partitions,
-                self.directory):
-            headers = [("type", message_type.encode()), *common_headers]
-            for value in self._values(message_type, rows):
-                self._produce(topic, value, partition=partition, headers=headers)
+                self.directory)):
+            self._produce(topic, value, partition=partition,
+                          headers=[("type", message_type.encode()), *common_headers])
         for packet, ticks, received in held:
             self.ledger.acks.frame_produced(self.ledger.records, ticks, received,
                                             packet.next_sequence)
         self._produced_through = held[-1][0].next_sequence
 
-    def _values(self, message_type: str, rows: bytes):
-        """The record values of one message type's rows for one partition: the rows, split
-        where a record would exceed the record size the producer's limits allow."""
-        row_bytes = BATCH_DTYPES[message_type].itemsize
-        step = max(1, self.max_record_bytes // row_bytes) * row_bytes
-        for start in range(0, len(rows), step):
-            yield rows[start:start + step] if len(rows) > step else rows
+    def _values(self, groups):
+        """(topic, partition, message type, record value) of `batched_records` groups: the
+        rows, split where a record would exceed the record size the producer's limits
+        allow."""
+        for topic, partition, message_type, rows in groups:
+            row_bytes = BATCH_DTYPES[message_type].itemsize
+            step = max(1, self.max_record_bytes // row_bytes) * row_bytes
+            for start in range(0, len(rows), step):
+                yield (topic, partition, message_type,
+                       rows[start:start + step] if len(rows) > step else rows)
 
 
 class ArrowSink(BatchedSink):
@@ -520,8 +523,13 @@ class ArrowSink(BatchedSink):
         self._arrow = arrow_format
         self._midnight_ns = self.config.timestamp_base_ms * 1_000_000
 
-    def _values(self, message_type, rows):
-        rows = np.frombuffer(rows, BATCH_DTYPES[message_type])
-        step = self._arrow.rows_per_record(message_type, self.max_record_bytes)
-        for start in range(0, len(rows), step):
-            yield self._arrow.encode(message_type, rows[start:start + step], self._midnight_ns)
+    def _values(self, groups):
+        # batched_records gives a message type's partitions one after another: their columns
+        # are built once, each partition's record a slice of them
+        for message_type, same_type in groupby(groups, key=itemgetter(2)):
+            same_type = list(same_type)
+            encoded = self._arrow.encode_parts(message_type, [g[3] for g in same_type],
+                                               self._midnight_ns, self.max_record_bytes)
+            for (topic, partition, _, _), values in zip(same_type, encoded):
+                for value in values:
+                    yield topic, partition, message_type, value
