@@ -234,3 +234,10 @@ def test_run_format_arrow_lands_every_tick_once_and_duckdb_reads_the_values(kafk
     assert [a[2] for a in adds] == [Decimal(p).scaleb(-4) for p in expected["price"].tolist()]
     assert [a[3] for a in adds] == expected["shares"].tolist()
     assert [a[4] for a in adds] == (MIDNIGHT_NS + expected["timestamp"].astype(np.int64)).tolist()
+    # The reader takes the trade date from the records themselves (their record timestamps
+    # are the produce time: today), so decoded times are on the handler's --trade-date.
+    reader = consume.read(kafka, routes.topics, output="decoded")
+    decoded = [chunk["A"] for chunk in reader if "A" in chunk]
+    assert reader.trade_date == TRADE_DATE
+    times = np.concatenate([rows["time"] for rows in decoded]).astype(np.int64)
+    assert times.tolist() == [a[4] for a in adds]

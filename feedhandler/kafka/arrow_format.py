@@ -18,13 +18,15 @@ imports it, and only the `arrow` format imports this module.
 
 from __future__ import annotations
 
+import datetime as dt
 from functools import cache
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from feedhandler.kafka.contract import arrow_columns, marker
+from feedhandler.kafka.contract import EXCHANGE_TIMEZONE_NAME, arrow_columns, marker
 from feedhandler.kafka.routing import BATCH_DTYPES
 
 SPACE = 0x20
@@ -158,6 +160,14 @@ def read(value) -> pa.Table:
 
 def message_type_of(table: pa.Table) -> str:
     return table.schema.metadata[TYPE_METADATA].decode()
+
+
+def trade_date(value) -> dt.date:
+    """The trade date a record's `time` column is on (`time` - `timestamp` is its midnight)."""
+    table = read(value)
+    midnight_ns = table.column("time")[0].value - table.column("timestamp")[0].as_py()
+    return dt.datetime.fromtimestamp(midnight_ns // 1_000_000_000,
+                                     ZoneInfo(EXCHANGE_TIMEZONE_NAME)).date()
 
 
 def row_count(value) -> int:

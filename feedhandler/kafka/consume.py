@@ -386,10 +386,17 @@ class FeedReader:
         for key, messages in by_partition.items():
             self.records += len(messages)
             if self.trade_date is None:
-                self.trade_date = dt.datetime.fromtimestamp(
-                    messages[0].timestamp()[1] / 1000, EXCHANGE_TIMEZONE).date()
+                self.trade_date = self._trade_date_of(messages[0])
             self._hold(self._partitions[key], messages, now)
         self.most_held = max(self.most_held, sum(p.count for p in self._partitions.values()))
+
+    def _trade_date_of(self, message) -> dt.date:
+        """The ticks' trade date: an arrow record's own (its `time` column is on the handler's
+        --trade-date), otherwise the date in New York of the record's timestamp."""
+        if self.value_format == "arrow":
+            from feedhandler.kafka.arrow_format import trade_date
+            return trade_date(message.value())
+        return dt.datetime.fromtimestamp(message.timestamp()[1] / 1000, EXCHANGE_TIMEZONE).date()
 
     def _hold(self, partition: _Partition, messages, now: float) -> None:
         if self.value_format in GROUPED_FORMATS:
@@ -479,8 +486,8 @@ def read(bootstrap_servers: str, topics, start="beginning", **options) -> FeedRe
     """The ticks of `topics` in feed order: an iterator of chunks (FeedReader). `start`:
     "beginning", "end", "seq:N", or a time (see start_position); `follow=True` keeps reading
     as records arrive; `value_format` (default: from the topics' schema records), `output`
-    ("arrays", "decoded", "pandas"), `trade_date` (default: the first record timestamp's date
-    in New York), `max_buffered` ticks."""
+    ("arrays", "decoded", "pandas"), `trade_date` (default: an arrow record's own, otherwise
+    the first record timestamp's date in New York), `max_buffered` ticks."""
     return FeedReader(bootstrap_servers, topics, start, **options)
 
 
