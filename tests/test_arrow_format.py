@@ -108,8 +108,9 @@ def test_times_are_exchange_time_on_the_trade_date():
 def test_alpha_fields_that_are_not_ascii_are_read_as_latin1():
     rows = ROWS["A"][:3].copy()
     rows["stock"][1] = b"\xe9TF     "
-    table = arrow_format.read(arrow_format.encode("A", rows, MIDNIGHT_NS))
-    assert table.column("stock")[1].as_py() == "\u00e9TF"
+    value = arrow_format.encode("A", rows, MIDNIGHT_NS)
+    assert arrow_format.read(value).column("stock")[1].as_py() == "\u00e9TF"
+    assert arrow_format.to_rows(value)[1].tobytes() == rows.tobytes()
 
 
 def test_duckdb_reads_a_value_as_sql():

@@ -10,7 +10,8 @@ together, same keys, headers and resume rules); only the value differs. Its colu
 The columns are built from the numpy rows without a Python object per value: integers are the
 row's fields made contiguous; a decimal128 is 16 bytes, its low 8 the unsigned integer and its
 high 8 zero; a string column is the fixed-width bytes with offsets every field width,
-right-trimmed of spaces by Arrow's kernel; `time` is the trade date's midnight in New York plus `timestamp`.
+right-trimmed of spaces by Arrow's kernel; `time` is the trade date's midnight in New York
+plus `timestamp`.
 
 pyarrow is an optional dependency (`pip install 'feedhandler[arrow]'`): only this module
 imports it, and only the `arrow` format imports this module.
@@ -43,10 +44,7 @@ def arrow_type(column: dict) -> pa.DataType:
         return pa.decimal128(column["precision"], column["scale"])
     if kind == "timestamp":
         return pa.timestamp(column["unit"], tz=column["timezone"])
-    if kind == "utf8":
-        return pa.utf8()
-    return {"uint8": pa.uint8(), "uint16": pa.uint16(), "uint32": pa.uint32(),
-            "uint64": pa.uint64()}[kind]
+    return getattr(pa, kind)()     # utf8, uint8 ... uint64
 
 
 @cache
@@ -180,13 +178,14 @@ def last_sequence(value) -> int:
 
 
 def _padded(column: pa.Array, width: int) -> np.ndarray:
-    """A string column back as fixed-width space-padded bytes."""
+    """A string column back as fixed-width space-padded bytes (Latin-1, as written)."""
     offsets = np.frombuffer(column.buffers()[1], np.int32, len(column) + 1, column.offset * 4)
     data = np.frombuffer(column.buffers()[2], np.uint8) if column.buffers()[2] else \
         np.zeros(0, np.uint8)
     lengths = np.diff(offsets)
-    if (lengths > width).any():
-        raise ValueError(f"a string longer than its field's {width} bytes")
+    if (lengths > width).any() or (data[offsets[0]:offsets[-1]] >= 0x80).any():
+        return np.array([text.encode("latin-1").ljust(width) for text in column.to_pylist()],
+                        f"S{width}")
     grid = np.full((len(column), width), SPACE, np.uint8)
     grid[np.arange(width) < lengths[:, None]] = data[offsets[0]:offsets[-1]]
     return grid.view(f"S{width}").reshape(len(column))
