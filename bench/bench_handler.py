@@ -217,6 +217,50 @@ def test_batched_uncompressed(benchmark, kafka, topic_prefix, batched_feed, work
             producer_overrides={"compression.type": "none"})
 
 
+@pytest.mark.benchmark(group="end-to-end")
+@pytest.mark.parametrize("workers", [2])
+def test_arrow(benchmark, kafka, topic_prefix, batched_feed, workers):
+    """--format arrow: the batched records with Arrow IPC values."""
+    measure(benchmark, kafka, topic_prefix, batched_feed, "arrow", workers, BATCHED_TICKS,
+            ["test_batched[2]"])
+
+
+ALTERNATIONS = 3
+
+
+@pytest.mark.benchmark(group="end-to-end")
+def test_arrow_next_to_batched(benchmark, kafka, topic_prefix, batched_feed):
+    """batched and arrow alternating on the same session, ALTERNATIONS rounds each after an
+    untimed one of each (a shared machine drifts: alternating keeps the two comparable).
+    Ticks/s of each round and their medians go to extra_info; the timed function is one
+    batched-then-arrow pair."""
+    rates = {"batched": [], "arrow": []}
+    handlers = []
+
+    def one(value_format):
+        handlers.append(new_handler(kafka, topic_prefix, value_format, 2))
+        started = time.perf_counter()
+        run_handler(handlers[-1], batched_feed, BATCHED_TICKS)
+        return BATCHED_TICKS / (time.perf_counter() - started)
+
+    def pair():
+        for value_format in rates:
+            rates[value_format].append(one(value_format))
+
+    try:
+        benchmark.pedantic(pair, rounds=ALTERNATIONS, warmup_rounds=1)
+    finally:
+        delete_topics(kafka, handlers)
+    for value_format, measured in rates.items():
+        measured = sorted(measured[-ALTERNATIONS:])     # the warm-up pair comes first
+        benchmark.extra_info[f"{value_format}_ticks_per_s"] = [round(r) for r in measured]
+        benchmark.extra_info[f"{value_format}_median"] = round(measured[len(measured) // 2])
+    ratio = benchmark.extra_info["arrow_median"] / benchmark.extra_info["batched_median"]
+    benchmark.extra_info["arrow_to_batched"] = round(ratio, 3)
+    print(f"\nbatched {benchmark.extra_info['batched_ticks_per_s']} ticks/s, arrow "
+          f"{benchmark.extra_info['arrow_ticks_per_s']} ticks/s, median ratio {ratio:.3f}")
+
+
 def batched_values(ticks: int, routes: Routes) -> list[tuple[str, int, bytes, int]]:
     """(topic, partition, value, rows) of the batched records a handler makes of a simulated
     session of `ticks` messages, BATCH_TICKS at a time."""

@@ -5,7 +5,9 @@ The committed files in tests/fixtures/records/ hold, per variant (format, with o
 partition (-1: the partitioner's choice by key), key, value and headers as hex, and the record
 timestamp where the record sets one. tests/test_record_fixtures.py holds the code to them, so a
 change to any format's bytes shows up as a failing test until the files are regenerated on
-purpose (and contract.FORMAT_VERSION considered):
+purpose (and contract.FORMAT_VERSION considered). The `arrow` values are held at the level of
+their Arrow schema and decoded table, not their bytes (which pyarrow does not promise to keep
+across its versions):
 
     PYTHONPATH=$PWD python3 tests/record_fixtures.py
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 from feedhandler.exchange import synthetic
 from feedhandler.kafka.ledger import DeliveryErrors, DeliveryLedger
 from feedhandler.kafka.routing import Routes
-from feedhandler.kafka.sink import BatchedSink, ProducerTickSink, SinkConfig
+from feedhandler.kafka.sink import ArrowSink, BatchedSink, ProducerTickSink, SinkConfig
 from feedhandler.wire import packet
 from streams import split_block
 
@@ -33,7 +35,7 @@ FIRST_SEQUENCE = 1001
 PARTITIONS = 3
 TRADE_DATE_MS = 1_710_475_200_000     # 2024-03-15 00:00 America/New_York (EDT)
 VARIANTS = {"struct": ("struct", False), "raw": ("raw", False), "json": ("json", False),
-            "batched": ("batched", False), "struct-headers": ("struct", True),
+            "batched": ("batched", False), "arrow": ("arrow", False), "struct-headers": ("struct", True),
             "raw-headers": ("raw", True), "json-headers": ("json", True)}
 
 
@@ -93,7 +95,7 @@ def produce(variant: str) -> list[dict]:
     value_format, headers = VARIANTS[variant]
     config = sink_config("unused:9092", value_format, headers)
     producer = RecordingProducer()
-    sink_class = BatchedSink if value_format == "batched" else ProducerTickSink
+    sink_class = {"batched": BatchedSink, "arrow": ArrowSink}.get(value_format, ProducerTickSink)
     routes = config.routes
     partitions = {topic: PARTITIONS for topic in routes.topics}
     sink = sink_class(config, producer, None, partitions, DeliveryLedger(DeliveryErrors()))

@@ -59,7 +59,7 @@ def source_structs() -> list[tuple[int, bytes]]:
     return out
 
 
-@pytest.mark.parametrize("value_format", ["struct", "raw", "json", "batched"])
+@pytest.mark.parametrize("value_format", ["struct", "raw", "json", "batched", "arrow"])
 def test_read_gives_every_tick_once_in_feed_order(kafka, topic_prefix, simulator, value_format):
     routes = publish(kafka, topic_prefix, simulator, value_format)
     reader = consume.read(kafka, routes.topics)         # the format from the schema topic

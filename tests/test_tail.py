@@ -71,7 +71,7 @@ def run_handler(kafka, prefix, simulator, value_format):
 
 
 @pytest.mark.kafka
-@pytest.mark.parametrize("value_format", ["struct", "batched"])
+@pytest.mark.parametrize("value_format", ["struct", "batched", "arrow"])
 def test_json_lines_give_every_tick_in_feed_order(kafka, topic_prefix, simulator, value_format):
     run_handler(kafka, topic_prefix, simulator, value_format)
     code, out, err = tail("--bootstrap-servers", kafka, "--topic-prefix", topic_prefix,

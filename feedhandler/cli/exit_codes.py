@@ -21,7 +21,7 @@ MEANING = {
                  "no unfilled gap",
     ExitCode.TICKS_LOST: "ticks were lost: failed, never acknowledged, or missing from the feed",
     ExitCode.USAGE: "bad arguments or configuration (an -X setting, a route, a topic name, a "
-                    "count); nothing was created",
+                    "count, --format arrow without pyarrow installed); nothing was created",
     ExitCode.COULD_NOT_START: "could not start: Kafka unreachable, refusing the credentials, "
                               "the certificate or the topics, the feed refusing the login or "
                               "not answering within --login-timeout, the --listen port in use, "

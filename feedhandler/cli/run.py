@@ -167,7 +167,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
                         const="off", help="same as --producer-link off")
     parser.add_argument("--trade-date", type=datetime.date.fromisoformat,
                         help="date of the ITCH timestamps, for record timestamps with --headers "
-                             "(default today, New York)")
+                             "and the arrow format's time column (default today, New York)")
     parser.add_argument("--topic-prefix", default="itch.", help="topic name prefix (default itch.)")
     parser.add_argument("--route", type=_route, action="append", default=[],
                         metavar="TYPE=CATEGORY",
@@ -440,6 +440,7 @@ def check_arguments(args: argparse.Namespace):
     """(routes, Kafka client config) of the arguments, checked without connecting anywhere
     (also `feedhandler config check`); validate.UsageError for the first problem."""
     validate.counts(args)
+    validate.value_format(args.format)
     _check_transport(args)
     routes = validate.routes(args.topic_prefix, args.route)
     return routes, validate.kafka_client(args.bootstrap_servers, producer_settings(args))

@@ -54,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-follow", dest="follow", action="store_false",
                         help="stop at the topics' current end instead of waiting for more")
     parser.add_argument("--trade-date", metavar="YYYY-MM-DD",
-                        help="the session's date, for --json times (default: from the first "
-                             "record's timestamp)")
+                        help="the session's date, for --json times (default: an arrow "
+                             "record's own, otherwise the first record's timestamp's)")
 
 
 def _choices(values: list[str]) -> set[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from feedhandler.kafka.config import KafkaClientConfig, KafkaConfigError
+from feedhandler.kafka.contract import unavailable
 from feedhandler.kafka.routing import Routes
 from feedhandler.kafka.topics import topic_name_problem
 
@@ -62,3 +63,10 @@ def kafka_client(bootstrap_servers: str, settings: list[tuple[str, str]]) -> Kaf
     except KafkaConfigError as error:
         raise UsageError(f"Kafka setting (-X): {error}") from None
     return client
+
+
+def value_format(name: str) -> None:
+    """A format this Python cannot write (arrow without pyarrow) is refused before anything is
+    created."""
+    if problem := unavailable(name):
+        raise UsageError(problem)

@@ -12,7 +12,8 @@ were read some other way.
 
 Every tick comes back with its feed session and sequence number: per-tick `struct` and `raw`
 values start with the tick header (session, sequence), `json` values carry both as fields, and
-`batched` rows start with the sequence (the session is the record's `session` header).
+`batched` rows and `arrow` tables start with the sequence (the session is the record's
+`session` header).
 `messages(array)` drops those fields again, leaving the ITCH message structs.
 """
 
@@ -28,8 +29,9 @@ import numpy as np
 from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError,
                              KafkaException, TopicPartition)
 
-from feedhandler.kafka.routing import (BATCH_DTYPES, TICK_DTYPES, TICK_HEADER_DTYPE,
-                                       TICK_HEADER_SIZE, VALUE_FORMATS)
+from feedhandler.kafka.contract import unavailable
+from feedhandler.kafka.routing import (BATCH_DTYPES, GROUPED_FORMATS, TICK_DTYPES,
+                                       TICK_HEADER_DTYPE, TICK_HEADER_SIZE, VALUE_FORMATS)
 from feedhandler.wire.itch import DTYPES, parse
 
 __all__ = ["FeedReader", "decode", "messages", "read", "read_topic", "to_arrays", "to_frame"]
@@ -95,8 +97,9 @@ def to_arrays(values, value_format: str) -> dict[str, np.ndarray]:
     """Record values of one format -> {message type: structured array}, in the given order.
 
     `struct`, `raw` and `json` give TICK_DTYPES (`session` and `sequence`, then the message),
-    `batched` gives BATCH_DTYPES (`sequence`, then the message); for `json` alpha fields come
-    back space-padded to their width, as on the wire."""
+    `batched` and `arrow` give BATCH_DTYPES (`sequence`, then the message; `arrow` prices as
+    their integers, without `time`); for `json` and `arrow` alpha fields come back
+    space-padded to their width, as on the wire."""
     values = list(values)
     if value_format == "struct":
         return {t: np.frombuffer(b"".join(v), TICK_DTYPES[t])
@@ -108,6 +111,13 @@ def to_arrays(values, value_format: str) -> dict[str, np.ndarray]:
                 for t, v in _by_type(values, 8).items()}
     if value_format == "json":
         return _from_json(values)
+    if value_format == "arrow":
+        from feedhandler.kafka.arrow_format import to_rows
+        parts = defaultdict(list)
+        for value in values:
+            message_type, rows = to_rows(value)
+            parts[message_type].append(rows)
+        return {t: np.concatenate(rows) for t, rows in parts.items()}
     raise ValueError(f"unknown value format {value_format!r}")
 
 
@@ -213,8 +223,8 @@ class FeedReader:
     """Records of one or more topics merged back into feed order, chunk by chunk.
 
     Every partition holds its ticks in feed order (per-tick formats: one record per tick;
-    `batched`: one record per message type per release, releases in order). So once a
-    partition has delivered the tick with sequence S (batched: a record whose release starts
+    `batched` and `arrow`: one record per message type per release, releases in order). So
+    once a partition has delivered the tick with sequence S (batched, arrow: a record whose release starts
     at F, making S = F - 1), nothing that partition will still deliver is at or below S. The
     reader keeps each partition's received ticks and releases, as one chunk, every tick at or
     below the smallest such S over the partitions that are not at their end: a k-way merge done
@@ -232,7 +242,7 @@ class FeedReader:
     holds the merge back all go out at the next release). Ticks of several sessions (days) in one topic are merged by
     sequence number as if they were one session; start at the day's first record instead.
 
-    Chunks are {message type: array of TICK_DTYPES[type]} (every format, `batched` rows with
+    Chunks are {message type: array of TICK_DTYPES[type]} (every format, `batched` and `arrow` rows with
     the session from their header), rows of each type in feed order; `output="decoded"` gives
     `decode(chunk)` instead and `output="pandas"` `to_frame(chunk)`."""
 
@@ -259,6 +269,8 @@ class FeedReader:
         self._consumer = Consumer(self.settings)
         try:
             self.value_format = value_format or self._format_from_schema()
+            if problem := unavailable(self.value_format):
+                raise ReadError(problem)
             self._partitions = self._assign()
         except BaseException:
             self._consumer.close()
@@ -374,18 +386,26 @@ class FeedReader:
         for key, messages in by_partition.items():
             self.records += len(messages)
             if self.trade_date is None:
-                self.trade_date = dt.datetime.fromtimestamp(
-                    messages[0].timestamp()[1] / 1000, EXCHANGE_TIMEZONE).date()
+                self.trade_date = self._trade_date_of(messages[0])
             self._hold(self._partitions[key], messages, now)
         self.most_held = max(self.most_held, sum(p.count for p in self._partitions.values()))
 
+    def _trade_date_of(self, message) -> dt.date:
+        """The ticks' trade date: an arrow record's own (its `time` column is on the handler's
+        --trade-date), otherwise the date in New York of the record's timestamp."""
+        if self.value_format == "arrow":
+            from feedhandler.kafka.arrow_format import trade_date
+            return trade_date(message.value())
+        return dt.datetime.fromtimestamp(message.timestamp()[1] / 1000, EXCHANGE_TIMEZONE).date()
+
     def _hold(self, partition: _Partition, messages, now: float) -> None:
-        if self.value_format == "batched":
+        if self.value_format in GROUPED_FORMATS:
             arrays = defaultdict(list)
             for message in messages:
                 headers = dict(message.headers() or ())
-                rows = _batched_rows(message.value(), headers.get("session", b""))
-                arrays[chr(message.value()[8])].append(rows)
+                message_type, rows = _grouped_rows(message.value(), self.value_format,
+                                                   headers.get("session", b""))
+                arrays[message_type].append(rows)
                 partition.complete_through = max(partition.complete_through,
                                                  int(headers.get("first", 1)) - 1)
             arrays = {t: np.concatenate(parts) for t, parts in arrays.items()}
@@ -399,7 +419,7 @@ class FeedReader:
                 partition.pending[message_type].append(rows)
                 partition.count += len(rows)
                 highest = max(highest, int(rows["sequence"].max()))
-        if self.value_format != "batched":
+        if self.value_format not in GROUPED_FORMATS:
             partition.complete_through = max(partition.complete_through, highest)
         if highest >= 0:
             partition.arrivals.append((now, highest))
@@ -466,20 +486,25 @@ def read(bootstrap_servers: str, topics, start="beginning", **options) -> FeedRe
     """The ticks of `topics` in feed order: an iterator of chunks (FeedReader). `start`:
     "beginning", "end", "seq:N", or a time (see start_position); `follow=True` keeps reading
     as records arrive; `value_format` (default: from the topics' schema records), `output`
-    ("arrays", "decoded", "pandas"), `trade_date` (default: the first record timestamp's date
-    in New York), `max_buffered` ticks."""
+    ("arrays", "decoded", "pandas"), `trade_date` (default: an arrow record's own, otherwise
+    the first record timestamp's date in New York), `max_buffered` ticks."""
     return FeedReader(bootstrap_servers, topics, start, **options)
 
 
-def _batched_rows(value: bytes, session: bytes) -> np.ndarray:
-    """A batched record's rows as TICK_DTYPES rows, the session from its header."""
-    message_type = chr(value[8])
-    rows = np.frombuffer(value, BATCH_DTYPES[message_type])
+def _grouped_rows(value: bytes, value_format: str, session: bytes) -> tuple[str, np.ndarray]:
+    """(message type, rows as TICK_DTYPES rows) of a batched or arrow record, the session from
+    its header."""
+    if value_format == "arrow":
+        from feedhandler.kafka.arrow_format import to_rows
+        message_type, rows = to_rows(value)
+    else:
+        message_type = chr(value[8])
+        rows = np.frombuffer(value, BATCH_DTYPES[message_type])
     out = np.empty(len(rows), TICK_DTYPES[message_type])
     out["session"] = session
     for name in rows.dtype.names:
         out[name] = rows[name]
-    return out
+    return message_type, out
 
 
 # ---- decoded values ---------------------------------------------------------------------------

@@ -5,10 +5,11 @@ structs of ext/itch_layout.pxd as `feedhandler.wire.itch.DTYPES`, the tick heade
 ext/record_layout.pxd as `routing.TICK_HEADER_DTYPE`, the batched rows as
 `routing.BATCH_DTYPES`), and published three ways:
 
+- `arrow_columns(type)`: the columns of an `arrow` record, derived from the batched row;
 - `schema(format, topic, types)`: a JSON document per data topic, written by the handler at
   start to the compacted `<prefix>schema` topic (key: the data topic's name), before any tick;
 - `marker(format)`: `"<format>/<version>"`, also the `fh.format` header of every `batched`
-  record (the only records that carry headers whatever the options; per-tick records do not
+  and `arrow` record (the only records that carry headers whatever the options; per-tick records do not
   get a header for it, since any header halves their produce rate);
 - the byte tables of docs/kafka.md (`render_tables`, by scripts/wire_docs.py).
 
@@ -43,6 +44,20 @@ TYPE_NAMES = {
 }
 """Message type -> its name in the ITCH 5.0 specification."""
 PAD = "space"       # fixed-width alpha fields: ASCII, left-aligned, padded with spaces
+EXCHANGE_TIMEZONE_NAME = "America/New_York"     # the zone of ITCH's "since midnight"
+
+
+def unavailable(value_format: str) -> str | None:
+    """Why this Python cannot write or read `value_format` (one line), or None if it can:
+    `arrow` needs the optional dependency pyarrow."""
+    if value_format != "arrow":
+        return None
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return "--format arrow needs pyarrow, which is not installed here: " \
+               "pip install 'feedhandler[arrow]'"
+    return None
 
 
 def marker(value_format: str) -> str:
@@ -75,6 +90,41 @@ def _field(dtype: np.dtype, name: str, message_type: str | None, shift: int = 0,
     return out
 
 
+def arrow_columns(message_type: str) -> list[dict]:
+    """The columns of an `arrow` record of `message_type`, one per field of its batched row,
+    in row order: integers as unsigned integers of their width, prices as decimal128 with
+    their implied decimals as scale (precision: the digits of the integer's largest value),
+    alpha fields as UTF-8 strings with the padding trimmed; after `timestamp` (nanoseconds
+    since midnight) `time`, the same moment as a timestamp on the session's trade date."""
+    columns = []
+    dtype = BATCH_DTYPES[message_type]
+    for name in dtype.names:
+        field = dtype[name]
+        decimals = price_decimals(message_type, name) if name in DTYPES[message_type].names \
+            else None
+        if field.kind == "S":
+            columns.append({"name": name, "type": "utf8", "trimmed": True,
+                            "width": field.itemsize})
+        elif decimals is not None:
+            columns.append({"name": name, "type": "decimal128",
+                            "precision": len(str(np.iinfo(field).max)), "scale": decimals})
+        else:
+            columns.append({"name": name, "type": f"uint{8 * field.itemsize}"})
+        if name == "timestamp":
+            columns.append({"name": "time", "type": "timestamp", "unit": "ns",
+                            "timezone": EXCHANGE_TIMEZONE_NAME})
+    return columns
+
+
+def arrow_type_text(column: dict) -> str:
+    """A column's Arrow type as pyarrow writes it (`str(pyarrow type)`)."""
+    if column["type"] == "decimal128":
+        return f"decimal128({column['precision']}, {column['scale']})"
+    if column["type"] == "timestamp":
+        return f"timestamp[{column['unit']}, tz={column['timezone']}]"
+    return "string" if column["type"] == "utf8" else column["type"]
+
+
 def _fields(dtype: np.dtype, message_type: str | None = None) -> list[dict]:
     return [_field(dtype, name, message_type) for name in dtype.names]
 
@@ -102,6 +152,8 @@ def layouts(value_format: str, message_types) -> dict:
     if value_format == "batched":
         return {t: {"name": TYPE_NAMES[t], "row_size": BATCH_DTYPES[t].itemsize,
                     "fields": _fields(BATCH_DTYPES[t], t)} for t in message_types}
+    if value_format == "arrow":
+        return {t: {"name": TYPE_NAMES[t], "columns": arrow_columns(t)} for t in message_types}
     if value_format == "raw":
         header = _fields(TICK_HEADER_DTYPE)
         return {t: {"name": TYPE_NAMES[t],
@@ -135,6 +187,11 @@ VALUE_DESCRIPTIONS = {
     "batched": "one record per message type and partition for the frames released together: "
                "rows of row_size bytes, each the sequence number then the struct; the message "
                "type is the byte at offset 8 and the record header `type`",
+    "arrow": "one record per message type and partition for the frames released together: an "
+             "Arrow IPC stream (the schema, one record batch, the end-of-stream marker) with "
+             "the columns of the layout; the message type is the record header `type` and the "
+             "schema metadata `fh.message_type`, the trade date of `time` the handler's "
+             "--trade-date",
 }
 
 
@@ -202,22 +259,28 @@ def render_tables() -> str:
               "row size, and each field's offset in the `struct` value, in the `batched` row "
               "and in the `raw` value. Integers are little-endian in `struct` and `batched`, "
               "big-endian in `raw`'s message part (its `timestamp` is 6 bytes there, 8 "
-              "elsewhere). `decimals`: implied decimal places of a price.", ""]
+              "elsewhere). `decimals`: implied decimal places of a price. `arrow`: the "
+              "field's column type in an `arrow` record (`time` is the `arrow` format's own "
+              "column).", ""]
     for message_type in DTYPES:
         struct = layouts("struct", message_type)[message_type]
         batched = layouts("batched", message_type)[message_type]
         raw = layouts("raw", message_type)[message_type]
         lines += [f"#### `{message_type}`: struct {struct['size']} bytes, batched row "
                   f"{batched['row_size']} bytes, raw {raw['size']} bytes", "",
-                  "| field | type | size | decimals | struct | batched | raw |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+                  "| field | type | size | decimals | struct | batched | raw | arrow |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
         batched_at = {f["name"]: f["offset"] for f in batched["fields"]}
         raw_at = {f["name"]: f["offset"] for f in raw["fields"]}
+        arrow = {c["name"]: f"`{arrow_type_text(c)}`" for c in arrow_columns(message_type)}
         for field in struct["fields"]:
             name = field["name"]
             lines.append(f"| `{name}` | {_type(field)} | {field['size']} | "
                          f"{field.get('decimals', '')} | {field['offset']} | "
-                         f"{batched_at.get(name, '')} | {raw_at.get(name, '')} |")
+                         f"{batched_at.get(name, '')} | {raw_at.get(name, '')} | "
+                         f"{arrow.get(name, '')} |")
+            if name == "timestamp":
+                lines.append(f"| `time` |  |  |  |  |  |  | {arrow['time']} |")
         lines.append("")
     return "\n".join(lines).rstrip("\n")
 

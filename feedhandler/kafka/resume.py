@@ -32,7 +32,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from feedhandler.kafka.config import KafkaClientConfig
-from feedhandler.kafka.routing import BATCH_DTYPES, TICK_HEADER_SIZE, Routes, StockDirectory
+from feedhandler.kafka.routing import (BATCH_DTYPES, GROUPED_FORMATS, TICK_HEADER_SIZE, Routes,
+                                       StockDirectory)
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,9 @@ def tick_of(message, value_format: str) -> tuple[bytes | None, int, int]:
     if value_format == "batched":
         itemsize = BATCH_DTYPES[chr(value[8])].itemsize
         return headers.get("session"), value[8], int.from_bytes(value[-itemsize:][:8], "little")
+    if value_format == "arrow":
+        from feedhandler.kafka.arrow_format import last_sequence
+        return headers.get("session"), headers["type"][0], last_sequence(value)
     if value_format == "json":
         fields = json.loads(value)
         return (fields["session"].encode("ascii").ljust(10), ord(fields["message_type"]),
@@ -209,10 +213,11 @@ def _tails(consumer: Consumer, watermarks: dict[tuple[str, int], tuple[int, int]
     read from all partitions at once.
 
     Per-tick records of a partition are in feed order, so its last record says everything.
-    A batched release puts one record per message type into each partition, so the types
-    interleave: read back until a record whose release ends before `position` (its `next`
-    header), or the partition's start."""
-    window = 1 if value_format != "batched" else 256
+    A batched (or arrow) release puts one record per message type into each partition, so the
+    types interleave: read back until a record whose release ends before `position` (its
+    `next` header), or the partition's start."""
+    grouped = value_format in GROUPED_FORMATS
+    window = 256 if grouped else 1
     pending = {key: bounds for key, bounds in watermarks.items() if bounds[1] > bounds[0]}
     records = []
     while pending:
@@ -223,7 +228,7 @@ def _tails(consumer: Consumer, watermarks: dict[tuple[str, int], tuple[int, int]
             read[message.topic(), message.partition()].append(message)
         for key, messages in read.items():
             release_end = int(dict(messages[0].headers() or ()).get("next", b"0"))
-            if value_format != "batched" or starts[key] == pending[key][0] \
+            if not grouped or starts[key] == pending[key][0] \
                     or release_end <= position:
                 records += messages
                 del pending[key]
@@ -259,7 +264,7 @@ def partition_ends(client: KafkaClientConfig, routes: Routes, value_format: str,
         if tick_session != session:
             continue
         row = ends[message.topic()][message.partition()]
-        if value_format == "batched" and message.topic() != routes.dead_letter:
+        if value_format in GROUPED_FORMATS and message.topic() != routes.dead_letter:
             row[message_type] = max(int(row[message_type]), sequence)
         else:           # in feed order whatever the type
             row[:] = np.maximum(row, sequence)

@@ -17,7 +17,10 @@ CATEGORIES = {
     "reference": "SRHYLVWKJhO",
     "noii": "IN",
 }
-VALUE_FORMATS = ("struct", "json", "raw", "batched")
+VALUE_FORMATS = ("struct", "json", "raw", "batched", "arrow")
+GROUPED_FORMATS = ("batched", "arrow")
+"""Formats with one record per message type and partition for the frames released together
+(`batched_records`); the others have one record per tick."""
 LOCATES = 65536
 
 

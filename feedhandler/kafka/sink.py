@@ -10,7 +10,7 @@ touches the producer. There is one implementation per delivery path:
 - `ProducerTickSink`: per-tick records through the Producer API (`json`; `struct`/`raw` where the
   ProducerLink is unavailable or turned off): `produce_batch()`, or `produce()` with headers.
 - `BatchedSink`: the `batched` format, one record per message type and partition for the frames
-  held together.
+  held together; `ArrowSink`: the same records with Arrow IPC values (the `arrow` format).
 
 Backpressure covers both of the producer queue's limits, messages and bytes: before records are
 handed over, the sink waits (polling the producer) until the queue has room for them, so a batch
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from itertools import groupby
+from operator import itemgetter
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
@@ -35,8 +37,8 @@ from feedhandler.kafka.resume import (CHECKPOINT_INTERVAL, CHECKPOINT_SETTINGS, 
                                       ResumeFilter, checkpoint_ends, directory_key,
                                       directory_value, partition_ends, position_key,
                                       position_value)
-from feedhandler.kafka.routing import (BATCH_DTYPES, TICK_HEADER_SIZE, Routes, StockDirectory,
-                                       batched_records, raw_blocks, tick_records)
+from feedhandler.kafka.routing import (BATCH_DTYPES, GROUPED_FORMATS, TICK_HEADER_SIZE, Routes,
+                                       StockDirectory, batched_records, raw_blocks, tick_records)
 from feedhandler.kafka.timestamps import TimestampWindow
 from feedhandler.kafka.topics import KafkaStartError, ensure_topics
 from feedhandler.errors import DecodeError
@@ -83,15 +85,18 @@ def open_sink(config: SinkConfig) -> KafkaSink:
     be had leaves no topic), and the sink for the configured path."""
     client = KafkaClientConfig(config.bootstrap_servers, config.producer_overrides)
     dead_letter, checkpoint = config.routes.dead_letter, config.routes.checkpoint
-    batched = config.value_format == "batched"
+    grouped = config.value_format in GROUPED_FORMATS
 
     def ticks_in(message) -> int:
         """Ticks a failed record carried: a checkpoint none, a batched record many rows."""
         if message.topic() == checkpoint:
             return 0
-        if not batched or message.topic() == dead_letter:
+        if not grouped or message.topic() == dead_letter:
             return 1
         value = message.value()
+        if config.value_format == "arrow":
+            from feedhandler.kafka.arrow_format import row_count
+            return row_count(value)
         return len(value) // BATCH_DTYPES[chr(value[8])].itemsize
     errors = DeliveryErrors(ticks_in)
     producer_client = client
@@ -117,6 +122,8 @@ def open_sink(config: SinkConfig) -> KafkaSink:
             raise KafkaStartError(kafka_reason(error)) from None
     if config.value_format == "batched":
         sink_class = BatchedSink
+    elif config.value_format == "arrow":
+        sink_class = ArrowSink
     elif link is not None and config.value_format in ("struct", "raw"):
         sink_class = LinkedTickSink
     else:
@@ -481,17 +488,48 @@ class BatchedSink(KafkaSink):
         # records that may hold ticks past its checkpoint by them (feedhandler.kafka.resume).
         common_headers = [("session", first.session), ("first", b"%d" % first.sequence),
                           ("next", b"%d" % last.next_sequence),
-                          (FORMAT_HEADER, marker("batched").encode())]
-        for topic, partition, message_type, rows in batched_records(
+                          (FORMAT_HEADER, marker(self.config.value_format).encode())]
+        for topic, partition, message_type, value in self._values(batched_records(
                 [packet for packet, _, _ in held], self.routes.topic_of_type, self.partitions,
-                self.directory):
-            row_bytes = BATCH_DTYPES[message_type].itemsize
-            step = max(1, self.max_record_bytes // row_bytes) * row_bytes
-            headers = [("type", message_type.encode()), *common_headers]
-            for start in range(0, len(rows), step):
-                self._produce(topic, rows[start:start + step] if len(rows) > step else rows,
-                              partition=partition, headers=headers)
+                self.directory)):
+            self._produce(topic, value, partition=partition,
+                          headers=[("type", message_type.encode()), *common_headers])
         for packet, ticks, received in held:
             self.ledger.acks.frame_produced(self.ledger.records, ticks, received,
                                             packet.next_sequence)
         self._produced_through = held[-1][0].next_sequence
+
+    def _values(self, groups):
+        """(topic, partition, message type, record value) of `batched_records` groups: the
+        rows, split where a record would exceed the record size the producer's limits
+        allow."""
+        for topic, partition, message_type, rows in groups:
+            row_bytes = BATCH_DTYPES[message_type].itemsize
+            step = max(1, self.max_record_bytes // row_bytes) * row_bytes
+            for start in range(0, len(rows), step):
+                yield (topic, partition, message_type,
+                       rows[start:start + step] if len(rows) > step else rows)
+
+
+class ArrowSink(BatchedSink):
+    """The arrow format: the batched records, each value the rows as an Arrow IPC stream
+    (feedhandler.kafka.arrow_format, imported here: pyarrow is needed by this format only)."""
+
+    path = "arrow"
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        from feedhandler.kafka import arrow_format
+        self._arrow = arrow_format
+        self._midnight_ns = self.config.timestamp_base_ms * 1_000_000
+
+    def _values(self, groups):
+        # batched_records gives a message type's partitions one after another: their columns
+        # are built once, each partition's record a slice of them
+        for message_type, same_type in groupby(groups, key=itemgetter(2)):
+            same_type = list(same_type)
+            encoded = self._arrow.encode_parts(message_type, [g[3] for g in same_type],
+                                               self._midnight_ns, self.max_record_bytes)
+            for (topic, partition, _, _), values in zip(same_type, encoded):
+                for value in values:
+                    yield topic, partition, message_type, value

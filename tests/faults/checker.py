@@ -18,6 +18,7 @@ It reads with `isolation.level=read_committed` by default (what an exactly-once 
 
 Where each format keeps a tick's sequence number:
 - `batched`: every row starts with it (`feedhandler.kafka.routing.BATCH_DTYPES`);
+- `arrow`: the `sequence` column of the record's Arrow table (read with pyarrow);
 - `json`: its "sequence" (and "session") fields;
 - `struct` and `raw`: the target per-tick layout (issue 9), an 18-byte prefix of the 10-byte
   session (ASCII, space padded) and the u64 little-endian sequence number, then the message's
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from feedhandler.kafka.routing import BATCH_DTYPES, TICK_HEADER_SIZE, Routes
+from feedhandler.kafka.routing import BATCH_DTYPES, GROUPED_FORMATS, TICK_HEADER_SIZE, Routes
 from feedhandler.wire.packet import SESSION_LENGTH
 
 TICK_PREFIX_LENGTH = TICK_HEADER_SIZE     # the tick header (feedhandler.kafka.routing)
@@ -71,9 +72,14 @@ class Ticks:
 
     def add_rows(self, rows: np.ndarray, session: bytes | None) -> None:
         """A batched record's rows (BATCH_DTYPES)."""
-        self._chunks.append((rows["sequence"], rows["stock_locate"],
-                             rows["message_type"].view(np.uint8)))
-        self.sessions[session] += len(rows)
+        self.add_columns(rows["sequence"], rows["stock_locate"],
+                         rows["message_type"].view(np.uint8), session)
+
+    def add_columns(self, sequences: np.ndarray, locates: np.ndarray, types: np.ndarray,
+                    session: bytes | None) -> None:
+        """The ticks of a batched or arrow record, one array per field."""
+        self._chunks.append((sequences, locates, types))
+        self.sessions[session] += len(sequences)
 
     def add_tick(self, sequence: int, locate: int, message_type: int, session: bytes) -> None:
         self._ticks.append((sequence, locate, message_type))
@@ -94,6 +100,16 @@ def add_record(ticks: Ticks, value: bytes, value_format: str, headers) -> None:
     if value_format == "batched":
         rows = np.frombuffer(value, BATCH_DTYPES[chr(value[8])])   # after the u64 sequence
         ticks.add_rows(rows, dict(headers or ()).get("session"))
+    elif value_format == "arrow":
+        # read with pyarrow itself, not feedhandler's own decoder: what any consumer sees
+        import pyarrow as pa
+
+        table = pa.ipc.open_stream(value).read_all()
+        message_type = table.schema.metadata[b"fh.message_type"]
+        ticks.add_columns(table.column("sequence").to_numpy(),
+                          table.column("stock_locate").to_numpy(),
+                          np.full(table.num_rows, message_type[0], np.uint8),
+                          dict(headers or ()).get("session"))
     elif value_format == "json":
         fields = json.loads(value)
         ticks.add_tick(fields["sequence"], fields["stock_locate"], ord(fields["message_type"]),
@@ -255,7 +271,7 @@ def _check(check: Check, partitions: dict, value_format: str, expected: range | 
         for locate in np.unique(locates).tolist():
             partitions_of[topic, locate].add(partition)
         _order(check, topic, partition, sequences, locates,
-               types if value_format == "batched" else np.zeros_like(types))
+               types if value_format in GROUPED_FORMATS else np.zeros_like(types))
     check.split_symbols = {k: sorted(v) for k, v in partitions_of.items() if len(v) > 1}
     sequences = np.concatenate(all_sequences) if all_sequences else np.empty(0, np.uint64)
     distinct, copies = np.unique(sequences, return_counts=True)
