@@ -172,7 +172,8 @@ def published(kafka):
             assert handler.returncode == 0, stderr
     yield prefixes
     topics = [t for p in prefixes.values() for t in Routes.by_category(p).every_topic]
-    for future in AdminClient({"bootstrap.servers": kafka}).delete_topics(topics).values():
+    admin = AdminClient({"bootstrap.servers": kafka})   # referenced while the futures wait
+    for future in admin.delete_topics(topics).values():
         future.exception()
 
 
