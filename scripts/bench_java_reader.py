@@ -96,8 +96,7 @@ def main() -> None:
                     "python_seconds": [round(r["seconds"], 3) for r in python_runs]}),
                     flush=True)
             finally:
-                topics = [*routes.topics, routes.dead_letter, routes.checkpoint, routes.schema]
-                for future in admin.delete_topics(topics).values():
+                for future in admin.delete_topics(routes.every_topic).values():
                     future.result()
 
 

@@ -16,13 +16,15 @@ import pytest
 import record_fixtures as fixtures
 from feedhandler.exchange import orderflow
 from feedhandler.kafka import consume, contract
-from feedhandler.kafka.routing import Routes
+from feedhandler.kafka.routing import VALUE_FORMATS, Routes
 from feedhandler.wire import itch
 from streams import running_simulator
 from test_handler import ROOT, run_cli
 
 EXAMPLE = ROOT / "docs" / "examples" / "java" / "TickReader.java"
-JAVA_FORMATS = ("struct", "raw", "json", "batched")    # arrow is refused (see test below)
+JAVA_FORMATS = ("struct", "raw", "json", "batched")
+REFUSED_FORMATS = ("arrow",)    # Arrow IPC needs Arrow Java: refused with one line (BAD_INPUT)
+JAVA_VARIANTS = [v for v, (f, _) in fixtures.VARIANTS.items() if f in JAVA_FORMATS]
 UNDECODABLE = 4
 COUNT = 3000
 SYMBOLS = 10
@@ -114,12 +116,19 @@ def schema_lines(value_format: str, prefix: str) -> str:
 
 # ---- (a) the golden records -------------------------------------------------------------------
 
+def test_every_value_format_is_decoded_or_refused():
+    """A new value format makes this fail until TickReader decodes it or refuses it on purpose."""
+    assert set(VALUE_FORMATS) <= set(JAVA_FORMATS) | set(REFUSED_FORMATS)
+    assert {fixtures.VARIANTS[v][0] for v in JAVA_VARIANTS} == set(JAVA_FORMATS)
+
+
 def test_every_fixture_decodes_as_the_python_reader_does(tmp_path):
     """All variants in one run of the source launcher, exactly as users run the file: each
     variant's topics renamed `<variant>.<topic>`, described by that variant's schema."""
     fixture, schema = tmp_path / "records.jsonl", tmp_path / "schema.jsonl"
     with fixture.open("w") as records, schema.open("w") as schemas:
-        for variant, (value_format, _) in fixtures.VARIANTS.items():
+        for variant in JAVA_VARIANTS:
+            value_format = fixtures.VARIANTS[variant][0]
             schemas.write(schema_lines(value_format, f"{variant}."))
             for record in fixtures.load(variant):
                 records.write(json.dumps({**record, "topic": f"{variant}.{record['topic']}"})
@@ -127,8 +136,7 @@ def test_every_fixture_decodes_as_the_python_reader_does(tmp_path):
     code, out, err = java("--schema", str(schema), "--fixture", str(fixture))
     assert code == 0, err
     got = [json.loads(line) for line in out]
-    assert {v[0] for v in fixtures.VARIANTS.values()} == set(JAVA_FORMATS)
-    for variant in fixtures.VARIANTS:
+    for variant in JAVA_VARIANTS:
         java_ticks = by_sequence(t for t in got if t["topic"].startswith(f"{variant}."))
         python_ticks = by_sequence(fixture_ticks(variant, f"{variant}."))
         assert sorted(java_ticks) == list(range(fixtures.FIRST_SEQUENCE,
@@ -310,3 +318,12 @@ def test_unreachable_kafka_and_missing_topics_are_one_line_and_exit_3(classes, k
     code, out, err = java("--bootstrap", kafka, topic_prefix + "orders", classes=classes)
     assert (code, out) == (3, []) and err == [f"TickReader: no schema topic {topic_prefix}schema "
                                               f"describes {topic_prefix}orders"], err
+
+
+def test_follow_stops_at_count(classes, kafka, published):
+    """--follow does not stop at the end; --count ends it after exactly N ticks."""
+    topics = Routes.by_category(published["struct"]).topics
+    code, out, err = java("--bootstrap", kafka, "--follow", "--count", "25", *topics,
+                          classes=classes, timeout=60)
+    assert code == 0 and len(out) == 25, err
+    assert all(json.loads(line)["topic"] in topics for line in out)

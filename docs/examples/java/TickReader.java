@@ -28,11 +28,13 @@
  * in feed order; across partitions and topics in arrival order (sort by `sequence` for feed
  * order).
  *
- * Exit status: 0 done; 1 a bug of this reader; 2 bad arguments or an unreadable file; 3 Kafka did not answer, or a topic or its schema
- * record is missing; 4 a record or schema this reader does not decode (unknown format, newer
- * version, wrong size, unknown message type). Every failure is one line on stderr.
+ * Exit status: 0 done; 1 a bug of this reader; 2 bad arguments or an unreadable file; 3 Kafka
+ * did not answer, or a topic or its schema record is missing; 4 a record or schema this reader
+ * does not decode (unknown format, other version, wrong size, unknown message type). Every
+ * failure is one line on stderr.
  */
 
+import java.io.BufferedOutputStream;
 import java.io.BufferedReader;
 import java.io.FileDescriptor;
 import java.io.FileOutputStream;
@@ -192,6 +194,9 @@ public final class TickReader {
      *  fh.format and session headers, or null. */
     static void decode(TopicFormat format, byte[] value, String formatHeader, String sessionHeader,
                        Consumer<Tick> out) {
+        if (value == null) {
+            throw undecodable("record without a value");
+        }
         if (formatHeader != null) {
             checkMarker(format.topic(), formatHeader);
             if (!formatHeader.equals(format.marker())) {
@@ -354,17 +359,19 @@ public final class TickReader {
 
     /** Where decoded ticks go: printed as JSON lines, or (--rate) only counted. */
     static final class Sink implements Consumer<Tick> {
-        final PrintStream out = new PrintStream(new FileOutputStream(FileDescriptor.out), false,
-                StandardCharsets.UTF_8);
+        final PrintStream out;
         final StringBuilder line = new StringBuilder(256);
         final boolean countOnly;
         final long limit;
         long records, ticks, integerSum;     // the sum shows that --rate decoded every field
         long firstRecordNanos;               // --rate: when the first record came (JVM and client warm)
 
-        Sink(boolean countOnly, long limit) {
+        /** `follow`: every line goes out at once (a reader of a live feed waits for it). */
+        Sink(boolean countOnly, long limit, boolean follow) {
             this.countOnly = countOnly;
             this.limit = limit;
+            out = new PrintStream(new BufferedOutputStream(new FileOutputStream(FileDescriptor.out), 1 << 16),
+                    follow, StandardCharsets.UTF_8);
         }
 
         boolean full() {
@@ -781,7 +788,7 @@ public final class TickReader {
         if ((fixture == null) != (schema == null) || (fixture == null) == topics.isEmpty()) {
             throw new Failure(USAGE, USAGE_LINE);
         }
-        Sink sink = new Sink(rate, count);
+        Sink sink = new Sink(rate, count, follow);
         long started = System.nanoTime();
         if (fixture != null) {
             readFixture(Path.of(fixture), Path.of(schema), sink);
