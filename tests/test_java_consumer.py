@@ -185,6 +185,7 @@ def published(kafka):
         future.exception()
 
 
+@pytest.mark.kafka
 def test_a_live_topic_of_every_format_decodes_as_the_python_reader_does(kafka, published):
     topics = {f: Routes.by_category(p).topics for f, p in published.items()}
     code, out, err = java("--bootstrap", kafka, *(t for ts in topics.values() for t in ts))
@@ -309,6 +310,7 @@ def test_bad_arguments_are_one_line_and_exit_2(classes):
         assert err[0].startswith("TickReader: "), err
 
 
+@pytest.mark.kafka
 def test_unreachable_kafka_and_missing_topics_are_one_line_and_exit_3(classes, kafka,
                                                                        topic_prefix):
     code, out, err = java("--bootstrap", "127.0.0.1:1", "--timeout", "2", "t.orders",
@@ -320,6 +322,7 @@ def test_unreachable_kafka_and_missing_topics_are_one_line_and_exit_3(classes, k
                                               f"describes {topic_prefix}orders"], err
 
 
+@pytest.mark.kafka
 def test_follow_stops_at_count(classes, kafka, published):
     """--follow does not stop at the end; --count ends it after exactly N ticks."""
     topics = Routes.by_category(published["struct"]).topics
