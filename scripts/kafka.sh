@@ -13,6 +13,7 @@
 #   scripts/kafka.sh pause | resume            SIGSTOP / SIGCONT the single node (a hung broker)
 #   scripts/kafka.sh status [--cluster]        exit 0 if ready, 1 otherwise
 #   scripts/kafka.sh bootstrap [--cluster]     print the bootstrap string only
+#   scripts/kafka.sh libs                      print the jar directory (after fetch), for java -cp "$(...)/*"
 #   scripts/kafka.sh kill-node N               3-node cluster only: SIGKILL node N (1..3)
 #   scripts/kafka.sh start-node N              3-node cluster only: restart node N, keeping its data
 #   scripts/kafka.sh pause-node N | resume-node N   3-node cluster only: SIGSTOP / SIGCONT node N
@@ -866,6 +867,7 @@ main() {
     fi
     case "$cmd" in
         fetch) cmd_fetch ;;
+        libs) libs_ok || die "no Kafka jars in $LIBS (scripts/kafka.sh fetch)"; echo "$LIBS" ;;
         start | restart)
             [[ "$cmd" == restart ]] && keep=1
             if ((cluster)); then start_cluster "$keep"; else start_single "$keep"; fi ;;
