@@ -4,6 +4,7 @@ decoded numpy and pandas output."""
 
 import datetime as dt
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -30,11 +31,23 @@ def simulator():
         yield sim
 
 
-def publish(kafka, prefix, simulator, value_format="struct") -> Routes:
+def publish(kafka, prefix, simulator, value_format="struct", pause: float = 0.0) -> Routes:
+    """The seeded session through the handler; `pause`: seconds between frames, handed on
+    one at a time (a grouped format then writes a release per frame or so)."""
     routes = Routes.by_category(prefix)
     client = SessionClient("127.0.0.1", simulator.port, username="feed", password="feed")
+
+    def reads():
+        for batch in client.frame_batches():
+            if not pause:
+                yield batch
+                continue
+            for frame in batch:
+                yield [frame]
+                time.sleep(pause)
+
     account = Handler(HandlerConfig(kafka, value_format=value_format, workers=2, routes=routes,
-                                    partitions=3, flush_timeout=60)).run(client.frame_batches())
+                                    partitions=3, flush_timeout=60)).run(reads())
     assert account.delivered == COUNT and account.lost == 0
     return routes
 
@@ -90,6 +103,24 @@ def test_read_starts_at_a_sequence_number_and_stops_at_the_end(kafka, topic_pref
     assert merged(consume.read(kafka, routes.topics, "end")) == []
     future = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).isoformat()
     assert merged(consume.read(kafka, routes.topics, future)) == []
+
+
+@pytest.mark.parametrize("value_format", ["struct", "batched"])
+def test_seq_seeks_to_the_sequence_number_instead_of_reading_the_topic(
+        kafka, topic_prefix, simulator, value_format):
+    """seq:N is a binary search over each partition's offsets, not a scan from the beginning:
+    the records read are about the ticks from N on, not the whole topic."""
+    routes = publish(kafka, topic_prefix, simulator, value_format, pause=0.02)
+    start = COUNT - 300
+    reader = consume.read(kafka, routes.topics, f"seq:{start}", value_format=value_format)
+    ticks = merged(reader)
+    assert ticks == source_structs()[start - 1:]
+    if value_format == "struct":
+        assert reader.records == COUNT - start + 1
+    else:       # a release's records, each whole: far fewer than the topic holds
+        everything = consume.read(kafka, routes.topics, value_format=value_format)
+        assert len(merged(everything)) == COUNT
+        assert reader.records < everything.records / 2
 
 
 def test_follow_sees_ticks_published_after_it_started(kafka, topic_prefix, simulator):

@@ -316,7 +316,7 @@ class FeedReader:
         """Assign every partition at the start position; a read that does not follow ends at
         the high-water marks of this moment."""
         metadata = self._metadata(self.topics)
-        assignment, partitions = [], {}
+        assignment, partitions, bounds = [], {}, {}
         for topic, meta in metadata.items():
             for number in meta.partitions:
                 low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, number),
@@ -326,13 +326,103 @@ class FeedReader:
                 elif isinstance(self.start, tuple) and self.start[0] == "time":
                     offset = self._offset_at(topic, number)
                     first = high if offset == OFFSET_END else offset
-                else:       # the beginning, also for a sequence number (skipped up to it)
+                else:
                     offset, first = OFFSET_BEGINNING, low
                 partitions[topic, number] = _Partition(None if self.follow else high,
                                                        done=not self.follow and first >= high)
                 assignment.append(TopicPartition(topic, number, offset))
+                bounds[topic, number] = (low, high)
+        if isinstance(self.start, tuple) and self.start[0] == "sequence":
+            # Ticks before the sequence number are still dropped as they arrive (_hold): the
+            # seek lands on a record, and a grouped record starts before it.
+            starts = self._offsets_of_sequence(bounds, self.start[1])
+            assignment = [TopicPartition(tp.topic, tp.partition, starts[tp.topic, tp.partition])
+                          for tp in assignment]
+            for key, offset in starts.items():
+                partitions[key].done = not self.follow and offset >= bounds[key][1]
         self._consumer.assign(assignment)
         return partitions
+
+    def _offsets_of_sequence(self, bounds: dict, sequence: int) -> dict:
+        """Per partition, the offset to start at for ticks from `sequence` on: a binary search
+        over offsets, all partitions in step (one record fetched per partition and step),
+        since a partition holds its ticks in feed order. Per-tick formats: the first record
+        whose tick is at or after `sequence`. Grouped formats (the `first` header gives a
+        release's first sequence number): the first record of the last release that starts
+        at or before it. A topic holding several sessions is not in one order; start those
+        at the beginning of the day instead."""
+        grouped = self.value_format in GROUPED_FORMATS
+        # the first offset whose key reaches `target`: [lo, hi) still open
+        searches = {key: [low, high] for key, (low, high) in bounds.items() if high > low}
+        starts = {key: bounds[key][0] for key in bounds}
+
+        def search(target_of):
+            open_ = dict(searches)
+            found = {}
+            while open_:
+                probes = {key: (lo + hi) // 2 for key, (lo, hi) in open_.items()}
+                keys = self._probe(probes)
+                for key, middle in probes.items():
+                    lo, hi = open_[key]
+                    if keys[key] is not None and keys[key] >= target_of(key):
+                        hi = middle
+                    else:
+                        lo = middle + 1
+                    if lo >= hi:
+                        found[key] = lo
+                        del open_[key]
+                    else:
+                        open_[key] = [lo, hi]
+            return found
+
+        if not grouped:
+            starts.update(search(lambda key: sequence))
+            return starts
+        # Grouped: the first record of a release after the sequence number, then the last
+        # release starting at or before it, then that release's first record.
+        after = search(lambda key: sequence + 1)
+        release = {}
+        before = {key: offset - 1 for key, offset in after.items() if offset > bounds[key][0]}
+        for key, first in self._probe(before).items():
+            release[key] = first if first is not None else sequence
+        starts.update(search(lambda key: release.get(key, 0)))
+        return starts
+
+    def _probe(self, offsets: dict) -> dict:
+        """The sequence key of the first record at or after each (topic, partition)'s offset:
+        its tick's sequence number, or a grouped record's `first` header; None past the end."""
+        if not offsets:
+            return {}
+        self._consumer.assign([TopicPartition(t, p, o) for (t, p), o in offsets.items()])
+        keys = {}
+        deadline = time.monotonic() + self.timeout
+        try:
+            while len(keys) < len(offsets):
+                if time.monotonic() > deadline:
+                    raise ReadError(f"no record within {self.timeout} s while seeking seq:"
+                                    f"{self.start[1]}")
+                for message in self._consumer.consume(len(offsets), timeout=0.1):
+                    key = (message.topic(), message.partition())
+                    if key in keys:
+                        continue
+                    error = message.error()
+                    if error is not None and error.code() == KafkaError._PARTITION_EOF:
+                        keys[key] = None
+                    elif error is not None:
+                        raise ReadError(error.str())
+                    elif self.value_format in GROUPED_FORMATS:
+                        keys[key] = int(dict(message.headers() or ()).get("first", 0))
+                    else:
+                        rows = next(iter(to_arrays([message.value()],
+                                                   self.value_format).values()))
+                        keys[key] = int(rows["sequence"][0])
+                    if key in keys:
+                        self._consumer.pause([TopicPartition(*key)])
+        finally:
+            # librdkafka keeps a partition's pause across assignments
+            self._consumer.resume([TopicPartition(*key) for key in keys])
+            self._consumer.unassign()
+        return keys
 
     def _offset_at(self, topic: str, partition: int) -> int:
         found = self._consumer.offsets_for_times(
