@@ -46,7 +46,6 @@ from feedhandler.kafka.routing import Routes  # noqa: E402
 from feedhandler.kafka.topics import ensure_topics  # noqa: E402
 from feedhandler.ops.latency import LatencyHistogram, StageLatencies  # noqa: E402
 from feedhandler.pipeline.handler import Handler, HandlerConfig  # noqa: E402
-from feedhandler.kafka.sink import POLL_INTERVAL  # noqa: E402
 from feedhandler.pipeline.profiles import profile_settings  # noqa: E402
 from feedhandler.session import SessionClient  # noqa: E402
 from streams import split_block  # noqa: E402
@@ -63,7 +62,6 @@ VARIANTS = {
     "throughput": ("throughput", {}),
     "latency": ("latency", {}),
     "latency-pool-decode": ("latency", {"inline_frames": 0}),
-    "latency-5ms-acks": ("latency", {"ack_interval": POLL_INTERVAL}),
     # the same records through confluent_kafka's produce_batch instead of the ProducerLink
     "latency-produce-batch": ("latency", {"producer_link": "off"}),
 }

@@ -8,6 +8,12 @@
     sink (feedhandler.kafka.sink), which builds the records, produces them into the one shared
     producer, applies backpressure and keeps the delivery ledger.
 
+The publisher waits event-driven: on an eventfd the reader signals after queuing a read, and on
+the ProducerLink's eventfd, signalled from librdkafka's thread once the records the oldest
+frame awaits are acknowledged (feedhandler.kafka.sink `wake_on_acknowledgement`); it serves
+the producer every POLL_INTERVAL besides. Without a ProducerLink it looks for
+acknowledgements every `ack_interval` instead.
+
 Only the publisher thread touches the producer: librdkafka is thread-safe, but two threads
 producing at once contend for the GIL and its locks and reach less than one. Taking packets in
 arrival order keeps every symbol's ticks in feed order whatever the number of workers. When
@@ -23,7 +29,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
+import select
 import threading
 import time
 from collections import Counter
@@ -43,9 +51,9 @@ class HandlerConfig(SinkConfig):
 
     workers: int = 2
     queue_reads: int = 0            # socket reads queued for the publisher; 0 = 4 per worker
-    # Seconds the publisher waits for the next read before it looks at the producer again
-    # (acknowledgements, held records) while frames await acknowledgement; with none waiting
-    # it looks every POLL_INTERVAL.
+    # Without a ProducerLink (nothing signals an acknowledgement): seconds the publisher waits
+    # for the next read before it looks for acknowledgements while frames await them (the
+    # wait has a millisecond's resolution). With the link it waits for the signal.
     ack_interval: float = POLL_INTERVAL
     # Frames at most per socket read handed on as one task; 0 = the frame source's default.
     read_frames: int = 0
@@ -109,6 +117,7 @@ class Handler:
         self._stopping = threading.Event()
         self._pending: queue.Queue = queue.Queue(config.queue_reads or 4 * config.workers)
         self._publisher_error: BaseException | None = None
+        self._read_queued = -1      # eventfd the reader signals after queuing, during run()
         # For metrics and the service watchdog, read from other threads: when the newest
         # socket read came in; whether the publisher is flushing (nothing more comes) or has
         # settled.
@@ -147,6 +156,7 @@ class Handler:
         else:
             batches = frames.batches()
         cpus = every_role(self.config.cpus)
+        self._read_queued = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         with borrowed_thread("fh-reader", "reader", cpus):
             publisher = threading.Thread(target=self._publish_loop, name="fh-publisher",
                                          daemon=True)
@@ -163,6 +173,7 @@ class Handler:
                         self._put_end(publisher)
             finally:
                 publisher.join()
+                os.close(self._read_queued)
                 self._feed_figures(frames)
         if self._publisher_error:
             raise self._publisher_error
@@ -185,6 +196,7 @@ class Handler:
             while True:     # blocks while the publisher is behind: backpressure
                 try:
                     self._pending.put((future, received), timeout=0.1)
+                    os.eventfd_write(self._read_queued, 1)
                     break
                 except queue.Full:
                     if self._publisher_error or not publisher.is_alive():
@@ -196,6 +208,7 @@ class Handler:
         while publisher.is_alive():
             try:
                 self._pending.put(None, timeout=0.1)
+                os.eventfd_write(self._read_queued, 1)
                 return
             except queue.Full:
                 continue
@@ -227,13 +240,17 @@ class Handler:
     def _publish_loop(self) -> None:
         start_role("fh-publisher", "publisher", self.config.cpus)
         acks = self.sink.ledger.acks
+        wakeups = select.poll()
+        wakeups.register(self._read_queued, select.POLLIN)
+        acknowledged_fd = self.sink.acknowledgement_fd
+        if acknowledged_fd is not None:
+            wakeups.register(acknowledged_fd, select.POLLIN)
         try:
             while True:
                 try:
-                    item = self._pending.get(timeout=self.config.ack_interval
-                                             if acks.frames else POLL_INTERVAL)
+                    item = self._pending.get_nowait()
                 except queue.Empty:
-                    self.sink.idle()
+                    self._wait(wakeups, acks, acknowledged_fd)
                     continue
                 if item is None:
                     break
@@ -249,6 +266,27 @@ class Handler:
             self._publisher_error = error
         finally:
             self._settle()
+
+    def _wait(self, wakeups: select.poll, acks, acknowledged_fd: int | None) -> None:
+        """Nothing queued: wait for the next read or the acknowledgement the oldest frame
+        awaits, and serve the sink after the latter. Once the sink's wait (without a
+        ProducerLink: `ack_interval` while frames await acknowledgement, else POLL_INTERVAL)
+        passes with neither, the sink is idle: it produces what it holds and serves the
+        producer."""
+        timeout = self.sink.wake_on_acknowledgement()
+        if timeout is None:
+            timeout = self.config.ack_interval if acks.frames else POLL_INTERVAL
+        ready = wakeups.poll(1000 * timeout)
+        if not ready:
+            self.sink.idle()
+            return
+        for fd, _ in ready:
+            try:
+                os.eventfd_read(fd)
+            except BlockingIOError:     # drained already
+                pass
+            if fd == acknowledged_fd:
+                self.sink.service()
 
     def _count(self, packet: packets.Packet) -> None:
         account = self.account
