@@ -2,6 +2,7 @@
 records in them."""
 
 import argparse
+import threading
 import time
 
 import numpy as np
@@ -169,6 +170,63 @@ def test_the_publisher_sees_an_acknowledgement_without_waiting_for_a_timer(
     account = handler.run(reads())
     assert account.delivered > 0 and account.lost == 0
     assert acknowledged_while_waiting == [account.delivered]
+
+
+def published_on(handler):
+    """(thread name, first sequence) of every packet the handler's sink is given, in order."""
+    calls = []
+    publish = handler.sink.publish
+
+    def recording(packet, received_ns):
+        calls.append((threading.current_thread().name, packet.sequence))
+        publish(packet, received_ns)
+    handler.sink.publish = recording
+    return calls
+
+
+def session_frames(messages_per_frame=100, count=6_000):
+    messages = split_block(orderflow.generate(count, symbols=20, seed=6).data)
+    return [packet.encode(messages[i:i + messages_per_frame], session=b"INLINE0001",
+                          sequence=1 + i)
+            for i in range(0, len(messages), messages_per_frame)]
+
+
+def test_a_read_decoded_on_the_reader_is_published_there_when_nothing_waits(kafka,
+                                                                          topic_prefix):
+    """No hand-off to the publisher for a read the reader decoded while the queue was empty."""
+    frames = session_frames()
+    handler = Handler(HandlerConfig(kafka, routes=Routes.by_category(topic_prefix),
+                                    partitions=2, inline_frames=1))
+    calls = published_on(handler)
+
+    def paced():
+        for frame in frames:
+            yield [frame]
+            time.sleep(0.005)
+    account = handler.run(paced())
+    assert account.delivered == account.decoded > 0 and account.lost == 0
+    assert account.frames == len(frames)
+    assert [sequence for _, sequence in calls] == sorted(sequence for _, sequence in calls)
+    on_reader = sum(name == "fh-reader" for name, _ in calls)
+    assert on_reader >= len(frames) // 2, calls     # most: the publisher was idle in between
+
+
+def test_reads_published_by_reader_and_publisher_keep_feed_order(kafka, topic_prefix):
+    """Small reads decoded on the reader and large ones on the pool, back to back: a small read
+    queued behind a large one waits for it, whichever thread publishes it."""
+    frames = session_frames(messages_per_frame=20)
+    reads, at = [], 0
+    while at < len(frames):
+        size = 1 if len(reads) % 2 else 16      # inline_frames=1: every other read inline
+        reads.append(frames[at:at + size])
+        at += size
+    handler = Handler(HandlerConfig(kafka, routes=Routes.by_category(topic_prefix),
+                                    partitions=2, inline_frames=1))
+    calls = published_on(handler)
+    account = handler.run(reads)
+    assert account.delivered == account.decoded > 0 and account.lost == 0
+    assert account.frames == len(frames)
+    assert [sequence for _, sequence in calls] == [1 + 20 * i for i in range(len(frames))]
 
 
 class CountingLink:
