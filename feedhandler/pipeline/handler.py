@@ -18,10 +18,11 @@ One thread at a time touches the producer (`_producing`): librdkafka is thread-s
 threads producing at once contend for the GIL and its locks and reach less than one. That
 thread is the publisher, except for a read the reader decoded itself (`inline_frames`, the
 latency profile) while nothing was queued before it: the reader publishes that one too, which
-spares the frame a thread hand-off (a wakeup and a GIL switch on its way to the producer). Taking packets in
-arrival order keeps every symbol's ticks in feed order whatever the number of workers. When
-the producer's queue is full the publisher waits, the futures queue fills, and the reader stops
-reading the socket: backpressure reaches the exchange instead of memory growing.
+spares the frame a thread hand-off (a wakeup and a GIL switch on its way to the producer).
+Taking packets in arrival order keeps every symbol's ticks in feed order whatever the number
+of workers. When the producer's queue is full the publisher waits, the futures queue fills,
+and the reader stops reading the socket: backpressure reaches the exchange instead of memory
+growing.
 
 However `run()` ends (end of feed, `stop()`, an error from the frame source or the publisher),
 what was read is published, the producer is flushed and the account settled before it returns
