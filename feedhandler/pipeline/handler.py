@@ -166,27 +166,33 @@ class Handler:
             batches = frames.batches()
         cpus = every_role(self.config.cpus)
         self._read_queued = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        with borrowed_thread("fh-reader", "reader", cpus):
-            publisher = threading.Thread(target=self._publish_loop, name="fh-publisher",
-                                         daemon=True)
-            publisher.start()
-            workers = itertools.count()
-
-            def start_worker():
-                start_role(f"fh-decode-{next(workers)}", "decode", cpus)
-            try:
-                with ThreadPoolExecutor(self.config.workers, initializer=start_worker) as pool:
-                    try:
-                        self._read(batches, pool, publisher)
-                    finally:
-                        self._put_end(publisher)
-            finally:
-                publisher.join()
-                os.close(self._read_queued)
-                self._feed_figures(frames)
+        try:
+            with borrowed_thread("fh-reader", "reader", cpus):
+                self._run_threads(batches, cpus, frames)
+        finally:
+            os.close(self._read_queued)
         if self._publisher_error:
             raise self._publisher_error
         return self.account
+
+    def _run_threads(self, batches, cpus, source) -> None:
+        """The publisher and the decode pool, while this thread reads."""
+        publisher = threading.Thread(target=self._publish_loop, name="fh-publisher",
+                                     daemon=True)
+        publisher.start()
+        workers = itertools.count()
+
+        def start_worker():
+            start_role(f"fh-decode-{next(workers)}", "decode", cpus)
+        try:
+            with ThreadPoolExecutor(self.config.workers, initializer=start_worker) as pool:
+                try:
+                    self._read(batches, pool, publisher)
+                finally:
+                    self._put_end(publisher)
+        finally:
+            publisher.join()
+            self._feed_figures(source)
 
     def _read(self, batches, pool: ThreadPoolExecutor, publisher: threading.Thread) -> None:
         for batch in batches:
