@@ -46,7 +46,6 @@ from feedhandler.kafka.routing import Routes  # noqa: E402
 from feedhandler.kafka.topics import ensure_topics  # noqa: E402
 from feedhandler.ops.latency import LatencyHistogram, StageLatencies  # noqa: E402
 from feedhandler.pipeline.handler import Handler, HandlerConfig  # noqa: E402
-from feedhandler.kafka.sink import POLL_INTERVAL  # noqa: E402
 from feedhandler.pipeline.profiles import profile_settings  # noqa: E402
 from feedhandler.session import SessionClient  # noqa: E402
 from streams import split_block  # noqa: E402
@@ -63,7 +62,6 @@ VARIANTS = {
     "throughput": ("throughput", {}),
     "latency": ("latency", {}),
     "latency-pool-decode": ("latency", {"inline_frames": 0}),
-    "latency-5ms-acks": ("latency", {"ack_interval": POLL_INTERVAL}),
     # the same records through confluent_kafka's produce_batch instead of the ProducerLink
     "latency-produce-batch": ("latency", {"producer_link": "off"}),
 }
@@ -100,14 +98,14 @@ def paced_feed(session: Path, messages: int, rate: int, sequence: int = 0):
         process.wait()
 
 
-def run_handler(prefix: str, feed, linger: int | None, variant: str) -> tuple[StageLatencies,
-                                                                       float]:
+def run_handler(prefix: str, feed, linger: int | None, variant: str,
+                partitions: int) -> tuple[StageLatencies, float]:
     """The handler over the paced feed: its stage latencies and ticks/s."""
     routes = Routes.by_category(f"{prefix}{next(RUN_IDS)}.")
     profile, changes = VARIANTS[variant]
     settings = profile_settings(profile, {} if linger is None else {"linger.ms": str(linger)})
     config = HandlerConfig(BOOTSTRAP, value_format="struct", workers=2, routes=routes,
-                           partitions=PARTITIONS, producer_overrides=settings.producer,
+                           partitions=partitions, producer_overrides=settings.producer,
                            **{**settings.pipeline, **changes})
     handler = Handler(config)
     switch_interval = sys.getswitchinterval()
@@ -160,12 +158,14 @@ class EveryRecordAcks:
         return acked
 
 
-def run_floor(prefix: str, feed, linger: int, frames, every_record: bool) -> LatencyHistogram:
+def run_floor(prefix: str, feed, linger: int, frames, every_record: bool,
+              partitions: int) -> tuple[LatencyHistogram, float]:
     """The plain producer at the paced feed's frames: frame-to-ack from its socket read, of
     each frame's last record (the issue's floor), or with `every_record` of every record up to
-    the frame (the handler's definition)."""
+    the frame (the handler's definition); and the records it sent per second (below the feed's
+    rate, it fell behind: then it is no floor)."""
     routes = Routes.by_category(f"{prefix}{next(RUN_IDS)}.")
-    ensure_topics(KafkaClientConfig(BOOTSTRAP), dict.fromkeys(routes.topics, PARTITIONS))
+    ensure_topics(KafkaClientConfig(BOOTSTRAP), dict.fromkeys(routes.topics, partitions))
     renamed = {old: new for old, new in zip(Routes.by_category("floor.").topics,
                                             routes.topics)}
     producer = Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": BOOTSTRAP,
@@ -191,6 +191,7 @@ def run_floor(prefix: str, feed, linger: int, frames, every_record: bool) -> Lat
     frame_number = 0
     try:
         with feed as batches:
+            started = time.monotonic()
             for batch in batches:
                 received = time.monotonic_ns()
                 for _ in batch:
@@ -207,11 +208,13 @@ def run_floor(prefix: str, feed, linger: int, frames, every_record: bool) -> Lat
                     producer.produce(renamed[topic], value, key,
                                      on_delivery=last_record(received))
         assert producer.flush(60) == 0
+        elapsed = time.monotonic() - started
     finally:
         done.set()
         server.join()
         delete_topic_names(BOOTSTRAP, routes.topics)
-    return acknowledged
+    records = sum(len(frames[n % len(frames)]) for n in range(frame_number))
+    return acknowledged, records / elapsed
 
 
 def linger_setting(text: str) -> int | None:
@@ -243,6 +246,10 @@ def main() -> None:
                         help="the floor's frame acknowledged: its last record's delivery "
                              "report (default, the issue's floor), or every record up to it "
                              "(the handler's definition; a delivery report per record)")
+    parser.add_argument("--partitions", type=int, default=PARTITIONS,
+                        help="partitions per topic, handler and floor (a frame's records "
+                             "spread over all of them; librdkafka sends one produce request "
+                             "per partition)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
     args = parser.parse_args()
     prefix = f"benchlat{int(time.time())}."
@@ -260,17 +267,18 @@ def main() -> None:
                 figures = {key: [] for key in ("floor_p50", "floor_p99", "p50", "p99",
                                                "ratio_p50", "ratio_p99", "produced_p99",
                                                "decoded_p99", "kafka_p50", "kafka_p99",
-                                               "ticks_per_s")}
+                                               "ticks_per_s", "floor_ticks_per_s")}
                 for round_number in range(args.rounds + 1):     # the first is a warm-up
                     sequence = 1 if args.join_from_start else 0
                     floor_linger = linger if linger is not None else int(profile_settings(
                         VARIANTS[profile][0], {}).producer.get("linger.ms",
                                                                PRODUCER_DEFAULTS["linger.ms"]))
-                    floor = run_floor(prefix, paced_feed(session, messages, rate, sequence),
-                                      floor_linger, frames, args.floor == "every-record")
+                    floor, floor_ticks_per_s = run_floor(
+                        prefix, paced_feed(session, messages, rate, sequence), floor_linger,
+                        frames, args.floor == "every-record", args.partitions)
                     latencies, ticks_per_s = run_handler(
                         prefix, paced_feed(session, messages, rate, sequence), linger,
-                        profile)
+                        profile, args.partitions)
                     if not round_number:
                         continue
                     if not floor.total or not latencies.acknowledged.total:
@@ -284,7 +292,8 @@ def main() -> None:
                               "decoded_p99": ms(latencies.decoded, 99),
                               "kafka_p50": ms(latencies.kafka, 50),
                               "kafka_p99": ms(latencies.kafka, 99),
-                              "ticks_per_s": ticks_per_s / 1e3}
+                              "ticks_per_s": ticks_per_s / 1e3,
+                              "floor_ticks_per_s": floor_ticks_per_s / 1e3}
                     values["ratio_p50"] = values["p50"] / values["floor_p50"]
                     values["ratio_p99"] = values["p99"] / values["floor_p99"]
                     for key, value in values.items():
@@ -298,14 +307,15 @@ def main() -> None:
     print("medians of rounds (range); ms unless said; ratio = handler / floor, same round")
     header = ("rate", "linger", "profile", "floor p50", "handler p50", "ratio", "floor p99",
               "handler p99", "ratio", "rcpt->produced p99", "rcpt->decoded p99",
-              "produced->ack p99", "k ticks/s")
+              "produced->ack p99", "k ticks/s", "floor k ticks/s")
     print(" | ".join(header))
     for rate, linger, profile, figures in rows:
         print(" | ".join([f"{rate // 1000}k", "profile's" if linger is None else str(linger),
                           profile] + [
             spread(figures[key]) for key in ("floor_p50", "p50", "ratio_p50", "floor_p99",
                                              "p99", "ratio_p99", "produced_p99",
-                                             "decoded_p99", "kafka_p99", "ticks_per_s")]))
+                                             "decoded_p99", "kafka_p99", "ticks_per_s",
+                                             "floor_ticks_per_s")]))
     if args.json:
         Path(args.json).write_text(json.dumps(
             [{"rate": r, "linger": l, "profile": p, **f} for r, l, p, f in rows], indent=1))

@@ -18,6 +18,11 @@ per tick, into the very handle the one shared `confluent_kafka.Producer` owns:
 - Messages produced here carry no confluent_kafka state (`_private` is NULL), which its delivery
   callback skips without taking the GIL; `on_acknowledgement` counts them, by error, in C.
   Records the application produces through the Producer itself are left to its callbacks.
+- Waiting for acknowledgements is event-driven: `on_acknowledgement` also counts every record
+  Kafka acknowledged (`delivered`, whichever API produced it), and once that count reaches the
+  target the publisher armed (`wake_when_delivered`) it signals an eventfd the link owns
+  (`acknowledgement_fd`), which the publisher waits on next to its other work. Successful
+  deliveries make no delivery report (error-only reports), so nothing else could wake it.
 
 Invariants its users keep (feedhandler.kafka.producer and the handler's publisher do):
 
@@ -41,6 +46,7 @@ from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint32_t, uint64_t, uint8_
 from libc.stdio cimport FILE, fclose, fread, rewind, snprintf, tmpfile
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
+from posix.unistd cimport close, write
 
 cimport numpy as cnp
 from rdkafka cimport *
@@ -49,6 +55,11 @@ from tick_order cimport (LOCATES, MAX_TYPES, TickSlot, TypeRows, load_types, loc
                          order_ticks, partition_of, record_timestamp_ms)
 
 cnp.import_array()     # also tells numpy's inline accessors which ABI they run under
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    int EFD_NONBLOCK
+    int EFD_CLOEXEC
 
 cdef extern from "<dlfcn.h>" nogil:
     void* dlopen(const char* filename, int flags)
@@ -77,6 +88,10 @@ cdef struct Tally:
     int64_t acknowledged
     int64_t failed
     int64_t failed_by_error[ERROR_SLOTS]
+    int64_t delivered       # records of either API that Kafka acknowledged
+    int64_t wake_at         # signal wake_fd once `delivered` reaches this; INT64_MAX: disarmed
+    int wake_fd             # an eventfd, closed with the tally (broker threads may signal it
+                            # until the very end)
 
 cdef RdKafkaApi api
 cdef bint api_bound = False
@@ -208,6 +223,9 @@ cdef int on_new(rd_kafka_t* rk, const rd_kafka_conf_t* conf, void* opaque, char*
 cdef int on_acknowledgement(rd_kafka_t* rk, rd_kafka_message_t* message,
                             void* opaque) noexcept nogil:
     cdef Tally* tally = <Tally*> opaque
+    if message.err == RD_KAFKA_RESP_ERR_NO_ERROR and \
+            fh_atomic_add_fetch(&tally.delivered, 1) >= fh_atomic_load_seq(&tally.wake_at):
+        signal_once(tally)
     if message._private != NULL:        # produced through confluent_kafka: its callbacks count it
         return 0
     if message.err == RD_KAFKA_RESP_ERR_NO_ERROR:
@@ -224,10 +242,22 @@ cdef int on_destroy(rd_kafka_t* rk, void* opaque) noexcept nogil:
 
 
 cdef int on_conf_destroy(void* opaque) noexcept nogil:
-    cdef Tally* tally = <Tally*> opaque
-    if fh_release(&tally.owners) == 0:
-        free(tally)
+    release_tally(<Tally*> opaque)
     return 0
+
+
+cdef void release_tally(Tally* tally) noexcept nogil:
+    if fh_release(&tally.owners) == 0:
+        if tally.wake_fd >= 0:
+            close(tally.wake_fd)
+        free(tally)
+
+
+cdef inline void signal_once(Tally* tally) noexcept nogil:
+    # Whoever disarms the wakeup signals it: one write per arming, from whichever thread.
+    cdef uint64_t one = 1
+    if fh_atomic_exchange(&tally.wake_at, INT64_MAX) != INT64_MAX:
+        write(tally.wake_fd, &one, sizeof(one))     # a full eventfd is already readable
 
 
 cdef inline void count_failure(Tally* tally, int err) noexcept nogil:
@@ -281,12 +311,16 @@ cdef class ProducerLink:
         if self.tally == NULL:
             raise MemoryError()
         self.tally.owners = 1
+        self.tally.wake_at = INT64_MAX
+        self.tally.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.tally.wake_fd < 0:
+            raise OSError("no eventfd for the acknowledgement wakeup")
 
     def __dealloc__(self):
         free(self.partitions)
         free(self.bucket_start)
-        if self.tally != NULL and fh_release(&self.tally.owners) == 0:
-            free(self.tally)
+        if self.tally != NULL:
+            release_tally(self.tally)
 
     def open_topics(self, list names, list partition_counts):
         """The topics `produce_ticks` writes to, by index, and their actual partition counts
@@ -526,6 +560,26 @@ cdef class ProducerLink:
     def failed(self) -> int:
         """Records produced here that failed: refused at once or failed delivery."""
         return fh_atomic_load(&self.tally.failed)
+
+    @property
+    def delivered(self) -> int:
+        """Records Kafka acknowledged, produced here or through the Producer. Counted as
+        librdkafka reports them, just before it takes them out of its queue count
+        (len(producer))."""
+        return fh_atomic_load_seq(&self.tally.delivered)
+
+    @property
+    def acknowledgement_fd(self) -> int:
+        """An eventfd (non-blocking) that becomes readable once `delivered` reaches the target
+        of `wake_when_delivered`; whoever waits on it reads it empty before arming again."""
+        return self.tally.wake_fd
+
+    def wake_when_delivered(self, int64_t target):
+        """Arm the wakeup: `acknowledgement_fd` is signalled once `delivered` reaches `target`,
+        at once if it already has. One signal per arming; arming again replaces the target."""
+        fh_atomic_store(&self.tally.wake_at, target)
+        if fh_atomic_load_seq(&self.tally.delivered) >= target:
+            signal_once(self.tally)
 
     @property
     def timestamp_fallbacks(self) -> int:

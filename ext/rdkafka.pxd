@@ -56,6 +56,19 @@ cdef extern from *:
     static inline int fh_release(int *owners) {
         return __atomic_sub_fetch(owners, 1, __ATOMIC_ACQ_REL);
     }
+    /* The acknowledgement wakeup: armed by the publisher, fired once by a broker thread. */
+    static inline int64_t fh_atomic_add_fetch(int64_t *counter, int64_t n) {
+        return __atomic_add_fetch(counter, n, __ATOMIC_SEQ_CST);
+    }
+    static inline int64_t fh_atomic_exchange(int64_t *target, int64_t value) {
+        return __atomic_exchange_n(target, value, __ATOMIC_SEQ_CST);
+    }
+    static inline void fh_atomic_store(int64_t *target, int64_t value) {
+        __atomic_store_n(target, value, __ATOMIC_SEQ_CST);
+    }
+    static inline int64_t fh_atomic_load_seq(const int64_t *counter) {
+        return __atomic_load_n(counter, __ATOMIC_SEQ_CST);
+    }
     """
     ctypedef struct rd_kafka_t
     ctypedef struct rd_kafka_topic_t
@@ -93,6 +106,10 @@ cdef extern from *:
     void fh_atomic_add(int64_t* counter, int64_t n) noexcept nogil
     int64_t fh_atomic_load(const int64_t* counter) noexcept nogil
     int fh_release(int* owners) noexcept nogil
+    int64_t fh_atomic_add_fetch(int64_t* counter, int64_t n) noexcept nogil
+    int64_t fh_atomic_exchange(int64_t* target, int64_t value) noexcept nogil
+    void fh_atomic_store(int64_t* target, int64_t value) noexcept nogil
+    int64_t fh_atomic_load_seq(const int64_t* counter) noexcept nogil
 
 cdef enum:
     RD_KAFKA_PARTITION_UA = -1

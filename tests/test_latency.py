@@ -2,6 +2,8 @@
 records in them."""
 
 import argparse
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,9 +14,11 @@ from feedhandler.exchange import orderflow
 from feedhandler.exchange.server import Simulator, SimulatorConfig
 from feedhandler.kafka.config import PRODUCER_DEFAULTS
 from feedhandler.kafka.routing import Routes
-from feedhandler.kafka.sink import POLL_INTERVAL
+from feedhandler.kafka.ledger import DeliveryErrors, DeliveryLedger
+from feedhandler.kafka.sink import ACKNOWLEDGED_COUNT_LAG, POLL_INTERVAL, KafkaSink
 from feedhandler.ops.latency import (BUCKETS, HIGHEST_NS, STAGES, SUB_BITS, LatencyHistogram,
                                      StageLatencies, bucket_bounds, bucket_of, format_table)
+from feedhandler.pipeline import handler as handler_module
 from feedhandler.pipeline.handler import Handler, HandlerConfig
 from feedhandler.pipeline.profiles import PROFILES
 from feedhandler.wire import packet
@@ -142,6 +146,118 @@ def test_a_handler_run_stamps_every_frame_at_every_stage_in_order(kafka, topic_p
     assert list(summary) == list(STAGES)
     assert all(summary[stage]["p50"] <= summary[stage]["p99"] <= summary[stage]["max"]
                for stage in STAGES)
+
+
+@pytest.mark.parametrize("value_format", ["struct", "json"])    # ProducerLink, Producer API
+def test_the_publisher_sees_an_acknowledgement_without_waiting_for_a_timer(
+        kafka, topic_prefix, monkeypatch, value_format):
+    """The publisher's timed waits are made a minute long: the reader's next read and the
+    acknowledgement of the frame it produced must each wake it by themselves."""
+    monkeypatch.setattr(handler_module, "POLL_INTERVAL", 60.0)
+    messages = split_block(orderflow.generate(2_000, symbols=20, seed=5).data)
+    frame = packet.encode(messages[:200], session=b"WAKEUP0001", sequence=1)
+    handler = Handler(HandlerConfig(kafka, value_format=value_format,
+                                    routes=Routes.by_category(topic_prefix), partitions=2,
+                                    ack_interval=60.0, producer_overrides={"linger.ms": "5"}))
+    acknowledged_while_waiting = []
+
+    def reads():
+        yield [frame]
+        deadline = time.monotonic() + 20
+        while not handler.acks.ticks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        acknowledged_while_waiting.append(handler.acks.ticks)
+    account = handler.run(reads())
+    assert account.delivered > 0 and account.lost == 0
+    assert acknowledged_while_waiting == [account.delivered]
+
+
+def published_on(handler):
+    """(thread name, first sequence) of every packet the handler's sink is given, in order."""
+    calls = []
+    publish = handler.sink.publish
+
+    def recording(packet, received_ns):
+        calls.append((threading.current_thread().name, packet.sequence))
+        publish(packet, received_ns)
+    handler.sink.publish = recording
+    return calls
+
+
+def session_frames(messages_per_frame=100, count=6_000):
+    messages = split_block(orderflow.generate(count, symbols=20, seed=6).data)
+    return [packet.encode(messages[i:i + messages_per_frame], session=b"INLINE0001",
+                          sequence=1 + i)
+            for i in range(0, len(messages), messages_per_frame)]
+
+
+def test_a_read_decoded_on_the_reader_is_published_there_when_nothing_waits(kafka,
+                                                                          topic_prefix):
+    """No hand-off to the publisher for a read the reader decoded while the queue was empty."""
+    frames = session_frames()
+    handler = Handler(HandlerConfig(kafka, routes=Routes.by_category(topic_prefix),
+                                    partitions=2, inline_frames=1))
+    calls = published_on(handler)
+
+    def paced():
+        for frame in frames:
+            yield [frame]
+            time.sleep(0.005)
+    account = handler.run(paced())
+    assert account.delivered == account.decoded > 0 and account.lost == 0
+    assert account.frames == len(frames)
+    assert [sequence for _, sequence in calls] == sorted(sequence for _, sequence in calls)
+    on_reader = sum(name == "fh-reader" for name, _ in calls)
+    assert on_reader >= len(frames) // 2, calls     # most: the publisher was idle in between
+
+
+def test_reads_published_by_reader_and_publisher_keep_feed_order(kafka, topic_prefix):
+    """Small reads decoded on the reader and large ones on the pool, back to back: a small read
+    queued behind a large one waits for it, whichever thread publishes it."""
+    frames = session_frames(messages_per_frame=20)
+    reads, at = [], 0
+    while at < len(frames):
+        size = 1 if len(reads) % 2 else 16      # inline_frames=1: every other read inline
+        reads.append(frames[at:at + size])
+        at += size
+    handler = Handler(HandlerConfig(kafka, routes=Routes.by_category(topic_prefix),
+                                    partitions=2, inline_frames=1))
+    calls = published_on(handler)
+    account = handler.run(reads)
+    assert account.delivered == account.decoded > 0 and account.lost == 0
+    assert account.frames == len(frames)
+    assert [sequence for _, sequence in calls] == [1 + 20 * i for i in range(len(frames))]
+
+
+class CountingLink:
+    """What the sink asks of a ProducerLink's acknowledgement wakeup."""
+
+    def __init__(self, delivered):
+        self.delivered = delivered
+        self.armed = []
+
+    def wake_when_delivered(self, target):
+        self.armed.append(target)
+
+
+class QueuedRecords(list):
+    """A producer standing in: only its queue count (len) is asked for."""
+
+
+@pytest.mark.parametrize("delivered, queued, armed, wait", [
+    (40, 60, [100], POLL_INTERVAL),      # 60 records to go: armed for the frame's 100
+    (100, 5, [], ACKNOWLEDGED_COUNT_LAG),  # acknowledged, not yet counted out: look again soon
+])
+def test_the_sink_arms_the_wakeup_for_the_oldest_frame_or_looks_again_soon(delivered, queued,
+                                                                           armed, wait):
+    sink = KafkaSink.__new__(KafkaSink)
+    sink.link, sink.producer = CountingLink(delivered), QueuedRecords([None] * queued)
+    sink.ledger, sink._in_transaction = DeliveryLedger(DeliveryErrors()), False
+    sink.ledger.handed_over(100, 100)
+    sink.ledger.acks.frame_produced(100, 100, 1, 101)
+    assert sink.wake_on_acknowledgement() == wait and sink.link.armed == armed
+    sink.link = None        # nothing to signal: the caller looks on its own timer
+    assert sink.wake_on_acknowledgement() is None
 
 
 def run_args(*options):

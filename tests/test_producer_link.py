@@ -3,6 +3,7 @@
 import gc
 import logging
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -69,6 +70,31 @@ def test_records_produced_through_the_producer_itself_are_left_to_its_callbacks(
     producer.produce(topic, b"not a tick")
     assert producer.flush(30) == 0
     assert link.acknowledged == 0 and link.failed == 0
+
+
+def readable(fd, seconds):
+    waiting = select.poll()
+    waiting.register(fd, select.POLLIN)
+    return bool(waiting.poll(seconds * 1000))
+
+
+def test_the_acknowledgement_fd_is_signalled_once_the_armed_count_is_delivered(kafka,
+                                                                              topic_prefix):
+    topic = topic_prefix + "wake"
+    producer, link, errors = linked(kafka, topic, **{"linger.ms": "50"})
+    fd = link.acknowledgement_fd
+    assert link.delivered == 0 and not readable(fd, 0)
+    link.wake_when_delivered(len(SOURCE_MESSAGES) + 1)  # the ticks and the record below
+    assert produce(link) == len(SOURCE_MESSAGES)
+    producer.produce(topic, b"through the Producer: counted too")
+    assert not readable(fd, 0)      # lingering 50 ms: nothing acknowledged yet
+    assert readable(fd, 30)         # no poll() or flush() of the producer needed
+    assert link.delivered == len(SOURCE_MESSAGES) + 1
+    assert os.eventfd_read(fd) == 1
+    assert not readable(fd, 0)      # one signal per arming
+    link.wake_when_delivered(1)     # reached already: signalled at once
+    assert readable(fd, 0) and os.eventfd_read(fd) == 1
+    assert producer.flush(30) == 0 and not readable(fd, 0)
 
 
 def test_refused_records_are_counted_as_failed_with_the_reason(kafka, topic_prefix):

@@ -2,8 +2,9 @@
 
 A sink owns the one shared producer (and the ProducerLink into its librdkafka handle), the
 topics and their partition counts, record keys, record building, backpressure and the delivery
-ledger. The pipeline hands it decoded packets in feed order, from one thread; only that thread
-touches the producer. There is one implementation per delivery path:
+ledger. The pipeline hands it decoded packets in feed order, from one thread at a time (the
+handler's `_producing` lock); only that thread touches the producer. There is one
+implementation per delivery path:
 
 - `LinkedTickSink`: per-tick `struct`/`raw` records built in C and produced into the producer's
   handle by the ProducerLink, deliveries counted in C.
@@ -45,6 +46,9 @@ from feedhandler.errors import DecodeError
 from feedhandler.wire.packet import END_OF_SESSION_COUNT, HEARTBEAT_COUNT, Packet, peek
 
 POLL_INTERVAL = 0.005         # seconds between polls of the producer while records flow
+# How soon to look again when Kafka acknowledged records that librdkafka still counts as queued
+# (it counts them out just after it reports them, on its own thread).
+ACKNOWLEDGED_COUNT_LAG = 0.001
 BATCH_TICKS = 65_536          # batched format: ticks held back at most, to share records,
 BATCH_LINGER_NS = 5_000_000   # and for at most this long
 # The sink fills at most this share of queue.buffering.max.kbytes: its figure for the bytes
@@ -298,6 +302,32 @@ class KafkaSink:
         finally:
             self._in_transaction = False
         self._update_acks()
+
+    @property
+    def acknowledgement_fd(self) -> int | None:
+        """The ProducerLink's eventfd that `wake_on_acknowledgement` arms; None without a link."""
+        return self.link.acknowledgement_fd if self.link is not None else None
+
+    def wake_on_acknowledgement(self) -> float | None:
+        """Arm `acknowledgement_fd` to be signalled once Kafka has acknowledged as many records
+        as the oldest frame awaiting acknowledgement needs (the ledger's count: records handed
+        over through that frame); return how long the caller may wait for it before it looks
+        at the producer again, or None where no signal can come (no ProducerLink).
+
+        Exactly-once counts frames when their transaction commits, which service() does on
+        its own schedule: nothing is armed."""
+        if self.link is None:
+            return None
+        frames = self.ledger.acks.frames
+        if not frames or self._in_transaction:
+            return POLL_INTERVAL
+        needed = frames[0][0]
+        if self.link.delivered >= needed:
+            # Acknowledged, but librdkafka has yet to take the records out of its queue count
+            # (the ledger's figure): a moment's wait, not a signal that would come at once.
+            return ACKNOWLEDGED_COUNT_LAG
+        self.link.wake_when_delivered(needed)
+        return POLL_INTERVAL
 
     def outstanding(self) -> int:
         """Records in the producer, not yet acknowledged or failed."""

@@ -8,11 +8,21 @@
     sink (feedhandler.kafka.sink), which builds the records, produces them into the one shared
     producer, applies backpressure and keeps the delivery ledger.
 
-Only the publisher thread touches the producer: librdkafka is thread-safe, but two threads
-producing at once contend for the GIL and its locks and reach less than one. Taking packets in
-arrival order keeps every symbol's ticks in feed order whatever the number of workers. When
-the producer's queue is full the publisher waits, the futures queue fills, and the reader stops
-reading the socket: backpressure reaches the exchange instead of memory growing.
+The publisher waits event-driven: on an eventfd the reader signals after queuing a read, and on
+the ProducerLink's eventfd, signalled from librdkafka's thread once the records the oldest
+frame awaits are acknowledged (feedhandler.kafka.sink `wake_on_acknowledgement`); it serves
+the producer every POLL_INTERVAL besides. Without a ProducerLink it looks for
+acknowledgements every `ack_interval` instead.
+
+One thread at a time touches the producer (`_producing`): librdkafka is thread-safe, but two
+threads producing at once contend for the GIL and its locks and reach less than one. That
+thread is the publisher, except for a read the reader decoded itself (`inline_frames`, the
+latency profile) while nothing was queued before it: the reader publishes that one too, which
+spares the frame a thread hand-off (a wakeup and a GIL switch on its way to the producer).
+Taking packets in arrival order keeps every symbol's ticks in feed order whatever the number
+of workers. When the producer's queue is full the publisher waits, the futures queue fills,
+and the reader stops reading the socket: backpressure reaches the exchange instead of memory
+growing.
 
 However `run()` ends (end of feed, `stop()`, an error from the frame source or the publisher),
 what was read is published, the producer is flushed and the account settled before it returns
@@ -23,7 +33,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
+import select
 import threading
 import time
 from collections import Counter
@@ -43,14 +55,15 @@ class HandlerConfig(SinkConfig):
 
     workers: int = 2
     queue_reads: int = 0            # socket reads queued for the publisher; 0 = 4 per worker
-    # Seconds the publisher waits for the next read before it looks at the producer again
-    # (acknowledgements, held records) while frames await acknowledgement; with none waiting
-    # it looks every POLL_INTERVAL.
+    # Without a ProducerLink (nothing signals an acknowledgement): seconds the publisher waits
+    # for the next read before it looks for acknowledgements while frames await them (the
+    # wait has a millisecond's resolution). With the link it waits for the signal.
     ack_interval: float = POLL_INTERVAL
     # Frames at most per socket read handed on as one task; 0 = the frame source's default.
     read_frames: int = 0
-    # Reads of at most this many frames are decoded on the reader's thread: one thread
-    # hand-off less for a small read, whose decode takes microseconds (0 = never).
+    # Reads of at most this many frames are decoded on the reader's thread, and published by
+    # it too while nothing is queued before them: no thread hand-off for a small read, whose
+    # decode takes microseconds (0 = never).
     inline_frames: int = 0
     # CPUs per thread role ("reader", "decode", "publisher"), from feedhandler.ops.threads
     # parse_cpus; a role not named keeps the mask it inherits.
@@ -109,6 +122,11 @@ class Handler:
         self._stopping = threading.Event()
         self._pending: queue.Queue = queue.Queue(config.queue_reads or 4 * config.workers)
         self._publisher_error: BaseException | None = None
+        # Held by whichever thread takes reads and hands their packets to the sink: the
+        # publisher, or the reader for a read of its own while the queue is empty (feed order:
+        # the publisher takes a read off the queue and publishes it without letting go).
+        self._producing = threading.Lock()
+        self._read_queued = -1      # eventfd the reader signals after queuing, during run()
         # For metrics and the service watchdog, read from other threads: when the newest
         # socket read came in; whether the publisher is flushing (nothing more comes) or has
         # settled.
@@ -118,7 +136,7 @@ class Handler:
         self.sink = open_sink(config)
         self.account.producer_path = self.sink.path
         # Every frame's way from its socket read's arrival, per stage (ops.latency.STAGES),
-        # all recorded on the publisher thread.
+        # all recorded under `_producing`.
         self.latencies = self.sink.ledger.acks.latencies
 
     @property
@@ -147,26 +165,34 @@ class Handler:
         else:
             batches = frames.batches()
         cpus = every_role(self.config.cpus)
-        with borrowed_thread("fh-reader", "reader", cpus):
-            publisher = threading.Thread(target=self._publish_loop, name="fh-publisher",
-                                         daemon=True)
-            publisher.start()
-            workers = itertools.count()
-
-            def start_worker():
-                start_role(f"fh-decode-{next(workers)}", "decode", cpus)
-            try:
-                with ThreadPoolExecutor(self.config.workers, initializer=start_worker) as pool:
-                    try:
-                        self._read(batches, pool, publisher)
-                    finally:
-                        self._put_end(publisher)
-            finally:
-                publisher.join()
-                self._feed_figures(frames)
+        self._read_queued = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            with borrowed_thread("fh-reader", "reader", cpus):
+                self._run_threads(batches, cpus, frames)
+        finally:
+            os.close(self._read_queued)
         if self._publisher_error:
             raise self._publisher_error
         return self.account
+
+    def _run_threads(self, batches, cpus, source) -> None:
+        """The publisher and the decode pool, while this thread reads."""
+        publisher = threading.Thread(target=self._publish_loop, name="fh-publisher",
+                                     daemon=True)
+        publisher.start()
+        workers = itertools.count()
+
+        def start_worker():
+            start_role(f"fh-decode-{next(workers)}", "decode", cpus)
+        try:
+            with ThreadPoolExecutor(self.config.workers, initializer=start_worker) as pool:
+                try:
+                    self._read(batches, pool, publisher)
+                finally:
+                    self._put_end(publisher)
+        finally:
+            publisher.join()
+            self._feed_figures(source)
 
     def _read(self, batches, pool: ThreadPoolExecutor, publisher: threading.Thread) -> None:
         for batch in batches:
@@ -178,13 +204,18 @@ class Handler:
                 future = Future()
                 try:
                     future.set_result(_decode(batch))
-                except Exception as error:      # surfaces on the publisher, as from the pool
+                except Exception as error:      # surfaces as the publisher's, as from the pool
                     future.set_exception(error)
+                if self._publish_on_reader(future, received):
+                    if self._stopping.is_set() or self._publisher_error:
+                        return
+                    continue
             else:
                 future = pool.submit(_decode, batch)
             while True:     # blocks while the publisher is behind: backpressure
                 try:
                     self._pending.put((future, received), timeout=0.1)
+                    os.eventfd_write(self._read_queued, 1)
                     break
                 except queue.Full:
                     if self._publisher_error or not publisher.is_alive():
@@ -192,10 +223,31 @@ class Handler:
             if self._stopping.is_set() or self._publisher_error:
                 return
 
+    def _publish_on_reader(self, future: Future, received: int) -> bool:
+        """Publish a read decoded on the reader right here if nothing is queued before it and
+        the publisher is not busy; False if it must be queued instead."""
+        if not self._pending.empty() or self._publisher_error \
+                or not self._producing.acquire(blocking=False):
+            return False
+        try:
+            if not self._pending.empty() or self.draining.is_set():
+                return False
+            try:
+                self._publish_read(future, received)
+            except BaseException as error:      # as if on the publisher: run() re-raises it
+                log.exception("publisher failed")
+                self._publisher_error = error
+        finally:
+            self._producing.release()
+        # The publisher arms the acknowledgement wakeup for the frames just produced.
+        os.eventfd_write(self._read_queued, 1)
+        return True
+
     def _put_end(self, publisher: threading.Thread) -> None:
         while publisher.is_alive():
             try:
                 self._pending.put(None, timeout=0.1)
+                os.eventfd_write(self._read_queued, 1)
                 return
             except queue.Full:
                 continue
@@ -227,28 +279,64 @@ class Handler:
     def _publish_loop(self) -> None:
         start_role("fh-publisher", "publisher", self.config.cpus)
         acks = self.sink.ledger.acks
+        wakeups = select.poll()
+        wakeups.register(self._read_queued, select.POLLIN)
+        acknowledged_fd = self.sink.acknowledgement_fd
+        if acknowledged_fd is not None:
+            wakeups.register(acknowledged_fd, select.POLLIN)
         try:
             while True:
-                try:
-                    item = self._pending.get(timeout=self.config.ack_interval
-                                             if acks.frames else POLL_INTERVAL)
-                except queue.Empty:
-                    self.sink.idle()
-                    continue
-                if item is None:
-                    break
-                future, received = item
-                decoded_packets, decoded = future.result()
-                self.latencies.decoded.record(decoded - received)
-                for packet in decoded_packets:
-                    self._count(packet)
-                    self.sink.publish(packet, received)
-                self.sink.service()
+                with self._producing:
+                    try:
+                        item = self._pending.get_nowait()
+                    except queue.Empty:
+                        timeout = self._wait_time(acks)
+                    else:
+                        if item is None:
+                            break
+                        self._publish_read(*item)
+                        continue
+                self._wait(wakeups, timeout, acknowledged_fd)
         except BaseException as error:      # surfaced by run() on the reader's thread
             log.exception("publisher failed")
             self._publisher_error = error
         finally:
-            self._settle()
+            with self._producing:
+                self._settle()
+
+    def _publish_read(self, future: Future, received: int) -> None:
+        decoded_packets, decoded = future.result()
+        self.latencies.decoded.record(decoded - received)
+        for packet in decoded_packets:
+            self._count(packet)
+            self.sink.publish(packet, received)
+        self.sink.service()
+
+    def _wait_time(self, acks) -> float:
+        """Seconds the publisher may wait for a read or an acknowledgement signal (armed
+        here) before it looks at the sink itself: the sink's figure, or without a
+        ProducerLink `ack_interval` while frames await acknowledgement, else POLL_INTERVAL."""
+        timeout = self.sink.wake_on_acknowledgement()
+        if timeout is None:
+            timeout = self.config.ack_interval if acks.frames else POLL_INTERVAL
+        return timeout
+
+    def _wait(self, wakeups: select.poll, timeout: float, acknowledged_fd: int | None) -> None:
+        """Nothing queued: wait for the next read or the acknowledgement the oldest frame
+        awaits, and serve the sink after the latter. Once `timeout` passes with neither, the
+        sink is idle: it produces what it holds and serves the producer."""
+        ready = wakeups.poll(1000 * timeout)
+        with self._producing:
+            if not ready:
+                self.sink.idle()
+                return
+            for fd, _ in ready:
+                try:
+                    os.eventfd_read(fd)
+                except BlockingIOError:     # drained already
+                    pass
+                if fd == acknowledged_fd:
+                    self.sink.service()
 
     def _count(self, packet: packets.Packet) -> None:
         account = self.account

@@ -1,12 +1,13 @@
 """`--profile`: what the handler aims for, as producer settings and pipeline cadences.
 
-- throughput (the default): large producer batches (PRODUCER_DEFAULTS: linger.ms 20),
-  acknowledgements checked after every socket read and every 5 ms (POLL_INTERVAL) while the
-  feed is quiet, up to the source's default frames per socket read in one task, decoded on
-  the worker pool.
-- latency: small batches sent at once (linger.ms 1), acknowledgements checked every
-  LATENCY_ACK_INTERVAL while frames await them and the feed is quiet, socket reads of at most
+- throughput (the default): large producer batches (PRODUCER_DEFAULTS: linger.ms 20), up to
+  the source's default frames per socket read in one task, decoded on the worker pool.
+- latency: small batches sent at once (linger.ms 1), socket reads of at most
   LATENCY_READ_FRAMES frames, decoded on the reader's thread (one thread hand-off less).
+
+Both wait for acknowledgements event-driven (the ProducerLink signals them); without the link
+they are looked for on a timer while frames await them: every 5 ms (POLL_INTERVAL), or
+LATENCY_ACK_INTERVAL with the latency profile.
 
 Explicit `-X` settings win over a profile's producer settings. docs/kafka.md gives the
 measured trade-off."""
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 from feedhandler.kafka.sink import POLL_INTERVAL
 
-LATENCY_ACK_INTERVAL = 0.0002
+LATENCY_ACK_INTERVAL = 0.001     # the publisher's wait has a millisecond's resolution
 LATENCY_READ_FRAMES = 8
 
 
