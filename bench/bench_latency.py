@@ -61,7 +61,6 @@ RUN_IDS = iter(range(1_000_000))
 VARIANTS = {
     "throughput": ("throughput", {}),
     "latency": ("latency", {}),
-    "latency-pool-decode": ("latency", {"inline_frames": 0}),
     # the same records through confluent_kafka's produce_batch instead of the ProducerLink
     "latency-produce-batch": ("latency", {"producer_link": "off"}),
 }

@@ -116,15 +116,13 @@ class KeptHistogram(LatencyHistogram):
         super().record(value_ns)
 
 
-@pytest.mark.parametrize("inline_frames", [0, 4])     # decoded on the pool, on the reader
-def test_a_handler_run_stamps_every_frame_at_every_stage_in_order(kafka, topic_prefix,
-                                                                 inline_frames):
+def test_a_handler_run_stamps_every_frame_at_every_stage_in_order(kafka, topic_prefix):
     messages = split_block(orderflow.generate(20_000, symbols=20, seed=4).data)
     frames = [packet.encode(messages[i:i + 400], session=b"LATENCY001", sequence=1 + i)
               for i in range(0, len(messages), 400)]
     reads = [frames[i:i + 4] for i in range(0, len(frames), 4)]
     handler = Handler(HandlerConfig(kafka, routes=Routes.by_category(topic_prefix),
-                                    partitions=2, inline_frames=inline_frames))
+                                    partitions=2))
     latencies = handler.latencies
     for stage in STAGES:
         kept = KeptHistogram()
@@ -191,42 +189,33 @@ def session_frames(messages_per_frame=100, count=6_000):
             for i in range(0, len(messages), messages_per_frame)]
 
 
-def test_a_read_decoded_on_the_reader_is_published_there_when_nothing_waits(kafka,
-                                                                          topic_prefix):
-    """No hand-off to the publisher for a read the reader decoded while the queue was empty."""
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_the_reader_never_decodes_nor_publishes_whatever_the_profile(kafka, topic_prefix,
+                                                                      monkeypatch, profile):
+    """The reader hands every socket read off at once: decoding happens on the pool and
+    publishing on the publisher, also for the latency profile's small reads."""
     frames = session_frames()
+    decoded_on = []
+    decode_many = handler_module.packets.decode_many
+
+    def recording(batch, **options):
+        decoded_on.append(threading.current_thread().name)
+        return decode_many(batch, **options)
+    monkeypatch.setattr(handler_module.packets, "decode_many", recording)
     handler = Handler(HandlerConfig(kafka, routes=Routes.by_category(topic_prefix),
-                                    partitions=2, inline_frames=1))
+                                    partitions=2, **PROFILES[profile].pipeline))
     calls = published_on(handler)
 
     def paced():
         for frame in frames:
             yield [frame]
-            time.sleep(0.005)
+            time.sleep(0.002)
     account = handler.run(paced())
     assert account.delivered == account.decoded > 0 and account.lost == 0
-    assert account.frames == len(frames)
-    assert [sequence for _, sequence in calls] == sorted(sequence for _, sequence in calls)
-    on_reader = sum(name == "fh-reader" for name, _ in calls)
-    assert on_reader >= len(frames) // 2, calls     # most: the publisher was idle in between
-
-
-def test_reads_published_by_reader_and_publisher_keep_feed_order(kafka, topic_prefix):
-    """Small reads decoded on the reader and large ones on the pool, back to back: a small read
-    queued behind a large one waits for it, whichever thread publishes it."""
-    frames = session_frames(messages_per_frame=20)
-    reads, at = [], 0
-    while at < len(frames):
-        size = 1 if len(reads) % 2 else 16      # inline_frames=1: every other read inline
-        reads.append(frames[at:at + size])
-        at += size
-    handler = Handler(HandlerConfig(kafka, routes=Routes.by_category(topic_prefix),
-                                    partitions=2, inline_frames=1))
-    calls = published_on(handler)
-    account = handler.run(reads)
-    assert account.delivered == account.decoded > 0 and account.lost == 0
-    assert account.frames == len(frames)
-    assert [sequence for _, sequence in calls] == [1 + 20 * i for i in range(len(frames))]
+    assert len(decoded_on) == len(frames)
+    assert all(name.startswith("fh-decode-") for name in decoded_on), set(decoded_on)
+    assert {name for name, _ in calls} == {"fh-publisher"}
+    assert [sequence for _, sequence in calls] == [1 + 100 * i for i in range(len(frames))]
 
 
 class CountingLink:
@@ -271,7 +260,7 @@ def test_the_default_profile_is_throughput_and_changes_nothing():
     assert args.profile == "throughput"
     assert producer_settings(args) == []
     assert PROFILES["throughput"].pipeline == {"ack_interval": POLL_INTERVAL,
-                                               "read_frames": 0, "inline_frames": 0}
+                                               "read_frames": 0}
 
 
 def test_the_latency_profile_sets_its_settings_and_explicit_ones_win():

@@ -144,8 +144,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
                              "Kafka client of the handler (docs/kafka.md, Secured Kafka)")
     parser.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
                         help="throughput: large producer batches (linger.ms 20) (default); "
-                             "latency: linger.ms 1, short socket reads decoded and produced on "
-                             "the reader's thread. -X settings win; see docs/kafka.md")
+                             "latency: linger.ms 1, short socket reads. -X settings win; see "
+                             "docs/kafka.md")
     parser.add_argument("--workers", type=int, default=2, help="decode threads (default 2)")
     parser.add_argument("--format", choices=VALUE_FORMATS, default="struct",
                         help="record value format (default struct); see docs/kafka.md")

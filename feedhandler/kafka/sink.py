@@ -2,9 +2,9 @@
 
 A sink owns the one shared producer (and the ProducerLink into its librdkafka handle), the
 topics and their partition counts, record keys, record building, backpressure and the delivery
-ledger. The pipeline hands it decoded packets in feed order, from one thread at a time (the
-handler's `_producing` lock); only that thread touches the producer. There is one
-implementation per delivery path:
+ledger. The pipeline hands it decoded packets in feed order, from one thread (the handler's
+publisher); only that thread touches the producer. There is one implementation per delivery
+path:
 
 - `LinkedTickSink`: per-tick `struct`/`raw` records built in C and produced into the producer's
   handle by the ProducerLink, deliveries counted in C.

@@ -5,9 +5,9 @@ below 2**SUB_BITS every nanosecond has a bucket of its own; above, each power of
 2**(SUB_BITS - 1) equal buckets, so a bucket is never wider than 1/2**(SUB_BITS - 1) of the
 values in it (0.8 %: two to three significant digits) from 1 ns up to HIGHEST_NS (longer values
 count in the last bucket; `max` stays exact). Recording is a few integer operations and one
-array increment: no allocation, no lock. A histogram is recorded on one thread at a time (the
-pipeline records every stage under its producing lock, mostly on the publisher thread); other
-threads may read it at any time and see counts at most a few samples behind.
+array increment: no allocation, no lock. A histogram is recorded on one thread only (the
+pipeline records every stage on its publisher thread); other threads may read it at any time
+and see counts at most a few samples behind.
 
 `StageLatencies` holds one histogram per stage of a frame's way through the handler, from its
 socket read's arrival (see STAGES)."""

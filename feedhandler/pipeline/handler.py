@@ -14,13 +14,12 @@ frame awaits are acknowledged (feedhandler.kafka.sink `wake_on_acknowledgement`)
 the producer every POLL_INTERVAL besides. Without a ProducerLink it looks for
 acknowledgements every `ack_interval` instead.
 
-One thread at a time touches the producer (`_producing`): librdkafka is thread-safe, but two
-threads producing at once contend for the GIL and its locks and reach less than one. That
-thread is the publisher, except for a read the reader decoded itself (`inline_frames`, the
-latency profile) while nothing was queued before it: the reader publishes that one too, which
-spares the frame a thread hand-off (a wakeup and a GIL switch on its way to the producer).
-Taking packets in arrival order keeps every symbol's ticks in feed order whatever the number
-of workers. When the producer's queue is full the publisher waits, the futures queue fills,
+The reader never parses: it hands every socket read to the pool at once, whatever its size
+(the reader's time goes to the socket alone, so a slow decode or a busy producer never delays
+the next read's timestamp). Only the publisher thread touches the producer: librdkafka is
+thread-safe, but two threads producing at once contend for the GIL and its locks and reach
+less than one. Taking packets in arrival order keeps every symbol's ticks in feed order
+whatever the number of workers. When the producer's queue is full the publisher waits, the futures queue fills,
 and the reader stops reading the socket: backpressure reaches the exchange instead of memory
 growing.
 
@@ -61,10 +60,6 @@ class HandlerConfig(SinkConfig):
     ack_interval: float = POLL_INTERVAL
     # Frames at most per socket read handed on as one task; 0 = the frame source's default.
     read_frames: int = 0
-    # Reads of at most this many frames are decoded on the reader's thread, and published by
-    # it too while nothing is queued before them: no thread hand-off for a small read, whose
-    # decode takes microseconds (0 = never).
-    inline_frames: int = 0
     # CPUs per thread role ("reader", "decode", "publisher"), from feedhandler.ops.threads
     # parse_cpus; a role not named keeps the mask it inherits.
     cpus: dict = field(default_factory=dict)
@@ -122,10 +117,6 @@ class Handler:
         self._stopping = threading.Event()
         self._pending: queue.Queue = queue.Queue(config.queue_reads or 4 * config.workers)
         self._publisher_error: BaseException | None = None
-        # Held by whichever thread takes reads and hands their packets to the sink: the
-        # publisher, or the reader for a read of its own while the queue is empty (feed order:
-        # the publisher takes a read off the queue and publishes it without letting go).
-        self._producing = threading.Lock()
         self._read_queued = -1      # eventfd the reader signals after queuing, during run()
         # For metrics and the service watchdog, read from other threads: when the newest
         # socket read came in; whether the publisher is flushing (nothing more comes) or has
@@ -136,7 +127,7 @@ class Handler:
         self.sink = open_sink(config)
         self.account.producer_path = self.sink.path
         # Every frame's way from its socket read's arrival, per stage (ops.latency.STAGES),
-        # all recorded under `_producing`.
+        # all recorded on the publisher thread.
         self.latencies = self.sink.ledger.acks.latencies
 
     @property
@@ -200,18 +191,7 @@ class Handler:
             if not isinstance(batch, list):
                 batch = [batch]
             self.account.frames += len(batch)
-            if len(batch) <= self.config.inline_frames:
-                future = Future()
-                try:
-                    future.set_result(_decode(batch))
-                except Exception as error:      # surfaces as the publisher's, as from the pool
-                    future.set_exception(error)
-                if self._publish_on_reader(future, received):
-                    if self._stopping.is_set() or self._publisher_error:
-                        return
-                    continue
-            else:
-                future = pool.submit(_decode, batch)
+            future = pool.submit(_decode, batch)
             while True:     # blocks while the publisher is behind: backpressure
                 try:
                     self._pending.put((future, received), timeout=0.1)
@@ -222,26 +202,6 @@ class Handler:
                         return
             if self._stopping.is_set() or self._publisher_error:
                 return
-
-    def _publish_on_reader(self, future: Future, received: int) -> bool:
-        """Publish a read decoded on the reader right here if nothing is queued before it and
-        the publisher is not busy; False if it must be queued instead."""
-        if not self._pending.empty() or self._publisher_error \
-                or not self._producing.acquire(blocking=False):
-            return False
-        try:
-            if not self._pending.empty() or self.draining.is_set():
-                return False
-            try:
-                self._publish_read(future, received)
-            except BaseException as error:      # as if on the publisher: run() re-raises it
-                log.exception("publisher failed")
-                self._publisher_error = error
-        finally:
-            self._producing.release()
-        # The publisher arms the acknowledgement wakeup for the frames just produced.
-        os.eventfd_write(self._read_queued, 1)
-        return True
 
     def _put_end(self, publisher: threading.Thread) -> None:
         while publisher.is_alive():
@@ -286,23 +246,19 @@ class Handler:
             wakeups.register(acknowledged_fd, select.POLLIN)
         try:
             while True:
-                with self._producing:
-                    try:
-                        item = self._pending.get_nowait()
-                    except queue.Empty:
-                        timeout = self._wait_time(acks)
-                    else:
-                        if item is None:
-                            break
-                        self._publish_read(*item)
-                        continue
-                self._wait(wakeups, timeout, acknowledged_fd)
+                try:
+                    item = self._pending.get_nowait()
+                except queue.Empty:
+                    self._wait(wakeups, self._wait_time(acks), acknowledged_fd)
+                    continue
+                if item is None:
+                    break
+                self._publish_read(*item)
         except BaseException as error:      # surfaced by run() on the reader's thread
             log.exception("publisher failed")
             self._publisher_error = error
         finally:
-            with self._producing:
-                self._settle()
+            self._settle()
 
     def _publish_read(self, future: Future, received: int) -> None:
         decoded_packets, decoded = future.result()
@@ -326,17 +282,16 @@ class Handler:
         awaits, and serve the sink after the latter. Once `timeout` passes with neither, the
         sink is idle: it produces what it holds and serves the producer."""
         ready = wakeups.poll(1000 * timeout)
-        with self._producing:
-            if not ready:
-                self.sink.idle()
-                return
-            for fd, _ in ready:
-                try:
-                    os.eventfd_read(fd)
-                except BlockingIOError:     # drained already
-                    pass
-                if fd == acknowledged_fd:
-                    self.sink.service()
+        if not ready:
+            self.sink.idle()
+            return
+        for fd, _ in ready:
+            try:
+                os.eventfd_read(fd)
+            except BlockingIOError:     # drained already
+                pass
+            if fd == acknowledged_fd:
+                self.sink.service()
 
     def _count(self, packet: packets.Packet) -> None:
         account = self.account

@@ -3,7 +3,7 @@
 - throughput (the default): large producer batches (PRODUCER_DEFAULTS: linger.ms 20), up to
   the source's default frames per socket read in one task, decoded on the worker pool.
 - latency: small batches sent at once (linger.ms 1), socket reads of at most
-  LATENCY_READ_FRAMES frames, decoded on the reader's thread (one thread hand-off less).
+  LATENCY_READ_FRAMES frames handed on as one task.
 
 Both wait for acknowledgements event-driven (the ProducerLink signals them); without the link
 they are looked for on a timer while frames await them: every 5 ms (POLL_INTERVAL), or
@@ -29,12 +29,10 @@ class Profile:
 
 
 PROFILES = {
-    "throughput": Profile(pipeline={"ack_interval": POLL_INTERVAL, "read_frames": 0,
-                                    "inline_frames": 0}),
+    "throughput": Profile(pipeline={"ack_interval": POLL_INTERVAL, "read_frames": 0}),
     "latency": Profile(producer={"linger.ms": "1"},
                        pipeline={"ack_interval": LATENCY_ACK_INTERVAL,
-                                 "read_frames": LATENCY_READ_FRAMES,
-                                 "inline_frames": LATENCY_READ_FRAMES}),
+                                 "read_frames": LATENCY_READ_FRAMES}),
 }
 DEFAULT_PROFILE = "throughput"
 
