@@ -482,16 +482,34 @@ class BatchedSink(KafkaSink):
         common_headers = [("session", first.session), ("first", b"%d" % first.sequence),
                           ("next", b"%d" % last.next_sequence),
                           (FORMAT_HEADER, marker("batched").encode())]
+        records = []
         for topic, partition, message_type, rows in batched_records(
                 [packet for packet, _, _ in held], self.routes.topic_of_type, self.partitions,
                 self.directory):
             row_bytes = BATCH_DTYPES[message_type].itemsize
             step = max(1, self.max_record_bytes // row_bytes) * row_bytes
             headers = [("type", message_type.encode()), *common_headers]
-            for start in range(0, len(rows), step):
-                self._produce(topic, rows[start:start + step] if len(rows) > step else rows,
-                              partition=partition, headers=headers)
+            if len(rows) <= step:
+                records.append((topic, partition, rows, headers))
+                continue
+            records += [(topic, partition, rows[start:start + step], headers)
+                        for start in range(0, len(rows), step)]
+        self._produce_release(records)
         for packet, ticks, received in held:
             self.ledger.acks.frame_produced(self.ledger.records, ticks, received,
                                             packet.next_sequence)
         self._produced_through = held[-1][0].next_sequence
+
+    def _produce_release(self, records: list[tuple[str, int, bytes, list]]) -> None:
+        """A release's (topic, partition, value, headers) records: room for all of them is
+        waited for once, then each is one produce() (one the queue refuses all the same goes
+        through _produce, which waits for room)."""
+        self._before_producing(len(records), sum(len(record[2]) for record in records))
+        produce, handed_over = self.producer.produce, self.ledger.handed_over
+        for topic, partition, value, headers in records:
+            try:
+                produce(topic, value, partition=partition, headers=headers)
+            except BufferError:
+                self._produce(topic, value, partition=partition, headers=headers)
+                continue
+            handed_over(1, len(value))
