@@ -5,10 +5,13 @@ a packet reveals (`_records.unknown_stocks`, behind StockDirectory.learn)."""
 import numpy as np
 import pytest
 
+import record_fixtures
 from feedhandler.exchange import synthetic
 from feedhandler.kafka import _batched, _records
+from feedhandler.kafka.ledger import DeliveryErrors, DeliveryLedger
 from feedhandler.kafka.routing import (BATCH_DTYPES, LOCATES, STOCK_TYPES, Routes,
                                        StockDirectory, batched_records)
+from feedhandler.kafka.sink import BatchedSink
 from feedhandler.wire import itch, packet
 from feedhandler.wire.packet import Packet
 from streams import SESSION, split_block
@@ -155,3 +158,38 @@ def test_learn_refuses_rows_too_small_for_their_stock_field():
         StockDirectory().learn({STOCK_TYPES[0]: short})
     with pytest.raises(ValueError, match="per stock locate"):
         _records.unknown_stocks({}, (), np.zeros(5, np.uint8))
+
+
+class RefusingProducer(record_fixtures.RecordingProducer):
+    """Refuses every third produce() with BufferError (a full queue), as librdkafka does."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.refused = 0
+
+    def produce(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls % 3 == 0:
+            self.refused += 1
+            raise BufferError("Local: Queue full")
+        super().produce(*args, **kwargs)
+
+
+def test_a_release_refused_by_a_full_queue_still_produces_the_golden_records():
+    """Records of a release that the producer refuses are produced again, in their place: the
+    records and their order are those of the golden fixture."""
+    config = record_fixtures.sink_config("unused:9092", "batched", False)
+    producer = RefusingProducer()
+    partitions = dict.fromkeys(config.routes.topics, record_fixtures.PARTITIONS)
+    sink = BatchedSink(config, producer, None, partitions, DeliveryLedger(DeliveryErrors()))
+    for frame in record_fixtures.seeded_packets():
+        sink.publish(frame, 0)
+        sink.idle()
+    sink.finish()
+    produced = [record_fixtures.record_line(
+        r["topic"][len(record_fixtures.PREFIX):], r["partition"], r["key"], r["value"],
+        r["headers"], r["timestamp"]) for r in producer.records if r["topic"] in partitions]
+    assert producer.refused > 0
+    assert produced == record_fixtures.load("batched")
+    assert sink.ledger.records == len(producer.records)     # each counted once
