@@ -12,7 +12,10 @@ taken per pair:
   handed to the format's sink on one thread (`struct`, `raw`, `json`).
 
 Each format gets an unmeasured warm-up pair, then ROUNDS pairs; the table gives the median
-rates and the median handler / ceiling ratio with its range over the pairs.
+rates and the median handler / ceiling ratio with its range over the pairs, and the CPU
+seconds each round took in this process (librdkafka's threads included) and, for the handler,
+in the simulator: on a machine with few cores the handler's own work (reading, decoding,
+publishing) competes with librdkafka and the broker, which the ceiling leaves alone.
 
     PYTHONPATH=$PWD python3 bench/bench_ceiling.py [--formats batched struct raw json]
         [--rounds 5] [--json FILE]
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -57,14 +61,18 @@ class Pairs:
     def close(self) -> None:
         self.simulator.kill()
 
-    def handler(self) -> float:
+    def handler(self) -> tuple[float, float]:
+        """Seconds of the round, and CPU seconds of this process and the simulator."""
         handler = bh.new_handler(BOOTSTRAP, self.prefix, self.format, WORKERS)
+        simulator_cpu = process_cpu(self.simulator.pid)
         try:
-            return timed(bh.run_handler, handler, self.port, self.ticks)
+            seconds, cpu = timed(bh.run_handler, handler, self.port, self.ticks)
+            return seconds, cpu + process_cpu(self.simulator.pid) - simulator_cpu
         finally:
             bh.delete_topics(BOOTSTRAP, [handler])
 
-    def ceiling(self) -> float:
+    def ceiling(self) -> tuple[float, float]:
+        """Seconds of the round, and CPU seconds of this process."""
         routes = Routes.by_category(f"{self.prefix}{next(bh.RUNS)}.")
         if self.format != "batched":
             sink = open_sink(SinkConfig(BOOTSTRAP, self.format, routes=routes,
@@ -86,10 +94,17 @@ class Pairs:
             bh.delete_topic_names(BOOTSTRAP, routes.topics)
 
 
-def timed(function, *args) -> float:
-    start = time.perf_counter()
+def timed(function, *args) -> tuple[float, float]:
+    """Seconds `function(*args)` took, and the CPU seconds of this process meanwhile."""
+    start, cpu = time.perf_counter(), time.process_time()
     function(*args)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and system) another process has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def spread(values: list[float]) -> str:
@@ -111,13 +126,18 @@ def main() -> None:
             seconds = [(pairs.handler(), pairs.ceiling()) for _ in range(args.rounds)]
         finally:
             pairs.close()
-        handler = [pairs.ticks / h / 1e6 for h, _ in seconds]
-        ceiling = [pairs.ticks / c / 1e6 for _, c in seconds]
+        handler = [pairs.ticks / h / 1e6 for (h, _), _ in seconds]
+        ceiling = [pairs.ticks / c / 1e6 for _, (c, _) in seconds]
         figures[value_format] = {"ticks": pairs.ticks, "handler_mps": handler,
                                  "ceiling_mps": ceiling,
-                                 "ratio": [c / h for h, c in seconds]}
+                                 "ratio": [c / h for (h, _), (c, _) in seconds],
+                                 "handler_cpu_s": [cpu for (_, cpu), _ in seconds],
+                                 "ceiling_cpu_s": [cpu for _, (_, cpu) in seconds]}
+        figure = figures[value_format]
         print(f"{value_format:8} handler {spread(handler)} M/s  ceiling {spread(ceiling)} M/s  "
-              f"handler/ceiling {spread(figures[value_format]['ratio'])}", flush=True)
+              f"handler/ceiling {spread(figure['ratio'])}  CPU s handler "
+              f"{spread(figure['handler_cpu_s'])} ceiling {spread(figure['ceiling_cpu_s'])}",
+              flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
 
