@@ -36,6 +36,7 @@ EXTENSIONS = [
     extension("wire._decode", "decode.pyx", libraries=["lz4"]),
     extension("wire._soupbin", "soupbin.pyx"),
     extension("kafka._records", "records.pyx"),
+    extension("kafka._batched", "batched.pyx"),
     extension("kafka._producer_link", "producer_link.pyx", libraries=["dl"]),
 ]
 

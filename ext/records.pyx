@@ -1,23 +1,21 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Kafka records from decoded packets: the per-tick hot loop and the batched grouping.
+"""Kafka records from decoded packets: record keys and the per-tick hot loop.
 
-Per-tick records are the dicts `Producer.produce_batch` takes, built here so that the only
-Python-level work per tick is one small dict. Batched records group a packet's rows by message
-type and Kafka partition (Kafka's murmur2 of the key, as the Java client and librdkafka's
-murmur2_random partitioner compute it) without the GIL.
+Keys are stock names, partitions Kafka's murmur2 of the key (as the Java client and
+librdkafka's murmur2_random partitioner compute it); `unknown_stocks` finds the names a packet
+reveals. Per-tick records are the dicts `Producer.produce_batch` takes, built here so that the
+only Python-level work per tick is one small dict. (The batched format's rows: ext/batched.pyx.)
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memcpy
+from libc.stdlib cimport calloc, free
 
 cimport numpy as cnp
-import numpy as np
 
 from tick_order cimport (LOCATE_OFFSET, LOCATES, MAX_TYPES, TickSlot, TypeRows, load_types,
-                         locate_of, order_ticks, partition_of, record_timestamp_ms)
+                         locate_of, order_ticks, record_timestamp_ms)
 
 cnp.import_array()
 
@@ -129,71 +127,44 @@ def tick_records(dict messages, dict sequences, uint64_t first_sequence, Py_ssiz
         free(order)
 
 
-def group_rows(list parts, const uint32_t[::1] key_hashes, int partitions):
-    """Rows of one message type grouped by Kafka partition, each row prefixed with its
-    sequence number (the batched value format). `parts` is a list of (records, sequences)
-    array pairs, in feed order, e.g. one per frame. Returns {partition: bytes}, rows in feed
-    order within each partition. `key_hashes[locate]` is the murmur2 hash of that locate's key."""
-    cdef Py_ssize_t n = 0, itemsize = 0, i, k, at, width
-    cdef Py_ssize_t n_parts = len(parts)
-    cdef const uint8_t** rows = <const uint8_t**> calloc(max(n_parts, 1), sizeof(uint8_t*))
-    cdef const uint64_t** seqs = <const uint64_t**> calloc(max(n_parts, 1), sizeof(uint64_t*))
-    cdef Py_ssize_t* counts = <Py_ssize_t*> calloc(max(n_parts, 1), sizeof(Py_ssize_t))
-    cdef uint32_t* row_partition = NULL
-    cdef Py_ssize_t* fill = <Py_ssize_t*> calloc(partitions, sizeof(Py_ssize_t))
-    cdef char** out = <char**> calloc(partitions, sizeof(char*))
-    cdef dict result = {}
-    cdef uint32_t p
-    cdef cnp.ndarray records, sequences
-    try:
-        if partitions < 1 or key_hashes.shape[0] != LOCATES:
-            raise ValueError("group_rows needs partitions >= 1 and a hash per stock locate")
-        if rows == NULL or seqs == NULL or counts == NULL or fill == NULL or out == NULL:
-            raise MemoryError()
-        for k in range(n_parts):
-            records, sequences = parts[k]
-            if not (records.flags.c_contiguous and sequences.flags.c_contiguous) \
-                    or sequences.shape[0] != records.shape[0] or sequences.dtype != np.uint64 \
-                    or (k and records.dtype.itemsize != itemsize) \
-                    or records.dtype.itemsize < LOCATE_OFFSET + 2:
-                raise ValueError("group_rows needs matching contiguous arrays of one type")
-            itemsize = records.dtype.itemsize
-            rows[k] = <const uint8_t*> cnp.PyArray_DATA(records)
-            seqs[k] = <const uint64_t*> cnp.PyArray_DATA(sequences)
-            counts[k] = records.shape[0]
-            n += counts[k]
-        width = 8 + itemsize
-        row_partition = <uint32_t*> malloc(max(n, 1) * sizeof(uint32_t))
-        if row_partition == NULL:
-            raise MemoryError()
-        with nogil:
-            at = 0
-            for k in range(n_parts):
-                for i in range(counts[k]):
-                    p = partition_of(key_hashes[locate_of(rows[k] + i * itemsize)], partitions)
-                    row_partition[at] = p
-                    fill[p] += 1
-                    at += 1
-        for p in range(<uint32_t>partitions):
-            if fill[p]:
-                value = PyBytes_FromStringAndSize(NULL, fill[p] * width)
-                result[p] = value
-                out[p] = PyBytes_AS_STRING(value)
-                fill[p] = 0
-        with nogil:
-            at = 0
-            for k in range(n_parts):
-                for i in range(counts[k]):
-                    p = row_partition[at]
-                    memcpy(out[p] + fill[p] * width, &seqs[k][i], 8)
-                    memcpy(out[p] + fill[p] * width + 8, rows[k] + i * itemsize, itemsize)
-                    fill[p] += 1
-                    at += 1
-        return result
-    finally:
-        free(rows)
-        free(seqs)
-        free(counts)
-        free(row_partition)
-        free(fill)
-        free(out)
+def unknown_stocks(dict messages, tuple stock_fields, uint8_t[::1] known):
+    """The stock names `messages` (a Packet's) reveal for locates not `known` yet:
+    [(locate, name)] in the order they are to be applied (a later one for the same locate wins).
+
+    `stock_fields` is ((message type, offset of its 8-byte `stock` field), ...) in the order the
+    types are looked at; each type's rows are checked against `known` as it was before that
+    type, and their locates are marked known afterwards. A name is the field without trailing
+    NULs, then without trailing spaces (as numpy's bytes of the field, `rstrip(b" ")`)."""
+    cdef list named = []
+    cdef cnp.ndarray records
+    cdef Py_ssize_t i, count, itemsize, offset, length, start
+    cdef const uint8_t* rows
+    cdef const uint8_t* stock
+    cdef uint16_t locate
+    if known.shape[0] != LOCATES:
+        raise ValueError(f"known must have one entry per stock locate ({LOCATES})")
+    for message_type, offset in stock_fields:
+        records = messages.get(message_type)
+        if records is None:
+            continue
+        itemsize = cnp.PyArray_ITEMSIZE(records)
+        if not cnp.PyArray_IS_C_CONTIGUOUS(records) or cnp.PyArray_NDIM(records) != 1 \
+                or offset < LOCATE_OFFSET + 2 or offset + 8 > itemsize:
+            raise ValueError(f"{message_type}: rows too small for their stock field")
+        rows = <const uint8_t*> cnp.PyArray_DATA(records)
+        count = records.shape[0]
+        start = len(named)
+        for i in range(count):
+            locate = locate_of(rows + i * itemsize)
+            if known[locate]:
+                continue
+            stock = rows + i * itemsize + offset
+            length = 8
+            while length and stock[length - 1] == 0:
+                length -= 1
+            while length and stock[length - 1] == 0x20:
+                length -= 1
+            named.append((locate, PyBytes_FromStringAndSize(<const char*> stock, length)))
+        for i in range(start, len(named)):
+            known[<uint16_t> named[i][0]] = 1
+    return named

@@ -138,9 +138,6 @@ def test_record_builders_refuse_rows_too_small_for_their_fields():
     with pytest.raises(ValueError, match="too small"):
         _records.tick_records({"A": tiny}, {"A": sequences}, 1, 3, {"A": 0}, 1, directory.keys,
                               b"SESSION001", 0)
-    one_byte = np.zeros(3, np.dtype([("message_type", "S1")]))
-    with pytest.raises(ValueError, match="group_rows"):
-        _records.group_rows([(one_byte, sequences)], directory.hashes, 2)
 
 
 def test_keys_do_not_depend_on_when_the_handler_joined():

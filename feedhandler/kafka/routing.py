@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from feedhandler.kafka import _records
+from feedhandler.kafka import _batched, _records
 from feedhandler.wire.itch import DTYPES, encode
 from feedhandler.wire.packet import Packet
 
@@ -89,6 +89,8 @@ class Routes:
 
 STOCK_TYPES = tuple(t for t, dtype in DTYPES.items() if "stock" in dtype.names)
 """Message types that carry their stock's name as well as its locate code."""
+STOCK_FIELDS = tuple((t, DTYPES[t].fields["stock"][1]) for t in STOCK_TYPES)
+"""(message type, offset of its `stock` field) for StockDirectory.learn."""
 
 
 class StockDirectory:
@@ -104,16 +106,13 @@ class StockDirectory:
         self.keys: list[bytes] = [b"#%d" % locate for locate in range(LOCATES)]
         self.hashes = np.array([_records.murmur2(k) & 0xFFFFFFFF for k in self.keys], np.uint32)
         self.known = np.zeros(LOCATES, bool)
+        self._known_bytes = self.known.view(np.uint8)
 
     def learn(self, messages) -> None:
-        """Learn the names that a packet's messages (`Packet.messages`) carry."""
-        for message_type in STOCK_TYPES:
-            rows = messages.get(message_type)
-            if rows is None:
-                continue
-            unknown = ~self.known[rows["stock_locate"]]
-            if unknown.any():
-                self.update(rows[unknown])
+        """Learn the names that a packet's messages (`Packet.messages`) carry: one call into C
+        per packet, which finds the few rows of locates not named yet."""
+        for locate, key in _records.unknown_stocks(messages, STOCK_FIELDS, self._known_bytes):
+            self._name(locate, key)
 
     def update(self, directory: np.ndarray) -> None:
         """Rows with `stock_locate` and `stock` fields name their locates."""
@@ -182,14 +181,8 @@ def tick_records(packet: Packet, value_format: str, topic_index: dict[str, int],
 
 
 def batched_records(packets: list[Packet], topic_of_type: dict[str, str],
-                    partitions: dict[str, int], directory: StockDirectory):
+                    partitions: dict[str, int], directory: StockDirectory) -> list[tuple]:
     """The `batched` format for consecutive packets: (topic, partition, message type, rows
-    bytes) per message type and partition; rows are BATCH_DTYPES[type], in feed order."""
-    types = dict.fromkeys(t for packet in packets for t in packet.messages)
-    for message_type in types:
-        topic = topic_of_type[message_type]
-        parts = [(p.messages[message_type], p.sequences[message_type])
-                 for p in packets if message_type in p.messages]
-        groups = _records.group_rows(parts, directory.hashes, partitions[topic])
-        for partition, rows in groups.items():
-            yield topic, partition, message_type, rows
+    bytes) per message type and partition; rows are BATCH_DTYPES[type], in feed order. Types
+    come in order of first appearance, partitions in ascending order."""
+    return _batched.release_rows(packets, topic_of_type, partitions, directory.hashes)

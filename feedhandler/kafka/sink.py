@@ -519,11 +519,11 @@ class BatchedSink(KafkaSink):
         common_headers = [("session", first.session), ("first", b"%d" % first.sequence),
                           ("next", b"%d" % last.next_sequence),
                           (FORMAT_HEADER, marker(self.config.value_format).encode())]
-        for topic, partition, message_type, value in self._values(batched_records(
+        self._produce_release([
+            (topic, partition, value, [("type", message_type.encode()), *common_headers])
+            for topic, partition, message_type, value in self._values(batched_records(
                 [packet for packet, _, _ in held], self.routes.topic_of_type, self.partitions,
-                self.directory)):
-            self._produce(topic, value, partition=partition,
-                          headers=[("type", message_type.encode()), *common_headers])
+                self.directory))])
         for packet, ticks, received in held:
             self.ledger.acks.frame_produced(self.ledger.records, ticks, received,
                                             packet.next_sequence)
@@ -539,6 +539,20 @@ class BatchedSink(KafkaSink):
             for start in range(0, len(rows), step):
                 yield (topic, partition, message_type,
                        rows[start:start + step] if len(rows) > step else rows)
+
+    def _produce_release(self, records: list[tuple[str, int, bytes, list]]) -> None:
+        """A release's (topic, partition, value, headers) records: room for all of them is
+        waited for once, then each is one produce() (one the queue refuses all the same goes
+        through _produce, which waits for room)."""
+        self._before_producing(len(records), sum(len(record[2]) for record in records))
+        produce, handed_over = self.producer.produce, self.ledger.handed_over
+        for topic, partition, value, headers in records:
+            try:
+                produce(topic, value, partition=partition, headers=headers)
+            except BufferError:
+                self._produce(topic, value, partition=partition, headers=headers)
+                continue
+            handed_over(1, len(value))
 
 
 class ArrowSink(BatchedSink):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 PACKAGE = "feedhandler"
 COMPILED_MODULES = ("feedhandler.wire._decode", "feedhandler.wire._soupbin",
-                    "feedhandler.kafka._records", "feedhandler.kafka._producer_link")
+                    "feedhandler.kafka._records", "feedhandler.kafka._batched",
+                    "feedhandler.kafka._producer_link")
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 

@@ -1,0 +1,146 @@
+"""End to end against the ceiling, per value format, the two taking turns.
+
+bench_handler.py runs every round of a handler benchmark and then, minutes later, every round
+of its ceiling; on a shared machine the load moves in between (batched[2] measured 0.4-1.08x of
+its ceiling that way). Here each round is a pair, one right after the other, and the ratio is
+taken per pair:
+
+- the handler (2 workers, as `feedhandler run` sets the GIL switch interval) on a simulated
+  session served by the simulator in its own process, until every tick is acknowledged;
+- the ceiling of the same format (bench_handler's, nothing else running): ready-made batched
+  records produced with the handler's producer settings (`batched`), or the decoded session
+  handed to the format's sink on one thread (`struct`, `raw`, `json`).
+
+Each format gets an unmeasured warm-up pair, then ROUNDS pairs; the table gives the median
+rates and the median handler / ceiling ratio with its range over the pairs, and the CPU
+seconds each round took in this process (librdkafka's threads included) and, for the handler,
+in the simulator: on a machine with few cores the handler's own work (reading, decoding,
+publishing) competes with librdkafka and the broker, which the ceiling leaves alone.
+
+    PYTHONPATH=$PWD python3 bench/bench_ceiling.py [--formats batched struct raw json]
+        [--rounds 5] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
+
+from confluent_kafka import Producer  # noqa: E402
+
+import bench_handler as bh  # noqa: E402
+from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig  # noqa: E402
+from feedhandler.kafka.routing import Routes  # noqa: E402
+from feedhandler.kafka.sink import SinkConfig, open_sink  # noqa: E402
+from feedhandler.kafka.topics import ensure_topics  # noqa: E402
+
+BOOTSTRAP = "127.0.0.1:19092"
+WORKERS = 2
+TICKS = {"batched": bh.BATCHED_TICKS, "struct": bh.TICKS, "raw": bh.TICKS, "json": bh.JSON_TICKS}
+
+
+class Pairs:
+    """One format's handler and ceiling rounds; topics are dropped after each round."""
+
+    def __init__(self, value_format: str, prefix: str):
+        self.format, self.prefix, self.ticks = value_format, prefix, TICKS[value_format]
+        self.simulator, self.port = bh.start_simulator(self.ticks)
+        if value_format == "batched":
+            self.values = bh.batched_values(200_000, Routes.by_category(f"{prefix}values."))
+        else:
+            self.packets = bh.session_packets(self.ticks)
+
+    def close(self) -> None:
+        self.simulator.kill()
+
+    def handler(self) -> tuple[float, float]:
+        """Seconds of the round, and CPU seconds of this process and the simulator."""
+        handler = bh.new_handler(BOOTSTRAP, self.prefix, self.format, WORKERS)
+        simulator_cpu = process_cpu(self.simulator.pid)
+        try:
+            seconds, cpu = timed(bh.run_handler, handler, self.port, self.ticks)
+            return seconds, cpu + process_cpu(self.simulator.pid) - simulator_cpu
+        finally:
+            bh.delete_topics(BOOTSTRAP, [handler])
+
+    def ceiling(self) -> tuple[float, float]:
+        """Seconds of the round, and CPU seconds of this process."""
+        routes = Routes.by_category(f"{self.prefix}{next(bh.RUNS)}.")
+        if self.format != "batched":
+            sink = open_sink(SinkConfig(BOOTSTRAP, self.format, routes=routes,
+                                        partitions=bh.PARTITIONS))
+            try:
+                return timed(bh.publish_packets, sink, self.packets)
+            finally:
+                bh.delete_topic_names(BOOTSTRAP, routes.every_topic)
+        ensure_topics(KafkaClientConfig(BOOTSTRAP), dict.fromkeys(routes.topics, bh.PARTITIONS))
+        producer = Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": BOOTSTRAP})
+        for topic in routes.topics:     # connected, producer id and leaders known
+            producer.produce(topic, b"warm-up", partition=0)
+        producer.flush(30)
+        renamed = dict(zip(Routes.by_category(f"{self.prefix}values.").topics, routes.topics))
+        values = [(renamed[t], p, v, n) for t, p, v, n in self.values]
+        try:
+            return timed(bh.produce_values, producer, values, self.ticks)
+        finally:
+            bh.delete_topic_names(BOOTSTRAP, routes.topics)
+
+
+def timed(function, *args) -> tuple[float, float]:
+    """Seconds `function(*args)` took, and the CPU seconds of this process meanwhile."""
+    start, cpu = time.perf_counter(), time.process_time()
+    function(*args)
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and system) another process has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--formats", nargs="+", default=list(TICKS), choices=list(TICKS))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", metavar="FILE", help="also write every figure here")
+    args = parser.parse_args()
+    prefix = f"bench-ceiling-{int(time.time())}."
+    figures = {}
+    for value_format in args.formats:
+        pairs = Pairs(value_format, prefix)
+        try:
+            pairs.handler(), pairs.ceiling()        # warm-up
+            seconds = [(pairs.handler(), pairs.ceiling()) for _ in range(args.rounds)]
+        finally:
+            pairs.close()
+        handler = [pairs.ticks / h / 1e6 for (h, _), _ in seconds]
+        ceiling = [pairs.ticks / c / 1e6 for _, (c, _) in seconds]
+        figures[value_format] = {"ticks": pairs.ticks, "handler_mps": handler,
+                                 "ceiling_mps": ceiling,
+                                 "ratio": [c / h for (h, _), (c, _) in seconds],
+                                 "handler_cpu_s": [cpu for (_, cpu), _ in seconds],
+                                 "ceiling_cpu_s": [cpu for _, (_, cpu) in seconds]}
+        figure = figures[value_format]
+        print(f"{value_format:8} handler {spread(handler)} M/s  ceiling {spread(ceiling)} M/s  "
+              f"handler/ceiling {spread(figure['ratio'])}  CPU s handler "
+              f"{spread(figure['handler_cpu_s'])} ceiling {spread(figure['ceiling_cpu_s'])}",
+              flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
