@@ -32,11 +32,22 @@ cdef extern from "shuffle_convert.h" nogil:
         SHUFFLE_MASKS
         SHUFFLE_READ
         SHUFFLE_WRITE
+        PERMUTE_READ
+        PERMUTE_WRITE
+        PERMUTE_TIMESTAMP_LANE
     const uint8_t SHUFFLE_WINDOW_AT[5]
     const uint8_t SHUFFLE_MASK_WINDOW[SHUFFLE_MASKS]
     const uint8_t SHUFFLE_MASK_PIECE[SHUFFLE_MASKS]
     void shuffle_convert(const uint8_t* msg, const uint8_t* masks, uint8_t* out)
     int shuffle_convert_supported()
+    ctypedef struct PermuteSpec:
+        uint8_t index[64]
+        uint64_t keep
+        uint64_t stock
+        uint64_t side
+    uint32_t permute_convert(const uint8_t* msg, const PermuteSpec* spec,
+                             uint64_t timestamp_limit, uint8_t* out)
+    int permute_convert_supported()
 
 from feedhandler.errors import DecodeError, Quarantined
 
@@ -205,16 +216,19 @@ cdef enum:
     _MAX_TYPES = 24     # the 23 ITCH 5.0 message types, rounded up
     _MAX_BODY = 40      # longest message body after the wire header ('I': 50 - 11), rounded up
     _ROW_SLACK = 64     # bytes after each type's rows that the fixed-size writes may scribble on
-    # Bytes either conversion may read at a message (convert_message: the wire header and a
-    # fixed-size body, 11 + _MAX_BODY; shuffle_convert: SHUFFLE_READ). Messages nearer the end
-    # of the input are staged through a buffer of this size first.
-    _MESSAGE_WINDOW = SHUFFLE_READ
+    # Bytes any conversion may read at a message (convert_message: the wire header and a
+    # fixed-size body, 11 + _MAX_BODY; shuffle_convert: SHUFFLE_READ; permute_convert:
+    # PERMUTE_READ, the most; checked at import). Messages nearer the end of the input are
+    # staged through a buffer of this size first.
+    _MESSAGE_WINDOW = PERMUTE_READ
     _NO_LENGTH = 0x10000                # expected length of an unknown type: no u16 equals it
 
 cdef struct MessageSpec:
     # Conversion is the same fixed sequence of steps for every type (no branch depends on the
-    # type, which is unpredictable in a feed). With SSSE3 (shuffle_convert): seven byte
-    # shuffles with the type's masks. In portable C (convert_message): copy the body, byte-swap
+    # type, which is unpredictable in a feed). With AVX-512 VBMI (permute_convert): one byte
+    # permute with the type's index, the field checks in the same registers. With SSSE3
+    # (shuffle_convert): seven byte shuffles with the type's masks. In portable C
+    # (convert_message): copy the body, byte-swap
     # exactly _MAX_SWAPS32 and _MAX_SWAPS64 integers, write the header; a type with fewer
     # integers repeats harmless swaps aimed at the row's first bytes, which the header
     # overwrites afterwards. Swaps read the wire bytes (a body field's wire offset is its
@@ -234,6 +248,7 @@ cdef struct MessageSpec:
     uint8_t checks_side         # 1 if the type has a buy/sell indicator, else 0
     uint8_t checks_stock        # 1 if the type has a stock field, else 0
     uint8_t shuffles[SHUFFLE_MASKS * 16]    # the type's masks for shuffle_convert
+    PermuteSpec permute                     # the type's tables for permute_convert
 
 cdef MessageSpec SPECS[256]
 cdef list DESCRS = [None] * 256  # numpy dtype per type byte
@@ -277,6 +292,9 @@ cdef void _install_spec(str key, object dtype, list header) except *:
                               "(or more integers than _MAX_SWAPS32/_MAX_SWAPS64)")
     for i, mask_byte in enumerate(_shuffle_masks(key, dtype)):
         spec.shuffles[i] = mask_byte
+    index, spec.permute.keep, spec.permute.stock, spec.permute.side = _permute_tables(key, dtype)
+    for i, index_byte in enumerate(index):
+        spec.permute.index[i] = index_byte
     DESCRS[t] = dtype
     KEYS[t] = key
 
@@ -319,7 +337,34 @@ def _shuffle_masks(key, dtype) -> bytes:
     return bytes(masks)
 
 
-if SHUFFLE_WRITE > _ROW_SLACK or 11 + _MAX_BODY > _MESSAGE_WINDOW:
+def _field_bits(dtype, name) -> int:
+    """Bit j set for each byte j of the field `name` in the struct (0 if the type has none)."""
+    if name not in dtype.names:
+        return 0
+    field, offset = dtype.fields[name][:2]
+    return ((1 << field.itemsize) - 1) << offset
+
+
+def _permute_tables(key, dtype) -> tuple:
+    """permute_convert's (index, keep, stock, side) for a message type: the wire byte of each
+    of the 64 vector bytes (the struct, then the timestamp's copy in lane
+    PERMUTE_TIMESTAMP_LANE), which of them come from the wire (the rest are zeros), and which
+    hold the stock and the buy/sell indicator."""
+    lane = 8 * PERMUTE_TIMESTAMP_LANE
+    if dtype.itemsize > lane:
+        raise ImportError(f"ITCH struct {key!r} reaches the timestamp copy's lane")
+    timestamp = dtype.fields["timestamp"][1]
+    sources = _byte_sources(dtype) + [None] * (64 - dtype.itemsize)
+    sources[lane:lane + 8] = sources[timestamp:timestamp + 8]
+    if any(source is not None and source >= PERMUTE_READ for source in sources):
+        raise ImportError(f"ITCH struct {key!r} reads past PERMUTE_READ")
+    return (bytes(source or 0 for source in sources),
+            sum(1 << j for j, source in enumerate(sources) if source is not None),
+            _field_bits(dtype, "stock"), _field_bits(dtype, "buy_sell_indicator"))
+
+
+if max(SHUFFLE_WRITE, PERMUTE_WRITE) > _ROW_SLACK or max(
+        11 + _MAX_BODY, SHUFFLE_READ, PERMUTE_READ) > _MESSAGE_WINDOW:
     raise ImportError("shuffle_convert.h and decode.pyx disagree on the bytes read or written")
 for _type in range(256):
     SPECS[_type].expected_length = _NO_LENGTH
@@ -328,20 +373,33 @@ for _key, _dtype in DTYPES.items():
     _install_spec(_key, _dtype, _message_header())
 
 
-cdef bint use_shuffles = shuffle_convert_supported()
+cdef enum Conversion:
+    PORTABLE_CONVERSION
+    SHUFFLE_CONVERSION
+    PERMUTE_CONVERSION
+
+# name -> (conversion, whether this CPU can run it, what it needs), fastest first
+cdef dict _CONVERSIONS = {
+    "permute": (PERMUTE_CONVERSION, permute_convert_supported(), "AVX-512 VBMI"),
+    "shuffle": (SHUFFLE_CONVERSION, shuffle_convert_supported(), "SSSE3"),
+    "portable": (PORTABLE_CONVERSION, True, ""),
+}
+cdef Conversion conversion = next(c for c, supported, _ in _CONVERSIONS.values() if supported)
 
 
 def _conversion(str name=None) -> str:
-    """The message conversion in use ("shuffle": SSSE3, chosen when the CPU has it, or
-    "portable"); with a name, switch to it first (the tests run both)."""
-    global use_shuffles
+    """The message conversion in use: "permute" (AVX-512 VBMI), "shuffle" (SSSE3) or
+    "portable", the fastest the CPU runs chosen at import; with a name, switch to it first
+    (the tests run each one this CPU has)."""
+    global conversion
     if name is not None:
-        if name not in ("shuffle", "portable"):
+        if name not in _CONVERSIONS:
             raise ValueError(f"no conversion {name!r}")
-        if name == "shuffle" and not shuffle_convert_supported():
-            raise ValueError("this CPU has no SSSE3")
-        use_shuffles = name == "shuffle"
-    return "shuffle" if use_shuffles else "portable"
+        chosen, supported, needs = _CONVERSIONS[name]
+        if not supported:
+            raise ValueError(f"this CPU has no {needs}")
+        conversion = chosen
+    return next(name for name, (c, _, _) in _CONVERSIONS.items() if c == conversion)
 
 
 # ---- the block walk ----------------------------------------------------------------------------
@@ -536,10 +594,11 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
     cdef size_t pos = position[0], message = index[0], length   # locals: kept in registers
     cdef uint8_t t, k
     cdef int fault
+    cdef uint32_t suspect
     cdef const MessageSpec* spec
     cdef const uint8_t* msg
     cdef uint8_t staged[_MESSAGE_WINDOW]
-    cdef bint shuffles = use_shuffles
+    cdef Conversion chosen = conversion
     while pos < limit:
         if limit - pos < 3:
             return F.BUFFER_CHANGED
@@ -556,12 +615,16 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
             memset(staged, 0, _MESSAGE_WINDOW)
             memcpy(staged, msg, length)
             msg = staged
-        if shuffles:
+        if chosen == PERMUTE_CONVERSION:
+            suspect = permute_convert(msg, &spec.permute, _NANOSECONDS_PER_DAY, at.row[k])
+        elif chosen == SHUFFLE_CONVERSION:
             shuffle_convert(msg, spec.shuffles, at.row[k])
+            suspect = suspect_fields(msg, spec)
         else:
             convert_message(msg, spec, at.row[k])
+            suspect = suspect_fields(msg, spec)
         fault = F.OK
-        if suspect_fields(msg, spec):
+        if suspect:
             fault = field_fault(msg, spec)
         if fault:
             if log_fault(log, <F.Fault>fault, pos, length, message):
