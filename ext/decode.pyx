@@ -45,8 +45,14 @@ cdef extern from "shuffle_convert.h" nogil:
         uint64_t keep
         uint64_t stock
         uint64_t side
+        uint32_t expected_length
+        uint32_t struct_size
     uint32_t permute_convert(const uint8_t* msg, const PermuteSpec* spec,
                              uint64_t timestamp_limit, uint8_t* out)
+    size_t permute_fill(const uint8_t* block, size_t* position, size_t limit, size_t end,
+                        const PermuteSpec* specs, const uint8_t* slot_of, uint8_t** rows,
+                        uint64_t** sequences, uint64_t* const* ends, uint64_t sequence,
+                        uint64_t timestamp_limit)
     int permute_convert_supported()
 
 from feedhandler.errors import DecodeError, Quarantined
@@ -248,9 +254,10 @@ cdef struct MessageSpec:
     uint8_t checks_side         # 1 if the type has a buy/sell indicator, else 0
     uint8_t checks_stock        # 1 if the type has a stock field, else 0
     uint8_t shuffles[SHUFFLE_MASKS * 16]    # the type's masks for shuffle_convert
-    PermuteSpec permute                     # the type's tables for permute_convert
+    const PermuteSpec* permute              # the type's tables for permute_convert: PERMUTES[t]
 
 cdef MessageSpec SPECS[256]
+cdef PermuteSpec PERMUTES[256]   # by type byte; apart from SPECS, so permute_fill can read them
 cdef list DESCRS = [None] * 256  # numpy dtype per type byte
 cdef list KEYS = [None] * 256    # one-character str per type byte
 
@@ -265,6 +272,7 @@ def _message_header():
 cdef void _install_spec(str key, object dtype, list header) except *:
     cdef uint8_t t = ord(key)
     cdef MessageSpec* spec = &SPECS[t]
+    cdef PermuteSpec* permute = &PERMUTES[t]
     if [(name, dtype.fields[name][1]) for name in dtype.names[:len(header)]] != header:
         raise ImportError(f"ITCH struct {key!r} must start with the common message header")
     spec.struct_size = dtype.itemsize
@@ -292,9 +300,11 @@ cdef void _install_spec(str key, object dtype, list header) except *:
                               "(or more integers than _MAX_SWAPS32/_MAX_SWAPS64)")
     for i, mask_byte in enumerate(_shuffle_masks(key, dtype)):
         spec.shuffles[i] = mask_byte
-    index, spec.permute.keep, spec.permute.stock, spec.permute.side = _permute_tables(key, dtype)
+    spec.permute = permute
+    index, permute.keep, permute.stock, permute.side = _permute_tables(key, dtype)
     for i, index_byte in enumerate(index):
-        spec.permute.index[i] = index_byte
+        permute.index[i] = index_byte
+    permute.expected_length, permute.struct_size = spec.expected_length, spec.struct_size
     DESCRS[t] = dtype
     KEYS[t] = key
 
@@ -367,7 +377,7 @@ if max(SHUFFLE_WRITE, PERMUTE_WRITE) > _ROW_SLACK or max(
         11 + _MAX_BODY, SHUFFLE_READ, PERMUTE_READ) > _MESSAGE_WINDOW:
     raise ImportError("shuffle_convert.h and decode.pyx disagree on the bytes read or written")
 for _type in range(256):
-    SPECS[_type].expected_length = _NO_LENGTH
+    SPECS[_type].expected_length = PERMUTES[_type].expected_length = _NO_LENGTH
 DTYPES = {key: _dtype_from_format(fmt, size) for key, (size, fmt) in _struct_formats().items()}
 for _key, _dtype in DTYPES.items():
     _install_spec(_key, _dtype, _message_header())
@@ -600,6 +610,12 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
     cdef uint8_t staged[_MESSAGE_WINDOW]
     cdef Conversion chosen = conversion
     while pos < limit:
+        if chosen == PERMUTE_CONVERSION:    # the ordinary messages, up to one that is not
+            message += permute_fill(block, &pos, limit, n, PERMUTES, scan.slot_of, at.row,
+                                    at.sequence, at.end, first_sequence + message,
+                                    _NANOSECONDS_PER_DAY)
+            if pos >= limit:
+                break
         if limit - pos < 3:
             return F.BUFFER_CHANGED
         length = load_be16(block + pos)
@@ -616,7 +632,7 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
             memcpy(staged, msg, length)
             msg = staged
         if chosen == PERMUTE_CONVERSION:
-            suspect = permute_convert(msg, &spec.permute, _NANOSECONDS_PER_DAY, at.row[k])
+            suspect = permute_convert(msg, spec.permute, _NANOSECONDS_PER_DAY, at.row[k])
         elif chosen == SHUFFLE_CONVERSION:
             shuffle_convert(msg, spec.shuffles, at.row[k])
             suspect = suspect_fields(msg, spec)
