@@ -215,6 +215,19 @@ def test_bytes_changed_between_the_passes_are_refused(quarantine, change):
     assert refused.value.reason == "input buffer changed while it was being decoded"
 
 
+@pytest.mark.parametrize("quarantine", [False, True])
+def test_a_row_more_than_pass_one_counted_is_refused_far_from_the_end(quarantine):
+    """A 'D' turned into a 'B' (the same length) between the passes, with the last 'B' far
+    from the end of the input: the fill loop finds B's rows full there, not only the staging
+    of the last messages."""
+    messages = list(MESSAGES) + [m for m in MESSAGES if m[:1] == b"A"][:20]
+    i = first_of("D", 30)
+    at = length_prefix_at(messages, i) + 2
+    with pytest.raises(DecodeError) as refused:
+        changed_between_passes(framed(messages), at, b"B", quarantine=quarantine)
+    assert refused.value.code == "buffer_changed"
+
+
 def test_a_logged_fault_repaired_between_the_passes_stays_quarantined():
     """Pass two skips what pass one logged, by the length pass one read: a message made
     well framed in between is still quarantined, and the rest decode as without it."""
