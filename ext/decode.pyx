@@ -49,10 +49,13 @@ cdef extern from "shuffle_convert.h" nogil:
         uint32_t struct_size
     uint32_t permute_convert(const uint8_t* msg, const PermuteSpec* spec,
                              uint64_t timestamp_limit, uint8_t* out)
+    ctypedef struct SlotCursor:
+        uint8_t* row
+        uint64_t* sequence
+        uint64_t* end
     size_t permute_fill(const uint8_t* block, size_t* position, size_t limit, size_t end,
-                        const PermuteSpec* specs, const uint8_t* slot_of, uint8_t** rows,
-                        uint64_t** sequences, uint64_t* const* ends, uint64_t sequence,
-                        uint64_t timestamp_limit)
+                        const PermuteSpec* specs, const uint8_t* slot_of, SlotCursor* at,
+                        uint64_t sequence, uint64_t timestamp_limit)
     int permute_convert_supported()
 
 from feedhandler.errors import DecodeError, Quarantined
@@ -280,6 +283,8 @@ cdef void _install_spec(str key, object dtype, list header) except *:
     spec.wire_length = dtype.itemsize - (sizeof(L.MessageHeader) - sizeof(L.WireMessageHeader))
     if spec.wire_length - sizeof(L.WireMessageHeader) > _MAX_BODY:
         raise ImportError(f"ITCH struct {key!r}: body longer than _MAX_BODY")
+    if spec.wire_length > 0xFF:
+        raise ImportError(f"ITCH struct {key!r}: pass one steps by the length's low byte alone")
     spec.expected_length = spec.wire_length
     spec.count32 = spec.count64 = 0
     for name in dtype.names[len(header):]:
@@ -492,7 +497,9 @@ cdef inline size_t count_well_framed(const uint8_t* block, size_t n, size_t pos,
     """Count the run of well-framed messages at pos (a known type at its length, inside the
     block: what frame_fault calls OK, in one test) and return where it ends. Position and
     tally stay in locals: the walk is one chain of dependent loads, nothing else may lengthen
-    it."""
+    it. So the next position comes from the length's low byte alone (one byte load and an
+    add; every spec length is below 256, so its high byte is 0 once the test has passed),
+    and the test of the whole length runs beside the chain."""
     cdef size_t length, counted = 0
     cdef uint8_t t, slot
     while n - pos >= 3:
@@ -505,7 +512,7 @@ cdef inline size_t count_well_framed(const uint8_t* block, size_t n, size_t pos,
             slot = new_slot(scan, arrays, t)
         scan.counts[slot - 1] += 1
         counted += 1
-        pos += 2 + length
+        pos += 2 + block[pos + 1]
     scan.messages += counted
     return pos
 
@@ -588,15 +595,9 @@ cdef F.Fault field_fault(const uint8_t* msg, const MessageSpec* spec) noexcept n
     return F.OK
 
 
-cdef struct FillCursors:
-    uint8_t* row[_MAX_TYPES]        # where each slot's next row goes
-    uint64_t* sequence[_MAX_TYPES]  # where each slot's next sequence number goes
-    uint64_t* end[_MAX_TYPES]       # the end of each slot's sequences: the count pass one made
-
-
 cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t limit,
                       size_t* index, uint64_t first_sequence, const BlockScan* scan,
-                      FillCursors* at, FaultLog* log, bint keep_going) noexcept nogil:
+                      SlotCursor* at, FaultLog* log, bint keep_going) noexcept nogil:
     """Fill the rows of the messages in [*position, limit), which pass one found well framed
     end to end. They are checked again only as far as memory safety needs, since the caller's
     bytes may have changed since: anything but the same tiling of known types within the
@@ -611,9 +612,8 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
     cdef Conversion chosen = conversion
     while pos < limit:
         if chosen == PERMUTE_CONVERSION:    # the ordinary messages, up to one that is not
-            message += permute_fill(block, &pos, limit, n, PERMUTES, scan.slot_of, at.row,
-                                    at.sequence, at.end, first_sequence + message,
-                                    _NANOSECONDS_PER_DAY)
+            message += permute_fill(block, &pos, limit, n, PERMUTES, scan.slot_of, at,
+                                    first_sequence + message, _NANOSECONDS_PER_DAY)
             if pos >= limit:
                 break
         if limit - pos < 3:
@@ -623,7 +623,7 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
         spec = &SPECS[t]
         k = scan.slot_of[t]
         if length != spec.expected_length or length > limit - pos - 2 or k == 0 \
-                or at.sequence[k - 1] == at.end[k - 1]:
+                or at[k - 1].sequence == at[k - 1].end:
             return F.BUFFER_CHANGED
         k -= 1
         msg = block + pos + 2
@@ -632,12 +632,12 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
             memcpy(staged, msg, length)
             msg = staged
         if chosen == PERMUTE_CONVERSION:
-            suspect = permute_convert(msg, spec.permute, _NANOSECONDS_PER_DAY, at.row[k])
+            suspect = permute_convert(msg, spec.permute, _NANOSECONDS_PER_DAY, at[k].row)
         elif chosen == SHUFFLE_CONVERSION:
-            shuffle_convert(msg, spec.shuffles, at.row[k])
+            shuffle_convert(msg, spec.shuffles, at[k].row)
             suspect = suspect_fields(msg, spec)
         else:
-            convert_message(msg, spec, at.row[k])
+            convert_message(msg, spec, at[k].row)
             suspect = suspect_fields(msg, spec)
         fault = F.OK
         if suspect:
@@ -648,9 +648,9 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
             if not keep_going:
                 return fault
         else:
-            at.sequence[k][0] = first_sequence + message
-            at.sequence[k] += 1
-            at.row[k] += spec.struct_size
+            at[k].sequence[0] = first_sequence + message
+            at[k].sequence += 1
+            at[k].row += spec.struct_size
         message += 1
         pos += 2 + length
     position[0], index[0] = pos, message
@@ -663,19 +663,19 @@ cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence,
     """Second pass: fill the struct arrays sized by scan_block, skipping the messages its log
     holds (framing faults, in stream order). A message that fails its field checks is logged
     and its slot reused, so `filled` may end below the scanned counts."""
-    cdef FillCursors at
+    cdef SlotCursor at[_MAX_TYPES]
     cdef size_t pos = 0, index = 0, limit, i, framing_faults = log.count, next_fault = 0
     cdef const FaultEntry* skipped
     cdef int fault = F.OK
     for i in range(arrays.type_count):
-        at.row[i] = arrays.rows[i]
-        at.sequence[i] = arrays.sequences[i]
-        at.end[i] = arrays.sequences[i] + scan.counts[i]
+        at[i].row = arrays.rows[i]
+        at[i].sequence = arrays.sequences[i]
+        at[i].end = arrays.sequences[i] + scan.counts[i]
     while True:
         limit = n
         if next_fault < framing_faults:
             limit = min(n, <size_t> (log.entries[next_fault].offset - log.base))
-        fault = fill_segment(block, n, &pos, limit, &index, first_sequence, scan, &at, log,
+        fault = fill_segment(block, n, &pos, limit, &index, first_sequence, scan, at, log,
                              keep_going)
         if fault or limit == n:
             break
@@ -689,7 +689,7 @@ cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence,
         index += 1
         pos += 2 + skipped.length
     for i in range(arrays.type_count):
-        arrays.filled[i] = at.sequence[i] - arrays.sequences[i]
+        arrays.filled[i] = at[i].sequence - arrays.sequences[i]
     return fault
 
 

@@ -14,6 +14,7 @@
 #define FEEDHANDLER_SHUFFLE_CONVERT_H
 
 #include <stdint.h>
+#include <string.h>
 
 #define SHUFFLE_MASKS 7
 #define SHUFFLE_READ 54
@@ -40,6 +41,13 @@ typedef struct {
     uint32_t expected_length;   /* MessageSpec's: the wire length, or no u16 (unknown type) */
     uint32_t struct_size;
 } __attribute__((aligned(64))) PermuteSpec;
+
+/* Where pass two writes the next row of one slot (a message type, by first appearance). */
+typedef struct {
+    uint8_t *row;           /* where the slot's next row goes */
+    uint64_t *sequence;     /* where its next sequence number goes */
+    uint64_t *end;          /* the end of its sequences: the count pass one made */
+} SlotCursor;
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -92,7 +100,7 @@ static uint32_t permute_convert(const uint8_t *msg, const PermuteSpec *spec,
     bad_side = _mm512_mask_cmpneq_epu8_mask(not_b, row, _mm512_set1_epi8('S'));
     late = _mm512_mask_cmpge_epu64_mask(1 << PERMUTE_TIMESTAMP_LANE, row,
                                         _mm512_set1_epi64((long long) timestamp_limit));
-    return (unprintable | bad_side | late) != 0;
+    return !_kortestz_mask64_u8(_kor_mask64(unprintable, bad_side), late);
 }
 
 /* decode.pyx's fill_segment for the messages it fills without a second look, in one loop with
@@ -103,29 +111,38 @@ static uint32_t permute_convert(const uint8_t *msg, const PermuteSpec *spec,
  * Numbers each converted message from `sequence` on; returns how many it converted. */
 __attribute__((target("avx512f,avx512bw,avx512vbmi")))
 static size_t permute_fill(const uint8_t *block, size_t *position, size_t limit, size_t end,
-                           const PermuteSpec *specs, const uint8_t *slot_of, uint8_t **rows,
-                           uint64_t **sequences, uint64_t *const *ends, uint64_t sequence,
-                           uint64_t timestamp_limit)
+                           const PermuteSpec *specs, const uint8_t *slot_of, SlotCursor *at,
+                           uint64_t sequence, uint64_t timestamp_limit)
 {
-    size_t pos = *position, converted = 0, length;
+    /* From `stop` on, a message has no length prefix and type byte before `limit`, or its
+     * conversion would read past `end`: one compare per message stands for both tests. */
+    size_t last_framed = limit >= 3 ? limit - 3 : 0;
+    size_t last_read = end >= 2 + PERMUTE_READ ? end - 2 - PERMUTE_READ : 0;
+    size_t stop = (last_framed < last_read ? last_framed : last_read) + 1;
+    size_t pos = *position, length;
+    uint64_t next = sequence;
     const PermuteSpec *spec;
     unsigned slot;
-    while (pos < limit && end - pos >= 2 + PERMUTE_READ && limit - pos >= 3) {
-        length = (size_t) block[pos] << 8 | block[pos + 1];
+    uint16_t prefix;
+    if (limit < 3 || end < 2 + PERMUTE_READ)
+        return 0;
+    while (pos < stop) {
+        memcpy(&prefix, block + pos, 2);
+        length = __builtin_bswap16(prefix);
         spec = &specs[block[pos + 2]];
         slot = slot_of[block[pos + 2]];
-        if (length != spec->expected_length || length > limit - pos - 2 || slot == 0
-                || sequences[slot - 1] == ends[slot - 1])
+        if (length != spec->expected_length || pos + 2 + length > limit || slot == 0
+                || at[slot - 1].sequence == at[slot - 1].end)
             break;
         slot -= 1;
-        if (permute_convert(block + pos + 2, spec, timestamp_limit, rows[slot]))
+        if (permute_convert(block + pos + 2, spec, timestamp_limit, at[slot].row))
             break;      /* a field check failed: fill_segment converts it again, says which */
-        *sequences[slot]++ = sequence + converted++;
-        rows[slot] += spec->struct_size;
+        *at[slot].sequence++ = next++;
+        at[slot].row += spec->struct_size;
         pos += 2 + length;
     }
     *position = pos;
-    return converted;
+    return next - sequence;
 }
 
 static int permute_convert_supported(void)
@@ -157,12 +174,11 @@ static uint32_t permute_convert(const uint8_t *msg, const PermuteSpec *spec,
 }
 
 static size_t permute_fill(const uint8_t *block, size_t *position, size_t limit, size_t end,
-                           const PermuteSpec *specs, const uint8_t *slot_of, uint8_t **rows,
-                           uint64_t **sequences, uint64_t *const *ends, uint64_t sequence,
-                           uint64_t timestamp_limit)
+                           const PermuteSpec *specs, const uint8_t *slot_of, SlotCursor *at,
+                           uint64_t sequence, uint64_t timestamp_limit)
 {
     (void) block; (void) position; (void) limit; (void) end; (void) specs; (void) slot_of;
-    (void) rows; (void) sequences; (void) ends; (void) sequence; (void) timestamp_limit;
+    (void) at; (void) sequence; (void) timestamp_limit;
     return 0;
 }
 
