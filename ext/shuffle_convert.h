@@ -91,15 +91,18 @@ static uint32_t permute_convert(const uint8_t *msg, const PermuteSpec *spec,
 {
     __m512i row = _mm512_maskz_permutexvar_epi8(spec->keep, _mm512_load_si512(spec->index),
                                                 _mm512_loadu_si512(msg));
-    __mmask64 unprintable, not_b, bad_side;
-    __mmask8 late;
+    __mmask64 unprintable, not_b, bad_side, late;
     _mm512_storeu_si512(out, row);
     unprintable = _mm512_mask_cmpgt_epu8_mask(
         spec->stock, _mm512_sub_epi8(row, _mm512_set1_epi8(0x20)), _mm512_set1_epi8(0x7e - 0x20));
     not_b = _mm512_mask_cmpneq_epu8_mask(spec->side, row, _mm512_set1_epi8('B'));
     bad_side = _mm512_mask_cmpneq_epu8_mask(not_b, row, _mm512_set1_epi8('S'));
-    late = _mm512_mask_cmpge_epu64_mask(1 << PERMUTE_TIMESTAMP_LANE, row,
-                                        _mm512_set1_epi64((long long) timestamp_limit));
+    /* Late if the copy minus the limit is not negative (both are below 2**48): the sign of
+     * the lane's top byte, tested as a byte so that all three results are 64-bit masks. */
+    late = _mm512_mask_cmpge_epi8_mask(
+        (__mmask64) 1 << (8 * PERMUTE_TIMESTAMP_LANE + 7),
+        _mm512_sub_epi64(row, _mm512_set1_epi64((long long) timestamp_limit)),
+        _mm512_setzero_si512());
     return !_kortestz_mask64_u8(_kor_mask64(unprintable, bad_side), late);
 }
 
