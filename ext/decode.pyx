@@ -601,7 +601,10 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
     """Fill the rows of the messages in [*position, limit), which pass one found well framed
     end to end. They are checked again only as far as memory safety needs, since the caller's
     bytes may have changed since: anything but the same tiling of known types within the
-    counts of pass one is BUFFER_CHANGED. `n` is where the caller's bytes end."""
+    counts of pass one is BUFFER_CHANGED. `n` is where the caller's bytes end. With the
+    permute conversion, permute_fill (shuffle_convert.h) takes the run of messages that need
+    nothing else (framed as counted, far enough from `n`, their fields good) in one C loop,
+    and the loop here each one it stops at: the same steps, one message at a time."""
     cdef size_t pos = position[0], message = index[0], length   # locals: kept in registers
     cdef uint8_t t, k
     cdef int fault

@@ -1,14 +1,18 @@
-/* One ITCH message from wire bytes to its packed struct with SSSE3 byte shuffles: the
- * decoder's conversion on CPUs that have SSSE3 (chosen at run time, see decode.pyx:
- * shuffle_conversion), where the portable form needs about sixty scalar instructions.
+/* One ITCH message from wire bytes to its packed struct with byte shuffles: the decoder's
+ * conversions on x86 CPUs, chosen at run time (decode.pyx: _conversion), where the portable
+ * form needs about sixty scalar instructions.
  *
- * Every byte of the struct comes from a wire byte at most 9 before or 5 after its own
- * position (the timestamp widens by 2 bytes; swapping an 8-byte integer moves a byte by up
- * to 7), so each 16-byte piece of the struct is one or two shuffles of two 16-byte windows
- * of the message, at fixed offsets: the per-type work is all in the masks, which decode.pyx
- * derives from the struct layouts (a mask byte with its top bit set writes a zero).
+ * With SSSE3 (shuffle_convert): every byte of the struct comes from a wire byte at most 9
+ * before or 5 after its own position (the timestamp widens by 2 bytes; swapping an 8-byte
+ * integer moves a byte by up to 7), so each 16-byte piece of the struct is one or two
+ * shuffles of two 16-byte windows of the message, at fixed offsets: the per-type work is all
+ * in the masks, which decode.pyx derives from the struct layouts (a mask byte with its top
+ * bit set writes a zero). Reads SHUFFLE_READ bytes at msg and writes SHUFFLE_WRITE at out.
  *
- * Reads SHUFFLE_READ bytes at msg and writes SHUFFLE_WRITE bytes at out. */
+ * With AVX-512 VBMI (permute_convert, below): one 64-byte permute does the whole struct and
+ * the field checks run on the same register; permute_fill is pass two's loop around it for
+ * the messages that need nothing else. Only compiled for those CPUs through target
+ * attributes, so the module stays portable. */
 
 #ifndef FEEDHANDLER_SHUFFLE_CONVERT_H
 #define FEEDHANDLER_SHUFFLE_CONVERT_H
