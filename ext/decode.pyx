@@ -51,11 +51,11 @@ cdef extern from "shuffle_convert.h" nogil:
                              uint64_t timestamp_limit, uint8_t* out)
     ctypedef struct SlotCursor:
         uint8_t* row
-        uint64_t* sequence
-        uint64_t* end
+        uint64_t* sequences_end
+        size_t left
     size_t permute_fill(const uint8_t* block, size_t* position, size_t limit, size_t end,
                         const PermuteSpec* specs, const uint8_t* slot_of, SlotCursor* at,
-                        uint64_t sequence, uint64_t timestamp_limit)
+                        uint64_t sequence, int numbered, uint64_t timestamp_limit)
     int permute_convert_supported()
 
 from feedhandler.errors import DecodeError, Quarantined
@@ -596,8 +596,9 @@ cdef F.Fault field_fault(const uint8_t* msg, const MessageSpec* spec) noexcept n
 
 
 cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t limit,
-                      size_t* index, uint64_t first_sequence, const BlockScan* scan,
-                      SlotCursor* at, FaultLog* log, bint keep_going) noexcept nogil:
+                      size_t* index, uint64_t first_sequence, bint numbered,
+                      const BlockScan* scan, SlotCursor* at, FaultLog* log,
+                      bint keep_going) noexcept nogil:
     """Fill the rows of the messages in [*position, limit), which pass one found well framed
     end to end. They are checked again only as far as memory safety needs, since the caller's
     bytes may have changed since: anything but the same tiling of known types within the
@@ -616,7 +617,7 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
     while pos < limit:
         if chosen == PERMUTE_CONVERSION:    # the ordinary messages, up to one that is not
             message += permute_fill(block, &pos, limit, n, PERMUTES, scan.slot_of, at,
-                                    first_sequence + message, _NANOSECONDS_PER_DAY)
+                                    first_sequence + message, numbered, _NANOSECONDS_PER_DAY)
             if pos >= limit:
                 break
         if limit - pos < 3:
@@ -626,7 +627,7 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
         spec = &SPECS[t]
         k = scan.slot_of[t]
         if length != spec.expected_length or length > limit - pos - 2 or k == 0 \
-                or at[k - 1].sequence == at[k - 1].end:
+                or at[k - 1].left == 0:
             return F.BUFFER_CHANGED
         k -= 1
         msg = block + pos + 2
@@ -651,8 +652,9 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
             if not keep_going:
                 return fault
         else:
-            at[k].sequence[0] = first_sequence + message
-            at[k].sequence += 1
+            if numbered:
+                (at[k].sequences_end - at[k].left)[0] = first_sequence + message
+            at[k].left -= 1
             at[k].row += spec.struct_size
         message += 1
         pos += 2 + length
@@ -660,7 +662,7 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
     return F.OK
 
 
-cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence,
+cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence, bint numbered,
                     const BlockScan* scan, BlockArrays* arrays, FaultLog* log,
                     bint keep_going) noexcept nogil:
     """Second pass: fill the struct arrays sized by scan_block, skipping the messages its log
@@ -672,14 +674,14 @@ cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence,
     cdef int fault = F.OK
     for i in range(arrays.type_count):
         at[i].row = arrays.rows[i]
-        at[i].sequence = arrays.sequences[i]
-        at[i].end = arrays.sequences[i] + scan.counts[i]
+        at[i].sequences_end = arrays.sequences[i] + scan.counts[i] if numbered else NULL
+        at[i].left = scan.counts[i]
     while True:
         limit = n
         if next_fault < framing_faults:
             limit = min(n, <size_t> (log.entries[next_fault].offset - log.base))
-        fault = fill_segment(block, n, &pos, limit, &index, first_sequence, scan, at, log,
-                             keep_going)
+        fault = fill_segment(block, n, &pos, limit, &index, first_sequence, numbered, scan, at,
+                             log, keep_going)
         if fault or limit == n:
             break
         skipped = &log.entries[next_fault]
@@ -692,7 +694,7 @@ cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence,
         index += 1
         pos += 2 + skipped.length
     for i in range(arrays.type_count):
-        arrays.filled[i] = at[i].sequence - arrays.sequences[i]
+        arrays.filled[i] = scan.counts[i] - at[i].left
     return fault
 
 
@@ -706,11 +708,13 @@ cdef struct BlockResult:
     uint64_t fault_offset       # from log.base, like the log's offsets
     int framing_fault           # strict mode: the framing fault pass one stopped at
     size_t fill_end             # bytes pass two covers: up to that fault, or all
+    bint numbered               # rows get sequence numbers (frames; a bare block has none)
 
 
-cdef void init_result(BlockResult* r, uint64_t base) noexcept nogil:
+cdef void init_result(BlockResult* r, uint64_t base, bint numbered) noexcept nogil:
     memset(r, 0, sizeof(BlockResult))
     r.log.base = base
+    r.numbered = numbered
 
 
 cdef void release_result(BlockResult* r) noexcept nogil:
@@ -737,7 +741,7 @@ cdef bint plan_block(const uint8_t* block, size_t n, long declared_count, bint k
         r.fault = r.log.entries[0].code if r.log.count else F.COUNT_MISMATCH
         r.fault_offset = r.log.entries[0].offset if r.log.count else r.log.base + n
         return False
-    size = r.scan.messages * sizeof(uint64_t)
+    size = r.scan.messages * sizeof(uint64_t) if r.numbered else 0
     for i in range(r.arrays.type_count):
         size += r.scan.counts[i] * SPECS[r.arrays.types[i]].struct_size + _ROW_SLACK
     r.arrays.arena = <uint8_t*> malloc(size)
@@ -745,7 +749,7 @@ cdef bint plan_block(const uint8_t* block, size_t n, long declared_count, bint k
         r.fault = F.OUT_OF_MEMORY
         return False
     at = 0
-    for i in range(r.arrays.type_count):
+    for i in range(r.arrays.type_count if r.numbered else 0):     # else they stay NULL
         r.arrays.sequences[i] = <uint64_t*> (r.arrays.arena + at)
         at += r.scan.counts[i] * sizeof(uint64_t)
     for i in range(r.arrays.type_count):
@@ -757,7 +761,8 @@ cdef bint plan_block(const uint8_t* block, size_t n, long declared_count, bint k
 cdef void fill_planned(const uint8_t* block, uint64_t first_sequence, bint keep_going,
                        BlockResult* r) noexcept nogil:
     """Pass two over what plan_block planned, and the block's final fault."""
-    cdef int fault = fill_block(block, r.fill_end, first_sequence, &r.scan, &r.arrays, &r.log,
+    cdef int fault = fill_block(block, r.fill_end, first_sequence, r.numbered, &r.scan,
+                                &r.arrays, &r.log,
                                 keep_going)
     if fault == F.BUFFER_CHANGED:
         r.fault = fault
@@ -808,7 +813,8 @@ cdef object array_view(_Arena arena, object descr, void* data, cnp.npy_intp coun
 
 
 cdef tuple view_arrays(const BlockArrays* arrays, _Arena arena):
-    """(messages, sequences): type -> array dicts viewing the rows in `arena`."""
+    """(messages, sequences): type -> array dicts viewing the rows in `arena` (sequences
+    empty for a block decoded without sequence numbers)."""
     cdef dict messages = {}, sequences = {}
     cdef size_t i
     cdef uint8_t t
@@ -816,7 +822,9 @@ cdef tuple view_arrays(const BlockArrays* arrays, _Arena arena):
         t = arrays.types[i]
         if arrays.filled[i]:
             messages[KEYS[t]] = array_view(arena, DESCRS[t], arrays.rows[i], arrays.filled[i])
-            sequences[KEYS[t]] = array_view(arena, UINT64, arrays.sequences[i], arrays.filled[i])
+            if arrays.sequences[i] != NULL:
+                sequences[KEYS[t]] = array_view(arena, UINT64, arrays.sequences[i],
+                                                arrays.filled[i])
     return messages, sequences
 
 
@@ -856,7 +864,7 @@ def parse_messages(buf, *, bint quarantine=False, uint64_t base_offset=0):
     larger input (the tests use it to check offsets past 4 GiB without 4 GiB of data)."""
     cdef Py_buffer view
     cdef BlockResult r
-    init_result(&r, base_offset)
+    init_result(&r, base_offset, False)
     PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
     try:
         with nogil:
@@ -874,7 +882,7 @@ def _parse_changed_between_passes(buf, size_t at, bytes replacement, *, bint qua
     cdef Py_buffer view
     cdef BlockResult r
     cdef uint8_t* block = NULL
-    init_result(&r, 0)
+    init_result(&r, 0, False)
     PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
     try:
         if at + len(replacement) > <size_t> view.len:
@@ -1065,7 +1073,7 @@ cdef void init_frame(FrameDecode* d) noexcept nogil:
     d.packet = NULL
     d.fault = F.OK
     d.where = 0
-    init_result(&d.r, sizeof(W.PacketHeader))
+    init_result(&d.r, sizeof(W.PacketHeader), True)
 
 
 cdef void decode_frame_nogil(const uint8_t* f, size_t n, bint quarantine,

@@ -18,6 +18,7 @@
 #define FEEDHANDLER_SHUFFLE_CONVERT_H
 
 #include <stdint.h>
+#include <stddef.h>
 #include <string.h>
 
 #define SHUFFLE_MASKS 7
@@ -49,8 +50,9 @@ typedef struct {
 /* Where pass two writes the next row of one slot (a message type, by first appearance). */
 typedef struct {
     uint8_t *row;           /* where the slot's next row goes */
-    uint64_t *sequence;     /* where its next sequence number goes */
-    uint64_t *end;          /* the end of its sequences: the count pass one made */
+    uint64_t *sequences_end;    /* the end of its sequence numbers (if numbered): the next
+                                 * goes `left` before it */
+    size_t left;                /* rows left of the count pass one made */
 } SlotCursor;
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -115,11 +117,12 @@ static uint32_t permute_convert(const uint8_t *msg, const PermuteSpec *spec,
  * framed as pass one found it (its type's length, inside `limit`, a type pass one counted
  * with rows left), whole inside the caller's bytes (`end`: nothing to stage) and passes its
  * field checks. Stops before the first that is not, which fill_segment then takes on.
- * Numbers each converted message from `sequence` on; returns how many it converted. */
+ * Numbers each converted message from `sequence` on (writes the numbers if `numbered`);
+ * returns how many it converted. */
 __attribute__((target("avx512f,avx512bw,avx512vbmi")))
 static size_t permute_fill(const uint8_t *block, size_t *position, size_t limit, size_t end,
                            const PermuteSpec *specs, const uint8_t *slot_of, SlotCursor *at,
-                           uint64_t sequence, uint64_t timestamp_limit)
+                           uint64_t sequence, int numbered, uint64_t timestamp_limit)
 {
     /* From `stop` on, a message has no length prefix and type byte before `limit`, or its
      * conversion would read past `end`: one compare per message stands for both tests. */
@@ -139,7 +142,7 @@ static size_t permute_fill(const uint8_t *block, size_t *position, size_t limit,
         spec = &specs[block[pos + 2]];
         slot = slot_of[block[pos + 2]];
         if (length != spec->expected_length || pos + 2 + length > limit || slot == 0
-                || at[slot - 1].sequence == at[slot - 1].end)
+                || at[slot - 1].left == 0)
             break;
         slot -= 1;
         /* Ask for the slot's lines a kilobyte ahead: a big block's rows go to memory no
@@ -147,10 +150,14 @@ static size_t permute_fill(const uint8_t *block, size_t *position, size_t limit,
          * PREFETCHW, measured no better). A prefetch past the arena's end is harmless:
          * prefetches never fault. */
         __builtin_prefetch(at[slot].row + 1024, 1, 3);
-        __builtin_prefetch(at[slot].sequence + 128, 1, 3);
+        if (numbered)
+            __builtin_prefetch(at[slot].sequences_end - at[slot].left + 128, 1, 3);
         if (permute_convert(block + pos + 2, spec, timestamp_limit, at[slot].row))
             break;      /* a field check failed: fill_segment converts it again, says which */
-        *at[slot].sequence++ = next++;
+        if (numbered)
+            at[slot].sequences_end[-(ptrdiff_t) at[slot].left] = next;
+        next++;
+        at[slot].left--;
         at[slot].row += spec->struct_size;
         pos += 2 + length;
     }
@@ -188,10 +195,10 @@ static uint32_t permute_convert(const uint8_t *msg, const PermuteSpec *spec,
 
 static size_t permute_fill(const uint8_t *block, size_t *position, size_t limit, size_t end,
                            const PermuteSpec *specs, const uint8_t *slot_of, SlotCursor *at,
-                           uint64_t sequence, uint64_t timestamp_limit)
+                           uint64_t sequence, int numbered, uint64_t timestamp_limit)
 {
     (void) block; (void) position; (void) limit; (void) end; (void) specs; (void) slot_of;
-    (void) at; (void) sequence; (void) timestamp_limit;
+    (void) at; (void) sequence; (void) numbered; (void) timestamp_limit;
     return 0;
 }
 
