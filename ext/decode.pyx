@@ -32,11 +32,31 @@ cdef extern from "shuffle_convert.h" nogil:
         SHUFFLE_MASKS
         SHUFFLE_READ
         SHUFFLE_WRITE
+        PERMUTE_READ
+        PERMUTE_WRITE
+        PERMUTE_TIMESTAMP_LANE
     const uint8_t SHUFFLE_WINDOW_AT[5]
     const uint8_t SHUFFLE_MASK_WINDOW[SHUFFLE_MASKS]
     const uint8_t SHUFFLE_MASK_PIECE[SHUFFLE_MASKS]
     void shuffle_convert(const uint8_t* msg, const uint8_t* masks, uint8_t* out)
     int shuffle_convert_supported()
+    ctypedef struct PermuteSpec:
+        uint8_t index[64]
+        uint64_t keep
+        uint64_t stock
+        uint64_t side
+        uint32_t expected_length
+        uint32_t struct_size
+    uint32_t permute_convert(const uint8_t* msg, const PermuteSpec* spec,
+                             uint64_t timestamp_limit, uint8_t* out)
+    ctypedef struct SlotCursor:
+        uint8_t* row
+        uint64_t* sequences_end
+        size_t left
+    size_t permute_fill(const uint8_t* block, size_t* position, size_t limit, size_t end,
+                        const PermuteSpec* specs, const uint8_t* slot_of, SlotCursor* at,
+                        uint64_t sequence, int numbered, uint64_t timestamp_limit)
+    int permute_convert_supported()
 
 from feedhandler.errors import DecodeError, Quarantined
 
@@ -205,16 +225,19 @@ cdef enum:
     _MAX_TYPES = 24     # the 23 ITCH 5.0 message types, rounded up
     _MAX_BODY = 40      # longest message body after the wire header ('I': 50 - 11), rounded up
     _ROW_SLACK = 64     # bytes after each type's rows that the fixed-size writes may scribble on
-    # Bytes either conversion may read at a message (convert_message: the wire header and a
-    # fixed-size body, 11 + _MAX_BODY; shuffle_convert: SHUFFLE_READ). Messages nearer the end
-    # of the input are staged through a buffer of this size first.
-    _MESSAGE_WINDOW = SHUFFLE_READ
+    # Bytes any conversion may read at a message (convert_message: the wire header and a
+    # fixed-size body, 11 + _MAX_BODY; shuffle_convert: SHUFFLE_READ; permute_convert:
+    # PERMUTE_READ, the most; checked at import). Messages nearer the end of the input are
+    # staged through a buffer of this size first.
+    _MESSAGE_WINDOW = PERMUTE_READ
     _NO_LENGTH = 0x10000                # expected length of an unknown type: no u16 equals it
 
 cdef struct MessageSpec:
     # Conversion is the same fixed sequence of steps for every type (no branch depends on the
-    # type, which is unpredictable in a feed). With SSSE3 (shuffle_convert): seven byte
-    # shuffles with the type's masks. In portable C (convert_message): copy the body, byte-swap
+    # type, which is unpredictable in a feed). With AVX-512 VBMI (permute_convert): one byte
+    # permute with the type's index, the field checks in the same registers. With SSSE3
+    # (shuffle_convert): seven byte shuffles with the type's masks. In portable C
+    # (convert_message): copy the body, byte-swap
     # exactly _MAX_SWAPS32 and _MAX_SWAPS64 integers, write the header; a type with fewer
     # integers repeats harmless swaps aimed at the row's first bytes, which the header
     # overwrites afterwards. Swaps read the wire bytes (a body field's wire offset is its
@@ -234,8 +257,10 @@ cdef struct MessageSpec:
     uint8_t checks_side         # 1 if the type has a buy/sell indicator, else 0
     uint8_t checks_stock        # 1 if the type has a stock field, else 0
     uint8_t shuffles[SHUFFLE_MASKS * 16]    # the type's masks for shuffle_convert
+    const PermuteSpec* permute              # the type's tables for permute_convert: PERMUTES[t]
 
 cdef MessageSpec SPECS[256]
+cdef PermuteSpec PERMUTES[256]   # by type byte; apart from SPECS, so permute_fill can read them
 cdef list DESCRS = [None] * 256  # numpy dtype per type byte
 cdef list KEYS = [None] * 256    # one-character str per type byte
 
@@ -250,6 +275,7 @@ def _message_header():
 cdef void _install_spec(str key, object dtype, list header) except *:
     cdef uint8_t t = ord(key)
     cdef MessageSpec* spec = &SPECS[t]
+    cdef PermuteSpec* permute = &PERMUTES[t]
     if [(name, dtype.fields[name][1]) for name in dtype.names[:len(header)]] != header:
         raise ImportError(f"ITCH struct {key!r} must start with the common message header")
     spec.struct_size = dtype.itemsize
@@ -257,6 +283,8 @@ cdef void _install_spec(str key, object dtype, list header) except *:
     spec.wire_length = dtype.itemsize - (sizeof(L.MessageHeader) - sizeof(L.WireMessageHeader))
     if spec.wire_length - sizeof(L.WireMessageHeader) > _MAX_BODY:
         raise ImportError(f"ITCH struct {key!r}: body longer than _MAX_BODY")
+    if spec.wire_length > 0xFF:
+        raise ImportError(f"ITCH struct {key!r}: pass one steps by the length's low byte alone")
     spec.expected_length = spec.wire_length
     spec.count32 = spec.count64 = 0
     for name in dtype.names[len(header):]:
@@ -277,6 +305,11 @@ cdef void _install_spec(str key, object dtype, list header) except *:
                               "(or more integers than _MAX_SWAPS32/_MAX_SWAPS64)")
     for i, mask_byte in enumerate(_shuffle_masks(key, dtype)):
         spec.shuffles[i] = mask_byte
+    spec.permute = permute
+    index, permute.keep, permute.stock, permute.side = _permute_tables(key, dtype)
+    for i, index_byte in enumerate(index):
+        permute.index[i] = index_byte
+    permute.expected_length, permute.struct_size = spec.expected_length, spec.struct_size
     DESCRS[t] = dtype
     KEYS[t] = key
 
@@ -319,29 +352,69 @@ def _shuffle_masks(key, dtype) -> bytes:
     return bytes(masks)
 
 
-if SHUFFLE_WRITE > _ROW_SLACK or 11 + _MAX_BODY > _MESSAGE_WINDOW:
+def _field_bits(dtype, name) -> int:
+    """Bit j set for each byte j of the field `name` in the struct (0 if the type has none)."""
+    if name not in dtype.names:
+        return 0
+    field, offset = dtype.fields[name][:2]
+    return ((1 << field.itemsize) - 1) << offset
+
+
+def _permute_tables(key, dtype) -> tuple:
+    """permute_convert's (index, keep, stock, side) for a message type: the wire byte of each
+    of the 64 vector bytes (the struct, then the timestamp's copy in lane
+    PERMUTE_TIMESTAMP_LANE), which of them come from the wire (the rest are zeros), and which
+    hold the stock and the buy/sell indicator."""
+    lane = 8 * PERMUTE_TIMESTAMP_LANE
+    if dtype.itemsize > lane:
+        raise ImportError(f"ITCH struct {key!r} reaches the timestamp copy's lane")
+    timestamp = dtype.fields["timestamp"][1]
+    sources = _byte_sources(dtype) + [None] * (64 - dtype.itemsize)
+    sources[lane:lane + 8] = sources[timestamp:timestamp + 8]
+    if any(source is not None and source >= PERMUTE_READ for source in sources):
+        raise ImportError(f"ITCH struct {key!r} reads past PERMUTE_READ")
+    return (bytes(source or 0 for source in sources),
+            sum(1 << j for j, source in enumerate(sources) if source is not None),
+            _field_bits(dtype, "stock"), _field_bits(dtype, "buy_sell_indicator"))
+
+
+if max(SHUFFLE_WRITE, PERMUTE_WRITE) > _ROW_SLACK or max(
+        11 + _MAX_BODY, SHUFFLE_READ, PERMUTE_READ) > _MESSAGE_WINDOW:
     raise ImportError("shuffle_convert.h and decode.pyx disagree on the bytes read or written")
 for _type in range(256):
-    SPECS[_type].expected_length = _NO_LENGTH
+    SPECS[_type].expected_length = PERMUTES[_type].expected_length = _NO_LENGTH
 DTYPES = {key: _dtype_from_format(fmt, size) for key, (size, fmt) in _struct_formats().items()}
 for _key, _dtype in DTYPES.items():
     _install_spec(_key, _dtype, _message_header())
 
 
-cdef bint use_shuffles = shuffle_convert_supported()
+cdef enum Conversion:
+    PORTABLE_CONVERSION
+    SHUFFLE_CONVERSION
+    PERMUTE_CONVERSION
+
+# name -> (conversion, whether this CPU can run it, what it needs), fastest first
+cdef dict _CONVERSIONS = {
+    "permute": (PERMUTE_CONVERSION, permute_convert_supported(), "AVX-512 VBMI"),
+    "shuffle": (SHUFFLE_CONVERSION, shuffle_convert_supported(), "SSSE3"),
+    "portable": (PORTABLE_CONVERSION, True, ""),
+}
+cdef Conversion conversion = next(c for c, supported, _ in _CONVERSIONS.values() if supported)
 
 
 def _conversion(str name=None) -> str:
-    """The message conversion in use ("shuffle": SSSE3, chosen when the CPU has it, or
-    "portable"); with a name, switch to it first (the tests run both)."""
-    global use_shuffles
+    """The message conversion in use: "permute" (AVX-512 VBMI), "shuffle" (SSSE3) or
+    "portable", the fastest the CPU runs chosen at import; with a name, switch to it first
+    (the tests run each one this CPU has)."""
+    global conversion
     if name is not None:
-        if name not in ("shuffle", "portable"):
+        if name not in _CONVERSIONS:
             raise ValueError(f"no conversion {name!r}")
-        if name == "shuffle" and not shuffle_convert_supported():
-            raise ValueError("this CPU has no SSSE3")
-        use_shuffles = name == "shuffle"
-    return "shuffle" if use_shuffles else "portable"
+        chosen, supported, needs = _CONVERSIONS[name]
+        if not supported:
+            raise ValueError(f"this CPU has no {needs}")
+        conversion = chosen
+    return next(name for name, (c, _, _) in _CONVERSIONS.items() if c == conversion)
 
 
 # ---- the block walk ----------------------------------------------------------------------------
@@ -424,7 +497,9 @@ cdef inline size_t count_well_framed(const uint8_t* block, size_t n, size_t pos,
     """Count the run of well-framed messages at pos (a known type at its length, inside the
     block: what frame_fault calls OK, in one test) and return where it ends. Position and
     tally stay in locals: the walk is one chain of dependent loads, nothing else may lengthen
-    it."""
+    it. So the next position comes from the length's low byte alone (one byte load and an
+    add; every spec length is below 256, so its high byte is 0 once the test has passed),
+    and the test of the whole length runs beside the chain."""
     cdef size_t length, counted = 0
     cdef uint8_t t, slot
     while n - pos >= 3:
@@ -437,7 +512,7 @@ cdef inline size_t count_well_framed(const uint8_t* block, size_t n, size_t pos,
             slot = new_slot(scan, arrays, t)
         scan.counts[slot - 1] += 1
         counted += 1
-        pos += 2 + length
+        pos += 2 + block[pos + 1]
     scan.messages += counted
     return pos
 
@@ -520,27 +595,31 @@ cdef F.Fault field_fault(const uint8_t* msg, const MessageSpec* spec) noexcept n
     return F.OK
 
 
-cdef struct FillCursors:
-    uint8_t* row[_MAX_TYPES]        # where each slot's next row goes
-    uint64_t* sequence[_MAX_TYPES]  # where each slot's next sequence number goes
-    uint64_t* end[_MAX_TYPES]       # the end of each slot's sequences: the count pass one made
-
-
 cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t limit,
-                      size_t* index, uint64_t first_sequence, const BlockScan* scan,
-                      FillCursors* at, FaultLog* log, bint keep_going) noexcept nogil:
+                      size_t* index, uint64_t first_sequence, bint numbered,
+                      const BlockScan* scan, SlotCursor* at, FaultLog* log,
+                      bint keep_going) noexcept nogil:
     """Fill the rows of the messages in [*position, limit), which pass one found well framed
     end to end. They are checked again only as far as memory safety needs, since the caller's
     bytes may have changed since: anything but the same tiling of known types within the
-    counts of pass one is BUFFER_CHANGED. `n` is where the caller's bytes end."""
+    counts of pass one is BUFFER_CHANGED. `n` is where the caller's bytes end. With the
+    permute conversion, permute_fill (shuffle_convert.h) takes the run of messages that need
+    nothing else (framed as counted, far enough from `n`, their fields good) in one C loop,
+    and the loop here each one it stops at: the same steps, one message at a time."""
     cdef size_t pos = position[0], message = index[0], length   # locals: kept in registers
     cdef uint8_t t, k
     cdef int fault
+    cdef uint32_t suspect
     cdef const MessageSpec* spec
     cdef const uint8_t* msg
     cdef uint8_t staged[_MESSAGE_WINDOW]
-    cdef bint shuffles = use_shuffles
+    cdef Conversion chosen = conversion
     while pos < limit:
+        if chosen == PERMUTE_CONVERSION:    # the ordinary messages, up to one that is not
+            message += permute_fill(block, &pos, limit, n, PERMUTES, scan.slot_of, at,
+                                    first_sequence + message, numbered, _NANOSECONDS_PER_DAY)
+            if pos >= limit:
+                break
         if limit - pos < 3:
             return F.BUFFER_CHANGED
         length = load_be16(block + pos)
@@ -548,7 +627,7 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
         spec = &SPECS[t]
         k = scan.slot_of[t]
         if length != spec.expected_length or length > limit - pos - 2 or k == 0 \
-                or at.sequence[k - 1] == at.end[k - 1]:
+                or at[k - 1].left == 0:
             return F.BUFFER_CHANGED
         k -= 1
         msg = block + pos + 2
@@ -556,12 +635,16 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
             memset(staged, 0, _MESSAGE_WINDOW)
             memcpy(staged, msg, length)
             msg = staged
-        if shuffles:
-            shuffle_convert(msg, spec.shuffles, at.row[k])
+        if chosen == PERMUTE_CONVERSION:
+            suspect = permute_convert(msg, spec.permute, _NANOSECONDS_PER_DAY, at[k].row)
+        elif chosen == SHUFFLE_CONVERSION:
+            shuffle_convert(msg, spec.shuffles, at[k].row)
+            suspect = suspect_fields(msg, spec)
         else:
-            convert_message(msg, spec, at.row[k])
+            convert_message(msg, spec, at[k].row)
+            suspect = suspect_fields(msg, spec)
         fault = F.OK
-        if suspect_fields(msg, spec):
+        if suspect:
             fault = field_fault(msg, spec)
         if fault:
             if log_fault(log, <F.Fault>fault, pos, length, message):
@@ -569,35 +652,36 @@ cdef int fill_segment(const uint8_t* block, size_t n, size_t* position, size_t l
             if not keep_going:
                 return fault
         else:
-            at.sequence[k][0] = first_sequence + message
-            at.sequence[k] += 1
-            at.row[k] += spec.struct_size
+            if numbered:
+                (at[k].sequences_end - at[k].left)[0] = first_sequence + message
+            at[k].left -= 1
+            at[k].row += spec.struct_size
         message += 1
         pos += 2 + length
     position[0], index[0] = pos, message
     return F.OK
 
 
-cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence,
+cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence, bint numbered,
                     const BlockScan* scan, BlockArrays* arrays, FaultLog* log,
                     bint keep_going) noexcept nogil:
     """Second pass: fill the struct arrays sized by scan_block, skipping the messages its log
     holds (framing faults, in stream order). A message that fails its field checks is logged
     and its slot reused, so `filled` may end below the scanned counts."""
-    cdef FillCursors at
+    cdef SlotCursor at[_MAX_TYPES]
     cdef size_t pos = 0, index = 0, limit, i, framing_faults = log.count, next_fault = 0
     cdef const FaultEntry* skipped
     cdef int fault = F.OK
     for i in range(arrays.type_count):
-        at.row[i] = arrays.rows[i]
-        at.sequence[i] = arrays.sequences[i]
-        at.end[i] = arrays.sequences[i] + scan.counts[i]
+        at[i].row = arrays.rows[i]
+        at[i].sequences_end = arrays.sequences[i] + scan.counts[i] if numbered else NULL
+        at[i].left = scan.counts[i]
     while True:
         limit = n
         if next_fault < framing_faults:
             limit = min(n, <size_t> (log.entries[next_fault].offset - log.base))
-        fault = fill_segment(block, n, &pos, limit, &index, first_sequence, scan, &at, log,
-                             keep_going)
+        fault = fill_segment(block, n, &pos, limit, &index, first_sequence, numbered, scan, at,
+                             log, keep_going)
         if fault or limit == n:
             break
         skipped = &log.entries[next_fault]
@@ -610,7 +694,7 @@ cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence,
         index += 1
         pos += 2 + skipped.length
     for i in range(arrays.type_count):
-        arrays.filled[i] = at.sequence[i] - arrays.sequences[i]
+        arrays.filled[i] = scan.counts[i] - at[i].left
     return fault
 
 
@@ -624,11 +708,13 @@ cdef struct BlockResult:
     uint64_t fault_offset       # from log.base, like the log's offsets
     int framing_fault           # strict mode: the framing fault pass one stopped at
     size_t fill_end             # bytes pass two covers: up to that fault, or all
+    bint numbered               # rows get sequence numbers (frames; a bare block has none)
 
 
-cdef void init_result(BlockResult* r, uint64_t base) noexcept nogil:
+cdef void init_result(BlockResult* r, uint64_t base, bint numbered) noexcept nogil:
     memset(r, 0, sizeof(BlockResult))
     r.log.base = base
+    r.numbered = numbered
 
 
 cdef void release_result(BlockResult* r) noexcept nogil:
@@ -655,7 +741,7 @@ cdef bint plan_block(const uint8_t* block, size_t n, long declared_count, bint k
         r.fault = r.log.entries[0].code if r.log.count else F.COUNT_MISMATCH
         r.fault_offset = r.log.entries[0].offset if r.log.count else r.log.base + n
         return False
-    size = r.scan.messages * sizeof(uint64_t)
+    size = r.scan.messages * sizeof(uint64_t) if r.numbered else 0
     for i in range(r.arrays.type_count):
         size += r.scan.counts[i] * SPECS[r.arrays.types[i]].struct_size + _ROW_SLACK
     r.arrays.arena = <uint8_t*> malloc(size)
@@ -663,7 +749,7 @@ cdef bint plan_block(const uint8_t* block, size_t n, long declared_count, bint k
         r.fault = F.OUT_OF_MEMORY
         return False
     at = 0
-    for i in range(r.arrays.type_count):
+    for i in range(r.arrays.type_count if r.numbered else 0):     # else they stay NULL
         r.arrays.sequences[i] = <uint64_t*> (r.arrays.arena + at)
         at += r.scan.counts[i] * sizeof(uint64_t)
     for i in range(r.arrays.type_count):
@@ -675,7 +761,8 @@ cdef bint plan_block(const uint8_t* block, size_t n, long declared_count, bint k
 cdef void fill_planned(const uint8_t* block, uint64_t first_sequence, bint keep_going,
                        BlockResult* r) noexcept nogil:
     """Pass two over what plan_block planned, and the block's final fault."""
-    cdef int fault = fill_block(block, r.fill_end, first_sequence, &r.scan, &r.arrays, &r.log,
+    cdef int fault = fill_block(block, r.fill_end, first_sequence, r.numbered, &r.scan,
+                                &r.arrays, &r.log,
                                 keep_going)
     if fault == F.BUFFER_CHANGED:
         r.fault = fault
@@ -726,7 +813,8 @@ cdef object array_view(_Arena arena, object descr, void* data, cnp.npy_intp coun
 
 
 cdef tuple view_arrays(const BlockArrays* arrays, _Arena arena):
-    """(messages, sequences): type -> array dicts viewing the rows in `arena`."""
+    """(messages, sequences): type -> array dicts viewing the rows in `arena` (sequences
+    empty for a block decoded without sequence numbers)."""
     cdef dict messages = {}, sequences = {}
     cdef size_t i
     cdef uint8_t t
@@ -734,7 +822,9 @@ cdef tuple view_arrays(const BlockArrays* arrays, _Arena arena):
         t = arrays.types[i]
         if arrays.filled[i]:
             messages[KEYS[t]] = array_view(arena, DESCRS[t], arrays.rows[i], arrays.filled[i])
-            sequences[KEYS[t]] = array_view(arena, UINT64, arrays.sequences[i], arrays.filled[i])
+            if arrays.sequences[i] != NULL:
+                sequences[KEYS[t]] = array_view(arena, UINT64, arrays.sequences[i],
+                                                arrays.filled[i])
     return messages, sequences
 
 
@@ -774,7 +864,7 @@ def parse_messages(buf, *, bint quarantine=False, uint64_t base_offset=0):
     larger input (the tests use it to check offsets past 4 GiB without 4 GiB of data)."""
     cdef Py_buffer view
     cdef BlockResult r
-    init_result(&r, base_offset)
+    init_result(&r, base_offset, False)
     PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
     try:
         with nogil:
@@ -792,7 +882,7 @@ def _parse_changed_between_passes(buf, size_t at, bytes replacement, *, bint qua
     cdef Py_buffer view
     cdef BlockResult r
     cdef uint8_t* block = NULL
-    init_result(&r, 0)
+    init_result(&r, 0, False)
     PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
     try:
         if at + len(replacement) > <size_t> view.len:
@@ -983,7 +1073,7 @@ cdef void init_frame(FrameDecode* d) noexcept nogil:
     d.packet = NULL
     d.fault = F.OK
     d.where = 0
-    init_result(&d.r, sizeof(W.PacketHeader))
+    init_result(&d.r, sizeof(W.PacketHeader), True)
 
 
 cdef void decode_frame_nogil(const uint8_t* f, size_t n, bint quarantine,

@@ -1,12 +1,13 @@
 """The block decoder's two passes: pass two follows pass one's fault log instead of framing
-each message again, converts every type with the same fixed steps (SSSE3 shuffles where the
-CPU has them, else portable C: the tests run both), and stages the messages near the end of
-the input. Bytes that change between the passes end in buffer_changed, never in rows pass one
+each message again, converts every type with the same fixed steps (an AVX-512 VBMI permute or
+SSSE3 shuffles where the CPU has them, else portable C: the tests run each one the CPU has),
+and stages the messages near the end of the input. Bytes that change between the passes end in buffer_changed, never in rows pass one
 did not size and never in a silently dropped message."""
 
 import ctypes
 import mmap
 
+import numpy as np
 import pytest
 
 from feedhandler.errors import DecodeError
@@ -37,14 +38,27 @@ def assert_same_rows(got: dict, want: dict, *, same_order: bool = True):
         assert got[t].tobytes() == want[t].tobytes(), t
 
 
-@pytest.fixture(params=["shuffle", "portable"], autouse=True)
-def conversion(request):
-    """Every test here, once with each message conversion."""
+CONVERSIONS = ["permute", "shuffle", "portable"]
+CHOSEN_AT_IMPORT = _decode._conversion()     # before any fixture here switches it
+
+
+def supported(name: str) -> bool:
     previous = _decode._conversion()
     try:
-        _decode._conversion(request.param)
+        _decode._conversion(name)
+        return True
     except ValueError:
-        pytest.skip("this CPU has no SSSE3")
+        return False
+    finally:
+        _decode._conversion(previous)
+
+
+@pytest.fixture(params=CONVERSIONS, autouse=True)
+def conversion(request):
+    """Every test here, once with each message conversion."""
+    if not supported(request.param):
+        pytest.skip(f"this CPU cannot run the {request.param} conversion")
+    previous = _decode._conversion(request.param)
     yield request.param
     _decode._conversion(previous)
 
@@ -59,18 +73,17 @@ def test_every_type_converts_to_what_encode_turns_back_into_its_wire_bytes(conve
         assert itch.encode(records) == wire, message_type
 
 
-def test_the_conversions_agree_byte_for_byte():
-    """The shuffle masks (derived from the struct layouts) and the portable swaps give the
-    same rows, padding bytes of the arrays included."""
-    results = {}
-    previous = _decode._conversion()
-    try:
-        for name in ("portable", "shuffle"):
-            _decode._conversion(name)
-            results[name] = {t: a.tobytes() for t, a in itch.parse(BLOCK * 3).items()}
-    finally:
-        _decode._conversion(previous)
-    assert results["portable"] == results["shuffle"]
+def test_the_conversions_agree_byte_for_byte(conversion):
+    """The permute and shuffle tables (derived from the struct layouts) and the portable
+    swaps give the same rows, padding bytes of the arrays included."""
+    rows = {t: a.tobytes() for t, a in itch.parse(BLOCK * 3).items()}
+    _decode._conversion("portable")
+    assert rows == {t: a.tobytes() for t, a in itch.parse(BLOCK * 3).items()}
+
+
+def test_the_fastest_conversion_the_cpu_has_is_chosen():
+    """What import chose is the first of CONVERSIONS (fastest first) that this CPU runs."""
+    assert CHOSEN_AT_IMPORT == next(name for name in CONVERSIONS if supported(name))
 
 
 def test_an_unknown_conversion_is_refused():
@@ -202,6 +215,19 @@ def test_bytes_changed_between_the_passes_are_refused(quarantine, change):
     assert refused.value.reason == "input buffer changed while it was being decoded"
 
 
+@pytest.mark.parametrize("quarantine", [False, True])
+def test_a_row_more_than_pass_one_counted_is_refused_far_from_the_end(quarantine):
+    """A 'D' turned into a 'B' (the same length) between the passes, with the last 'B' far
+    from the end of the input: the fill loop finds B's rows full there, not only the staging
+    of the last messages."""
+    messages = list(MESSAGES) + [m for m in MESSAGES if m[:1] == b"A"][:20]
+    i = first_of("D", 30)
+    at = length_prefix_at(messages, i) + 2
+    with pytest.raises(DecodeError) as refused:
+        changed_between_passes(framed(messages), at, b"B", quarantine=quarantine)
+    assert refused.value.code == "buffer_changed"
+
+
 def test_a_logged_fault_repaired_between_the_passes_stays_quarantined():
     """Pass two skips what pass one logged, by the length pass one read: a message made
     well framed in between is still quarantined, and the rest decode as without it."""
@@ -228,3 +254,67 @@ def test_a_field_changed_between_the_passes_is_read_once():
     assert [(q.offset, q.code) for q in quarantined] == [(at - 19 - 2, "bad_side")]
     assert_same_rows(rows, itch.parse(framed(m for k, m in enumerate(MESSAGES) if k != i)),
                      same_order=False)
+
+
+DAY = itch.NANOSECONDS_PER_DAY
+
+
+def replace_byte(message: bytes, at: int, value: int) -> bytes:
+    at %= len(message)
+    return message[:at] + bytes([value]) + message[at + 1:]
+
+
+def stock_offset(message: bytes, rng) -> int:
+    """Wire offset of a byte of the message's stock field (of any byte if it has none)."""
+    dtype = itch.DTYPES.get(message[:1].decode("latin-1"))
+    if dtype is None or "stock" not in dtype.names:
+        return int(rng.integers(len(message)))
+    return dtype.fields["stock"][1] - 2 + int(rng.integers(8))
+
+
+SIDE_BYTE = 19                      # wire offset of the buy/sell indicator of 'A', 'F' and 'P'
+NEAR_SIDES = [0x41, 0x42, 0x43, 0x52, 0x53, 0x54, 0x62, 0x73, 0xC2, 0xD3]
+NEAR_PRINTABLE = [0x00, 0x1F, 0x20, 0x21, 0x7E, 0x7F, 0x80, 0xA0, 0xFF]
+
+MUTATIONS = [
+    lambda m, rng: replace_byte(m, int(rng.integers(len(m))), int(rng.integers(256))),
+    lambda m, rng: m[:5] + int(rng.integers(DAY, 2 ** 48)).to_bytes(6, "big") + m[11:],
+    lambda m, rng: m[:5] + (DAY - 1).to_bytes(6, "big") + m[11:],    # the day's last nanosecond
+    lambda m, rng: replace_byte(m, SIDE_BYTE, int(rng.choice(NEAR_SIDES))),
+    lambda m, rng: replace_byte(m, stock_offset(m, rng), int(rng.choice(NEAR_PRINTABLE))),
+    lambda m, rng: replace_byte(m, 0, int(rng.integers(256))),       # the type byte
+    lambda m, rng: m[:int(rng.integers(len(m)))],                     # shorter
+    lambda m, rng: m + bytes(int(rng.integers(1, 4))),                # longer
+]
+
+
+def outcome(block: bytes) -> tuple:
+    """Everything both policies make of a block: rows (padding included), quarantine
+    entries, the strict error."""
+    rows, quarantined = itch.parse_quarantine(block)
+    try:
+        strict = {t: a.tobytes() for t, a in itch.parse(block).items()}
+    except DecodeError as error:
+        strict = (error.code, error.offset)
+    return ({t: a.tobytes() for t, a in rows.items()},
+            [(q.offset, q.code, q.raw, q.sequence) for q in quarantined], strict)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_each_conversion_matches_the_portable_one_on_random_valid_and_invalid_input(
+        conversion, seed):
+    """Differential, for each conversion this CPU runs against the portable C one: random
+    streams of every type, valid and then with random messages mutated (fields the checks
+    read, at and past their limits; any byte; framing), decoded by both policies."""
+    rng = np.random.default_rng(seed)
+    messages = split_block(uniform_stream(300, seed=1000 + seed)[0])
+    blocks = [framed(messages)]
+    for _ in range(3):
+        mutated = list(messages)
+        for i in rng.choice(len(mutated), size=int(rng.integers(1, 25)), replace=False):
+            mutated[i] = MUTATIONS[int(rng.integers(len(MUTATIONS)))](mutated[i], rng)
+        blocks.append(framed(mutated))
+    got = [outcome(block) for block in blocks]
+    _decode._conversion("portable")
+    assert got == [outcome(block) for block in blocks]
+    assert got[0][1] == [] and not isinstance(got[0][2], tuple)       # the valid one is valid
