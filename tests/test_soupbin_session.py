@@ -104,12 +104,12 @@ def test_failover_to_line_b_when_the_primary_is_lost():
             for batch in source.batches():
                 proxy.refuse_new()          # line A is gone for good once it has delivered
                 seen += [packet.peek(frame) for frame in batch]
-        served_a = line_a.served()[0]
     assert_contiguous([(first, count, session) for session, first, count in seen], 1, COUNT)
     assert source.failovers == 1 and source.address == ("127.0.0.1", line_b.port)
     # Line A delivered the start (its 200,000 bytes), line B the rest from where it stopped.
+    # (Line A's own count is no measure of it: the simulator counts a 1 MB send once the
+    # kernel has taken all of it, and the cut can come first.)
     assert 0 < source.tracker.messages - line_b.served()[0] < COUNT
-    assert served_a >= source.tracker.messages - line_b.served()[0]
 
 
 def test_server_sends_heartbeats_after_a_second_of_silence():
