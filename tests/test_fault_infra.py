@@ -337,6 +337,7 @@ def records_in(bootstrap: str, topic: str) -> list[bytes]:
 
 
 @pytest.mark.kafka
+@pytest.mark.slow       # 25 s; test_faults' broker kill and restart runs the same commands
 def test_kafka_sh_kill_and_restart_keep_a_single_nodes_records(tmp_path):
     """SIGKILL, then restart: the topic and every acknowledged record are still there; a paused
     broker is not ready until resumed. (A node of its own: never the shared broker.)"""
