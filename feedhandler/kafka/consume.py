@@ -416,8 +416,7 @@ class FeedReader:
                         rows = next(iter(to_arrays([message.value()],
                                                    self.value_format).values()))
                         keys[key] = int(rows["sequence"][0])
-                    if key in keys:
-                        self._consumer.pause([TopicPartition(*key)])
+                    self._consumer.pause([TopicPartition(*key)])    # its one record is in
         finally:
             # librdkafka keeps a partition's pause across assignments
             self._consumer.resume([TopicPartition(*key) for key in keys])
