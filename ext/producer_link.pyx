@@ -18,11 +18,22 @@ per tick, into the very handle the one shared `confluent_kafka.Producer` owns:
 - Messages produced here carry no confluent_kafka state (`_private` is NULL), which its delivery
   callback skips without taking the GIL; `on_acknowledgement` counts them, by error, in C.
   Records the application produces through the Producer itself are left to its callbacks.
-- Waiting for acknowledgements is event-driven: `on_acknowledgement` also counts every record
-  Kafka acknowledged (`delivered`, whichever API produced it), and once that count reaches the
-  target the publisher armed (`wake_when_delivered`) it signals an eventfd the link owns
-  (`acknowledgement_fd`), which the publisher waits on next to its other work. Successful
-  deliveries make no delivery report (error-only reports), so nothing else could wake it.
+- Frames are acknowledged exactly, in C, as Kafka settles their records. A frame's records
+  spread over many partitions, and partitions are acknowledged independently (one produce
+  request each): a count of acknowledged records can reach a frame's running total while one
+  of its records is still in flight, with a later frame's records counted in its place. So the
+  link counts records per (topic, partition) "bucket" of the topics it tracks (`open_topics`):
+  produced (its own records, and those the sink produces through the Producer to a tracked
+  topic, `count_produced`) and settled (acknowledged or failed, on the broker threads). Each
+  frame (`close_frame`) keeps, for the buckets it wrote to, the produced count at its end.
+  Within a partition Kafka settles records in order (idempotent producer), so a frame is
+  settled once every one of those buckets has settled that many; frames settle in order. The
+  oldest unsettled frame's targets are armed per bucket, so a broker thread sees in one
+  comparison whether its record completes one; the last one stamps the frame (and any after it
+  already complete) with the time and signals an eventfd the link owns
+  (`acknowledgement_fd`), which the publisher waits on next to its other work, then takes the
+  settled frames with their times (`take_settled`). Successful deliveries make no delivery
+  report (error-only reports), so nothing else could wake it.
 
 Invariants its users keep (feedhandler.kafka.producer and the handler's publisher do):
 
@@ -44,8 +55,9 @@ from cpython.list cimport PyList_GET_ITEM
 from cpython.object cimport PyObject
 from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint32_t, uint64_t, uint8_t
 from libc.stdio cimport FILE, fclose, fread, rewind, snprintf, tmpfile
-from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memset
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcpy, memmove, memset, strcmp
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport close, write
 
 cimport numpy as cnp
@@ -60,6 +72,16 @@ cdef extern from "<sys/eventfd.h>" nogil:
     int eventfd(unsigned int initval, int flags)
     int EFD_NONBLOCK
     int EFD_CLOEXEC
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef unsigned long pthread_t
+    int pthread_mutex_init(pthread_mutex_t* mutex, const void* attributes)
+    int pthread_mutex_destroy(pthread_mutex_t* mutex)
+    int pthread_mutex_lock(pthread_mutex_t* mutex)
+    int pthread_mutex_unlock(pthread_mutex_t* mutex)
+    pthread_t pthread_self()
 
 cdef extern from "<dlfcn.h>" nogil:
     void* dlopen(const char* filename, int flags)
@@ -81,6 +103,17 @@ cdef struct RecordMetadata:     # what a record with headers carries besides key
     char message_type
 
 
+cdef struct FrameTarget:        # a frame is settled once bucket `bucket` has settled `records`
+    int64_t bucket
+    int64_t records
+
+
+cdef struct FrameMark:
+    int64_t first_target    # absolute index of its first FrameTarget
+    int64_t n_targets       # the buckets it wrote to (none: settled once the frames before are)
+    int64_t settled_ns      # CLOCK_MONOTONIC when it was found settled; 0 before
+
+
 cdef struct Tally:
     rd_kafka_t* rk          # NULL until on_new, and again after on_destroy
     int owners              # the ProducerLink and librdkafka's conf (which the handle keeps
@@ -88,10 +121,35 @@ cdef struct Tally:
     int64_t acknowledged
     int64_t failed
     int64_t failed_by_error[ERROR_SLOTS]
-    int64_t delivered       # records of either API that Kafka acknowledged
-    int64_t wake_at         # signal wake_fd once `delivered` reaches this; INT64_MAX: disarmed
     int wake_fd             # an eventfd, closed with the tally (broker threads may signal it
                             # until the very end)
+    # -- the tracked topics, fixed by open_topics before any record (broker threads read them
+    # once `n_topics` is published)
+    int64_t n_topics
+    char** topic_names
+    int32_t* partitions
+    int64_t* bucket_start   # first bucket of each topic, then the total
+    # -- per bucket
+    int64_t* produced       # records handed over; the producing thread only
+    int64_t* settled        # acknowledged or failed; broker threads, atomic
+    int64_t* armed          # the oldest unsettled frame's target, INT64_MAX if none; atomic
+    uint8_t* touched        # written to since the last close_frame (producing thread only)
+    int64_t* touched_list
+    int64_t n_touched
+    int64_t producer_thread     # the thread producing tracked records (see track_settled)
+    # -- frames, under `lock`; indices are absolute, arrays hold [taken, end)
+    pthread_mutex_t lock
+    FrameMark* frames
+    int64_t frames_base     # absolute index of frames[0]
+    int64_t frames_taken    # frames before this were handed to Python (take_settled)
+    int64_t frames_settled  # frames before this are settled: the oldest unsettled frame
+    int64_t frames_end
+    int64_t frames_capacity
+    FrameTarget* targets
+    int64_t targets_base
+    int64_t targets_end
+    int64_t targets_capacity
+    int64_t remaining       # the oldest unsettled frame's armed buckets not yet reached
 
 cdef RdKafkaApi api
 cdef bint api_bound = False
@@ -134,6 +192,7 @@ def bind_library(str owner_path):
         library, b"rd_kafka_conf_properties_show")
     found.topic_new = <topic_new_f> symbol(library, b"rd_kafka_topic_new")
     found.topic_destroy = <topic_destroy_f> symbol(library, b"rd_kafka_topic_destroy")
+    found.topic_name = <topic_name_f> symbol(library, b"rd_kafka_topic_name")
     found.produce_batch = <produce_batch_f> symbol(library, b"rd_kafka_produce_batch")
     found.produceva = <produceva_f> symbol(library, b"rd_kafka_produceva")
     found.error_code = <error_code_f> symbol(library, b"rd_kafka_error_code")
@@ -223,9 +282,7 @@ cdef int on_new(rd_kafka_t* rk, const rd_kafka_conf_t* conf, void* opaque, char*
 cdef int on_acknowledgement(rd_kafka_t* rk, rd_kafka_message_t* message,
                             void* opaque) noexcept nogil:
     cdef Tally* tally = <Tally*> opaque
-    if message.err == RD_KAFKA_RESP_ERR_NO_ERROR and \
-            fh_atomic_add_fetch(&tally.delivered, 1) >= fh_atomic_load_seq(&tally.wake_at):
-        signal_once(tally)
+    track_settled(tally, message)
     if message._private != NULL:        # produced through confluent_kafka: its callbacks count it
         return 0
     if message.err == RD_KAFKA_RESP_ERR_NO_ERROR:
@@ -247,17 +304,144 @@ cdef int on_conf_destroy(void* opaque) noexcept nogil:
 
 
 cdef void release_tally(Tally* tally) noexcept nogil:
+    cdef int64_t t
     if fh_release(&tally.owners) == 0:
         if tally.wake_fd >= 0:
             close(tally.wake_fd)
+        for t in range(tally.n_topics):
+            free(tally.topic_names[t])
+        free(tally.topic_names)
+        free(tally.partitions)
+        free(tally.bucket_start)
+        free(tally.produced)
+        free(tally.settled)
+        free(tally.armed)
+        free(tally.touched)
+        free(tally.touched_list)
+        free(tally.frames)
+        free(tally.targets)
+        pthread_mutex_destroy(&tally.lock)
         free(tally)
 
 
-cdef inline void signal_once(Tally* tally) noexcept nogil:
-    # Whoever disarms the wakeup signals it: one write per arming, from whichever thread.
+# ---- exact frame acknowledgement (see the module's docstring) --------------------------------
+
+cdef inline int64_t monotonic_ns() noexcept nogil:
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)    # the clock of Python's time.monotonic_ns()
+    return now.tv_sec * 1_000_000_000 + now.tv_nsec
+
+
+cdef int64_t bucket_of(Tally* tally, const rd_kafka_message_t* message) noexcept nogil:
+    """The tracked bucket a settled record belongs to, or -1."""
+    cdef int64_t t, n_topics = fh_atomic_load_seq(&tally.n_topics)
+    cdef const char* name
+    if n_topics == 0 or message.rkt == NULL:
+        return -1
+    name = api.topic_name(message.rkt)
+    for t in range(n_topics):
+        if strcmp(name, tally.topic_names[t]) == 0:
+            if 0 <= message.partition < tally.partitions[t]:
+                return tally.bucket_start[t] + message.partition
+            return -1
+    return -1
+
+
+cdef void track_settled(Tally* tally, const rd_kafka_message_t* message) noexcept nogil:
+    """A record settled (acknowledged or failed): count it in its bucket, and where that
+    reaches the oldest unsettled frame's target, settle what can be."""
+    cdef int64_t bucket = bucket_of(tally, message), records
+    if bucket < 0:
+        return
+    # librdkafka also reports a record whose partitioning failed inside the produce call, on
+    # the producing thread; such a record was refused, never queued, and not counted produced.
+    if <int64_t> pthread_self() == fh_atomic_load_seq(&tally.producer_thread):
+        return
+    records = fh_atomic_add_fetch(&tally.settled[bucket], 1)
+    if records != fh_atomic_load_seq(&tally.armed[bucket]):
+        return
+    pthread_mutex_lock(&tally.lock)
+    # Re-read under the lock: the publisher may have found this bucket reached while arming.
+    if fh_atomic_load_seq(&tally.armed[bucket]) == records:
+        fh_atomic_store(&tally.armed[bucket], INT64_MAX)
+        tally.remaining -= 1
+        settle_ready(tally)
+    pthread_mutex_unlock(&tally.lock)
+
+
+cdef void arm_oldest(Tally* tally) noexcept nogil:
+    """Under the lock: arm the oldest unsettled frame's targets; `remaining` counts those not
+    reached yet. A target is stored before its bucket is looked at, so a record settling in
+    between is seen by one side or the other: by this look, or by its broker thread, which
+    then claims it under the lock."""
+    cdef FrameMark* frame = &tally.frames[tally.frames_settled - tally.frames_base]
+    cdef FrameTarget* target
+    cdef int64_t i
+    tally.remaining = 0
+    for i in range(frame.n_targets):
+        target = &tally.targets[frame.first_target + i - tally.targets_base]
+        fh_atomic_store(&tally.armed[target.bucket], target.records)
+        if fh_atomic_load_seq(&tally.settled[target.bucket]) >= target.records:
+            fh_atomic_store(&tally.armed[target.bucket], INT64_MAX)
+        else:
+            tally.remaining += 1
+
+
+cdef void settle_ready(Tally* tally) noexcept nogil:
+    """Under the lock, the oldest unsettled frame's armed targets all reached: stamp it settled,
+    and every frame after it that is complete too; arm the first that is not; signal."""
     cdef uint64_t one = 1
-    if fh_atomic_exchange(&tally.wake_at, INT64_MAX) != INT64_MAX:
-        write(tally.wake_fd, &one, sizeof(one))     # a full eventfd is already readable
+    cdef int64_t now
+    if tally.remaining or tally.frames_settled == tally.frames_end:
+        return
+    now = monotonic_ns()
+    while tally.remaining == 0 and tally.frames_settled < tally.frames_end:
+        tally.frames[tally.frames_settled - tally.frames_base].settled_ns = now
+        tally.frames_settled += 1
+        if tally.frames_settled < tally.frames_end:
+            arm_oldest(tally)
+    write(tally.wake_fd, &one, sizeof(one))     # a full eventfd is already readable
+
+
+cdef int reserve(void** array, int64_t* base, int64_t taken, int64_t end, int64_t* capacity,
+                 size_t item_size) noexcept nogil:
+    """Under the lock: room for one more item at `end` in an array holding [base, end) of
+    which [base, taken) is no longer needed: slide the live part down, or grow. -1 if out of
+    memory."""
+    cdef void* grown
+    cdef int64_t start = base[0]
+    if end - start < capacity[0]:
+        return 0
+    if capacity[0] and (taken - start) * 2 >= capacity[0]:
+        memmove(array[0], <char*> array[0] + (taken - start) * item_size,
+                (end - taken) * item_size)
+        base[0] = taken
+        return 0
+    grown = realloc(array[0], max(capacity[0] * 2, 64) * item_size)
+    if grown == NULL:
+        return -1
+    array[0] = grown
+    capacity[0] = max(capacity[0] * 2, 64)
+    return 0
+
+
+cdef int any_missing_room(Tally* tally, int64_t targets_taken) noexcept nogil:
+    """Under the lock: room for a frame's targets (one per bucket touched); -1 if none."""
+    cdef int64_t i
+    for i in range(tally.n_touched):
+        if reserve(<void**> &tally.targets, &tally.targets_base, targets_taken,
+                   tally.targets_end + i, &tally.targets_capacity, sizeof(FrameTarget)):
+            return -1
+    return 0
+
+
+cdef inline void count_produced(Tally* tally, int64_t bucket, int64_t records) noexcept nogil:
+    """Records handed over to `bucket` (producing thread only), toward the next frame."""
+    tally.produced[bucket] += records
+    if not tally.touched[bucket]:
+        tally.touched[bucket] = 1
+        tally.touched_list[tally.n_touched] = bucket
+        tally.n_touched += 1
 
 
 cdef inline void count_failure(Tally* tally, int err) noexcept nogil:
@@ -298,9 +482,7 @@ cdef class ProducerLink:
 
     cdef Tally* tally
     cdef object producer        # keeps the handle alive as long as this link
-    cdef list topic_names         # bytes, by topic index
-    cdef int32_t* partitions
-    cdef Py_ssize_t* bucket_start    # first (topic, partition) bucket of each topic, then the total
+    cdef list topic_names       # bytes, by topic index
     cdef int n_topics
     cdef int64_t n_refused
     cdef int64_t n_timestamp_fallbacks
@@ -311,43 +493,123 @@ cdef class ProducerLink:
         if self.tally == NULL:
             raise MemoryError()
         self.tally.owners = 1
-        self.tally.wake_at = INT64_MAX
+        self.tally.producer_thread = -1
+        pthread_mutex_init(&self.tally.lock, NULL)
         self.tally.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.tally.wake_fd < 0:
             raise OSError("no eventfd for the acknowledgement wakeup")
 
     def __dealloc__(self):
-        free(self.partitions)
-        free(self.bucket_start)
         if self.tally != NULL:
             release_tally(self.tally)
 
     def open_topics(self, list names, list partition_counts):
         """The topics `produce_ticks` writes to, by index, and their actual partition counts
         (from the cluster's metadata: librdkafka 2.16 loses track of a record sent to a
-        partition that does not exist, and flush() then never completes)."""
-        cdef int32_t* partitions
-        cdef Py_ssize_t* bucket_start
-        cdef int t
-        if len(names) != len(partition_counts) or not names:
+        partition that does not exist, and flush() then never completes); also the topics
+        whose records frames are tracked by (every one a frame can write to). Once per link:
+        broker threads read them from then on."""
+        cdef Tally* tally = self.tally
+        cdef int64_t t, n = len(names), buckets
+        if self.n_topics:
+            raise RuntimeError("the link's topics are already open")
+        if len(partition_counts) != n or not names:
             raise ValueError("one partition count per topic")
         if any(count < 1 for count in partition_counts):
             raise ValueError("every topic needs at least one partition")
-        partitions = <int32_t*> calloc(len(names), sizeof(int32_t))
-        bucket_start = <Py_ssize_t*> calloc(len(names) + 1, sizeof(Py_ssize_t))
-        if partitions == NULL or bucket_start == NULL:
-            free(partitions)
-            free(bucket_start)
-            raise MemoryError()
-        for t in range(len(names)):
-            partitions[t] = partition_counts[t]
-            bucket_start[t + 1] = bucket_start[t] + partitions[t]
-        free(self.partitions)
-        free(self.bucket_start)
-        self.partitions = partitions
-        self.bucket_start = bucket_start
-        self.topic_names = [name.encode() for name in names]
-        self.n_topics = len(names)
+        encoded = [name.encode() for name in names]
+        buckets = sum(partition_counts)
+        tally.topic_names = <char**> calloc(n, sizeof(char*))
+        tally.partitions = <int32_t*> calloc(n, sizeof(int32_t))
+        tally.bucket_start = <int64_t*> calloc(n + 1, sizeof(int64_t))
+        tally.produced = <int64_t*> calloc(buckets, sizeof(int64_t))
+        tally.settled = <int64_t*> calloc(buckets, sizeof(int64_t))
+        tally.armed = <int64_t*> malloc(buckets * sizeof(int64_t))
+        tally.touched = <uint8_t*> calloc(buckets, sizeof(uint8_t))
+        tally.touched_list = <int64_t*> calloc(buckets, sizeof(int64_t))
+        if tally.topic_names == NULL or tally.partitions == NULL or \
+                tally.bucket_start == NULL or tally.produced == NULL or tally.settled == NULL \
+                or tally.armed == NULL or tally.touched == NULL or tally.touched_list == NULL:
+            raise MemoryError()     # what was allocated goes with the tally
+        for t in range(n):
+            tally.topic_names[t] = <char*> malloc(len(encoded[t]) + 1)
+            if tally.topic_names[t] == NULL:
+                raise MemoryError()
+            memcpy(tally.topic_names[t], <char*> encoded[t], len(encoded[t]) + 1)
+            tally.partitions[t] = partition_counts[t]
+            tally.bucket_start[t + 1] = tally.bucket_start[t] + partition_counts[t]
+        for t in range(buckets):
+            tally.armed[t] = INT64_MAX
+        self.topic_names = encoded
+        self.n_topics = <int> n
+        fh_atomic_store(&tally.n_topics, n)     # published: broker threads look them up now
+
+    def count_produced(self, int topic, int32_t partition, int64_t records=1):
+        """`records` handed to the Producer for tracked topic `topic` (an index) and
+        `partition`, by the producing thread, just before it produces them: they count
+        toward the next `close_frame`."""
+        if not 0 <= topic < self.n_topics or not 0 <= partition < self.tally.partitions[topic]:
+            raise ValueError(f"no tracked topic {topic} partition {partition}")
+        fh_atomic_store(&self.tally.producer_thread, <int64_t> pthread_self())
+        count_produced(self.tally, self.tally.bucket_start[topic] + partition, records)
+
+    def close_frame(self):
+        """The records counted produced since the last call make a frame, settled once they
+        and every frame before are (`take_settled`)."""
+        cdef Tally* tally = self.tally
+        cdef FrameMark* frame
+        cdef int64_t i, bucket, targets_taken
+        if not self.n_topics:
+            raise RuntimeError("open_topics() first")
+        with nogil:
+            pthread_mutex_lock(&tally.lock)
+            targets_taken = tally.frames[tally.frames_taken - tally.frames_base].first_target \
+                if tally.frames_taken < tally.frames_end else tally.targets_end
+            if reserve(<void**> &tally.frames, &tally.frames_base, tally.frames_taken,
+                       tally.frames_end, &tally.frames_capacity, sizeof(FrameMark)) or \
+                    any_missing_room(tally, targets_taken):
+                pthread_mutex_unlock(&tally.lock)
+                with gil:
+                    raise MemoryError()
+            frame = &tally.frames[tally.frames_end - tally.frames_base]
+            frame.first_target = tally.targets_end
+            frame.n_targets = tally.n_touched
+            frame.settled_ns = 0
+            for i in range(tally.n_touched):
+                bucket = tally.touched_list[i]
+                tally.targets[tally.targets_end - tally.targets_base].bucket = bucket
+                tally.targets[tally.targets_end - tally.targets_base].records = \
+                    tally.produced[bucket]
+                tally.targets_end += 1
+                tally.touched[bucket] = 0
+            tally.n_touched = 0
+            tally.frames_end += 1
+            if tally.frames_settled == tally.frames_end - 1:     # it is the oldest unsettled
+                arm_oldest(tally)
+                settle_ready(tally)
+            pthread_mutex_unlock(&tally.lock)
+
+    def take_settled(self):
+        """The frames settled since the last call, oldest first: the CLOCK_MONOTONIC time
+        (time.monotonic_ns()) at which each was found settled."""
+        cdef Tally* tally = self.tally
+        cdef int64_t i
+        pthread_mutex_lock(&tally.lock)
+        try:
+            times = [tally.frames[i - tally.frames_base].settled_ns
+                     for i in range(tally.frames_taken, tally.frames_settled)]
+            tally.frames_taken = tally.frames_settled
+        finally:
+            pthread_mutex_unlock(&tally.lock)
+        return times
+
+    @property
+    def unsettled_frames(self) -> int:
+        """Frames closed and not yet settled."""
+        pthread_mutex_lock(&self.tally.lock)
+        n = self.tally.frames_end - self.tally.frames_settled
+        pthread_mutex_unlock(&self.tally.lock)
+        return n
 
     cdef int _require_handle(self) except -1:
         if self.tally.rk == NULL:
@@ -389,7 +651,7 @@ cdef class ProducerLink:
         cdef uint8_t* values = NULL
         cdef Py_ssize_t value_stride = 0
         cdef const uint8_t* message
-        cdef const Py_ssize_t* bucket_start = self.bucket_start
+        cdef const int64_t* bucket_start = self.tally.bucket_start
         self._require_handle()
         if self.n_topics == 0:
             raise RuntimeError("open_topics() first")
@@ -399,6 +661,7 @@ cdef class ProducerLink:
             raise ValueError(f"session must be {SESSION_LENGTH} bytes")
         n_types = load_types(messages, sequences, topic_of_type, self.n_topics, raw_blocks,
                              types, MAX_TYPES)
+        fh_atomic_store(&self.tally.producer_thread, <int64_t> pthread_self())
         for t in range(n_types):    # every value fits a slot of the longest struct
             value_stride = max(value_stride, TICK_HEADER_SIZE + types[t].itemsize)
         # Buckets per (topic, partition), in topic order: librdkafka looks a partition up again
@@ -422,7 +685,7 @@ cdef class ProducerLink:
                     tr = &types[order[slot].type_index - 1]
                     locate = locate_of(tr.rows + order[slot].row * tr.itemsize)
                     bucket_of[slot] = <int32_t>(bucket_start[tr.topic] + partition_of(
-                        key_hashes[locate], self.partitions[tr.topic]))
+                        key_hashes[locate], self.tally.partitions[tr.topic]))
                     fill[bucket_of[slot] + 1] += 1
             for t in range(buckets):        # bucket starts
                 fill[t + 1] += fill[t]
@@ -479,24 +742,30 @@ cdef class ProducerLink:
         # handle from being destroyed (Producer.close(), or the GC breaking a reference cycle).
         cdef rd_kafka_topic_t* topic = api.topic_new(self.tally.rk, self.topic_names[t], NULL)
         cdef int good
+        cdef Py_ssize_t i
+        cdef int64_t first_bucket = self.tally.bucket_start[t]
         if topic == NULL:
             raise ValueError(f"librdkafka refused topic {self.topic_names[t]!r}")
         try:
             if metadata != NULL:
-                self._produce_with_headers(topic, records, metadata, n, session)
+                self._produce_with_headers(topic, first_bucket, records, metadata, n, session)
                 return 0
             with nogil:
                 good = api.produce_batch(topic, RD_KAFKA_PARTITION_UA,
                                          RD_KAFKA_MSG_F_COPY | RD_KAFKA_MSG_F_PARTITION,
                                          records, <int>n)
+                for i in range(n):
+                    if records[i].err == RD_KAFKA_RESP_ERR_NO_ERROR:
+                        count_produced(self.tally, first_bucket + records[i].partition, 1)
             if good != n:
                 self._count_refused(records, n)
             return 0
         finally:
             api.topic_destroy(topic)
 
-    cdef void _produce_with_headers(self, rd_kafka_topic_t* topic, rd_kafka_message_t* records,
-                                    RecordMetadata* metadata, Py_ssize_t n, bytes session):
+    cdef void _produce_with_headers(self, rd_kafka_topic_t* topic, int64_t first_bucket,
+                                    rd_kafka_message_t* records, RecordMetadata* metadata,
+                                    Py_ssize_t n, bytes session):
         cdef rd_kafka_vu_t fields[RECORD_FIELDS]
         cdef char sequence_text[24]
         cdef const char* session_bytes = session
@@ -535,6 +804,7 @@ cdef class ProducerLink:
                                                    <unsigned long long> metadata[i].sequence)
                 error = api.produceva(self.tally.rk, fields, RECORD_FIELDS)
                 if error == NULL:
+                    count_produced(self.tally, first_bucket + records[i].partition, 1)
                     continue
                 err = api.error_code(error)
                 api.error_destroy(error)
@@ -562,24 +832,10 @@ cdef class ProducerLink:
         return fh_atomic_load(&self.tally.failed)
 
     @property
-    def delivered(self) -> int:
-        """Records Kafka acknowledged, produced here or through the Producer. Counted as
-        librdkafka reports them, just before it takes them out of its queue count
-        (len(producer))."""
-        return fh_atomic_load_seq(&self.tally.delivered)
-
-    @property
     def acknowledgement_fd(self) -> int:
-        """An eventfd (non-blocking) that becomes readable once `delivered` reaches the target
-        of `wake_when_delivered`; whoever waits on it reads it empty before arming again."""
+        """An eventfd (non-blocking) that becomes readable whenever frames have settled
+        (`take_settled`); whoever waits on it reads it empty."""
         return self.tally.wake_fd
-
-    def wake_when_delivered(self, int64_t target):
-        """Arm the wakeup: `acknowledgement_fd` is signalled once `delivered` reaches `target`,
-        at once if it already has. One signal per arming; arming again replaces the target."""
-        fh_atomic_store(&self.tally.wake_at, target)
-        if fh_atomic_load_seq(&self.tally.delivered) >= target:
-            signal_once(self.tally)
 
     @property
     def timestamp_fallbacks(self) -> int:

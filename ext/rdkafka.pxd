@@ -141,6 +141,7 @@ ctypedef const char* (*err2str_f)(int err) noexcept nogil
 ctypedef rd_kafka_topic_t* (*topic_new_f)(rd_kafka_t* rk, const char* topic,
                                           rd_kafka_topic_conf_t* conf) noexcept nogil
 ctypedef void (*topic_destroy_f)(rd_kafka_topic_t* rkt) noexcept nogil
+ctypedef const char* (*topic_name_f)(const rd_kafka_topic_t* rkt) noexcept nogil
 ctypedef int (*produce_batch_f)(rd_kafka_topic_t* rkt, int32_t partition, int msgflags,
                                 rd_kafka_message_t* messages, int count) noexcept nogil
 ctypedef rd_kafka_error_t* (*produceva_f)(rd_kafka_t* rk, const rd_kafka_vu_t* vus,
@@ -163,6 +164,7 @@ cdef struct RdKafkaApi:
     err2str_f err2str
     topic_new_f topic_new
     topic_destroy_f topic_destroy
+    topic_name_f topic_name
     produce_batch_f produce_batch
     produceva_f produceva
     error_code_f error_code

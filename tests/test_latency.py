@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 
 from feedhandler.cli import add_run_arguments
-from feedhandler.cli.run import producer_settings
+from feedhandler.cli.run import gil_switch_interval, producer_settings
 from feedhandler.exchange import orderflow
 from feedhandler.exchange.server import Simulator, SimulatorConfig
 from feedhandler.kafka.config import PRODUCER_DEFAULTS
 from feedhandler.kafka.routing import Routes
-from feedhandler.kafka.ledger import DeliveryErrors, DeliveryLedger
-from feedhandler.kafka.sink import ACKNOWLEDGED_COUNT_LAG, POLL_INTERVAL, KafkaSink
+from feedhandler.kafka.sink import POLL_INTERVAL, KafkaSink
 from feedhandler.ops.latency import (BUCKETS, HIGHEST_NS, STAGES, SUB_BITS, LatencyHistogram,
                                      StageLatencies, bucket_bounds, bucket_of, format_table)
 from feedhandler.pipeline import handler as handler_module
 from feedhandler.pipeline.handler import Handler, HandlerConfig
-from feedhandler.pipeline.profiles import PROFILES
+from feedhandler.pipeline.profiles import (DEFAULT_GIL_SWITCH_INTERVAL, LATENCY_GIL_SWITCH_INTERVAL,
+                                           PROFILES)
 from feedhandler.wire import packet
 from streams import split_block
 from test_handler import final_account, run_cli
@@ -218,35 +218,12 @@ def test_the_reader_never_decodes_nor_publishes_whatever_the_profile(kafka, topi
     assert [sequence for _, sequence in calls] == [1 + 100 * i for i in range(len(frames))]
 
 
-class CountingLink:
-    """What the sink asks of a ProducerLink's acknowledgement wakeup."""
-
-    def __init__(self, delivered):
-        self.delivered = delivered
-        self.armed = []
-
-    def wake_when_delivered(self, target):
-        self.armed.append(target)
-
-
-class QueuedRecords(list):
-    """A producer standing in: only its queue count (len) is asked for."""
-
-
-@pytest.mark.parametrize("delivered, queued, armed, wait", [
-    (40, 60, [100], POLL_INTERVAL),      # 60 records to go: armed for the frame's 100
-    (100, 5, [], ACKNOWLEDGED_COUNT_LAG),  # acknowledged, not yet counted out: look again soon
-])
-def test_the_sink_arms_the_wakeup_for_the_oldest_frame_or_looks_again_soon(delivered, queued,
-                                                                           armed, wait):
+def test_the_publisher_waits_on_the_link_or_looks_on_its_own_timer():
     sink = KafkaSink.__new__(KafkaSink)
-    sink.link, sink.producer = CountingLink(delivered), QueuedRecords([None] * queued)
-    sink.ledger, sink._in_transaction = DeliveryLedger(DeliveryErrors()), False
-    sink.ledger.handed_over(100, 100)
-    sink.ledger.acks.frame_produced(100, 100, 1, 101)
-    assert sink.wake_on_acknowledgement() == wait and sink.link.armed == armed
-    sink.link = None        # nothing to signal: the caller looks on its own timer
-    assert sink.wake_on_acknowledgement() is None
+    sink.link = object()        # signals whenever frames settle: a wait of POLL_INTERVAL
+    assert sink.acknowledgement_wait() == POLL_INTERVAL
+    sink.link = None            # nothing to signal: the caller looks on its own timer
+    assert sink.acknowledgement_wait() is None
 
 
 def run_args(*options):
@@ -271,6 +248,19 @@ def test_the_latency_profile_sets_its_settings_and_explicit_ones_win():
     settings = dict(producer_settings(run_args("--profile", "latency", "-X", "linger.ms=7",
                                                "-X", "acks=1")))
     assert settings == {**latency.producer, "linger.ms": "7", "acks": "1"}
+
+
+def test_the_gil_switch_interval_is_the_profiles_unless_given(capsys):
+    assert gil_switch_interval(run_args()) == DEFAULT_GIL_SWITCH_INTERVAL
+    assert gil_switch_interval(run_args("--profile", "latency")) == \
+        LATENCY_GIL_SWITCH_INTERVAL < DEFAULT_GIL_SWITCH_INTERVAL
+    assert gil_switch_interval(run_args("--profile", "latency",
+                                        "--gil-switch-interval", "0.003")) == 0.003
+    for bad in ("0", "-1", "soon"):     # sys.setswitchinterval would raise: refused up front
+        with pytest.raises(SystemExit) as exited:
+            run_args("--gil-switch-interval", bad)
+        assert exited.value.code == 2
+        assert "--gil-switch-interval" in capsys.readouterr().err
 
 
 def test_the_final_account_shows_the_latency_table(kafka, topic_prefix):

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import confluent_kafka
 import pytest
@@ -78,23 +79,53 @@ def readable(fd, seconds):
     return bool(waiting.poll(seconds * 1000))
 
 
-def test_the_acknowledgement_fd_is_signalled_once_the_armed_count_is_delivered(kafka,
-                                                                              topic_prefix):
+def test_a_frame_settles_once_every_record_up_to_it_is_acknowledged_and_signals(kafka,
+                                                                                topic_prefix):
     topic = topic_prefix + "wake"
     producer, link, errors = linked(kafka, topic, **{"linger.ms": "50"})
     fd = link.acknowledgement_fd
-    assert link.delivered == 0 and not readable(fd, 0)
-    link.wake_when_delivered(len(SOURCE_MESSAGES) + 1)  # the ticks and the record below
+    assert not readable(fd, 0) and link.take_settled() == []
     assert produce(link) == len(SOURCE_MESSAGES)
-    producer.produce(topic, b"through the Producer: counted too")
+    link.close_frame()
+    assert link.unsettled_frames == 1
     assert not readable(fd, 0)      # lingering 50 ms: nothing acknowledged yet
+    before = time.monotonic_ns()
     assert readable(fd, 30)         # no poll() or flush() of the producer needed
-    assert link.delivered == len(SOURCE_MESSAGES) + 1
-    assert os.eventfd_read(fd) == 1
-    assert not readable(fd, 0)      # one signal per arming
-    link.wake_when_delivered(1)     # reached already: signalled at once
-    assert readable(fd, 0) and os.eventfd_read(fd) == 1
-    assert producer.flush(30) == 0 and not readable(fd, 0)
+    assert os.eventfd_read(fd) >= 1
+    (settled_ns,) = link.take_settled()
+    assert before <= settled_ns <= time.monotonic_ns() and link.unsettled_frames == 0
+    assert link.take_settled() == []            # taken once
+    link.close_frame()              # nothing produced since: settled at once, in order
+    assert readable(fd, 0) and len(link.take_settled()) == 1
+    assert producer.flush(30) == 0
+
+
+def test_records_the_producer_sends_to_a_tracked_topic_are_part_of_the_frame(kafka,
+                                                                             topic_prefix):
+    topic, letters = topic_prefix + "mixed", topic_prefix + "letters"
+    client = KafkaClientConfig(kafka)
+    ensure_topics(client, {topic: 2})
+    producer, link, _ = create_producer(client, DeliveryErrors(), "require")
+    link.open_topics([topic, letters], [2, 1])
+    producer.list_topics(topic, timeout=30)     # as the sink does: partitions known at once
+    with pytest.raises(RuntimeError, match="already open"):
+        link.open_topics([topic], [2])
+    with pytest.raises(ValueError, match="no tracked topic 1 partition 1"):
+        link.count_produced(1, 1)
+    # The dead-letter topic does not exist yet: its record waits in the producer while the
+    # ticks are acknowledged, and the frame waits for it.
+    link.count_produced(1, 0)
+    producer.produce(letters, b"a dead letter", partition=0)
+    assert produce(link) == len(SOURCE_MESSAGES)
+    link.close_frame()
+    deadline = time.monotonic() + 30
+    while link.acknowledged < len(SOURCE_MESSAGES) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert link.acknowledged == len(SOURCE_MESSAGES)   # every tick, and yet:
+    assert not readable(link.acknowledgement_fd, 0.5) and link.unsettled_frames == 1
+    ensure_topics(client, {letters: 1})
+    assert readable(link.acknowledgement_fd, 30) and len(link.take_settled()) == 1
+    assert producer.flush(30) == 0
 
 
 def test_refused_records_are_counted_as_failed_with_the_reason(kafka, topic_prefix):
@@ -138,13 +169,17 @@ def test_bad_arguments_are_refused_before_anything_is_produced(kafka, topic_pref
         produce(unlinked)
 
 
-def test_a_failed_open_keeps_the_topics_it_had(kafka, topic_prefix):
+def test_topics_open_once_and_a_refused_open_keeps_the_topics_it_had(kafka, topic_prefix):
     topic = topic_prefix + "open"
     producer, link, errors = linked(kafka, topic)
-    with pytest.raises(ValueError, match="at least one partition"):
-        link.open_topics([topic, topic + "2"], [2, 0])
+    with pytest.raises(RuntimeError, match="already open"):   # broker threads read them
+        link.open_topics([topic, topic + "2"], [2, 2])
     assert produce(link) == len(SOURCE_MESSAGES)
     assert producer.flush(30) == 0 and link.acknowledged == len(SOURCE_MESSAGES)
+    fresh = _producer_link.ProducerLink()
+    with pytest.raises(ValueError, match="at least one partition"):
+        fresh.open_topics([topic, topic + "2"], [2, 0])
+    fresh.open_topics([topic], [2])         # the refused open left nothing half-made
 
 
 @pytest.mark.skipif(not hasattr(Producer, "close"),

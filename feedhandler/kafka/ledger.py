@@ -2,11 +2,13 @@
 
 Successes are not reported one by one (no Python call per delivered record): librdkafka sends
 error-only delivery reports for records produced through the Producer, and the ProducerLink
-counts its own records in C. So delivered = produced - failed - still queued, and frames are
-acknowledged in the order they were produced."""
+counts its own records in C. So delivered = produced - failed - still queued. Frames are
+acknowledged in the order they were produced: exactly, per partition, by the ProducerLink where
+there is one (see Acknowledgements)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -75,22 +77,31 @@ class DeliveryErrors:
 class Acknowledgements:
     """Which frames Kafka has fully acknowledged, without a Python call per delivered record.
 
-    Records acknowledged = produced - failed - still queued in the producer. Frames are produced
-    in order, so a frame counts as acknowledged once that figure reaches the running total at its
-    end. This is conservative: a frame waits for every record before it, on any partition, and
-    its latency includes that wait. `next_sequence` is the sequence number after the newest
-    acknowledged frame: every tick before it is acknowledged (or failed, and counted).
+    A frame counts as acknowledged once every record of it and of every frame before it is
+    acknowledged (or failed, and counted). `next_sequence` is the sequence number after the
+    newest acknowledged frame: every tick before it is in Kafka or counted failed, which is what
+    a checkpoint may claim.
+
+    - With a ProducerLink (`link`), exactly: the link tracks each frame's records per
+      partition in C and stamps the time each frame settles (ProducerLink.close_frame,
+      take_settled).
+    - Without one, by totals: records acknowledged = produced - failed - still queued, and a
+      frame counts once that figure reaches the running total at its end. Partitions are
+      acknowledged independently, so this can count a frame while one of its records is in
+      flight and a later frame's record was acknowledged first (the path without a link is
+      the fallback for librdkafka versions the link was not tested with: docs/kafka.md).
 
     Both calls come from the sink's one thread, which records the frames' "produced", "kafka"
     and "acknowledged" stages into `latencies` (feedhandler.ops.latency)."""
 
-    def __init__(self, latencies: StageLatencies | None = None):
+    def __init__(self, latencies: StageLatencies | None = None, link: ProducerLink | None = None):
         # (records produced through this frame, ticks, receipt ns or None, handed-over ns,
         # next sequence)
         self.frames: deque = deque()
         self.ticks = 0
         self.next_sequence = 0
         self.latencies = latencies if latencies is not None else StageLatencies()
+        self.link = link
         self.checks = 0     # calls of update(): the publisher is alive (service watchdog)
 
     def frame_produced(self, records_total: int, ticks: int, received_ns: int | None,
@@ -102,22 +113,34 @@ class Acknowledgements:
             produced = time.monotonic_ns()
             self.latencies.produced.record(produced - received_ns)
         self.frames.append((records_total, ticks, received_ns, produced, next_sequence))
+        if self.link is not None:
+            self.link.close_frame()
 
-    def update(self, acknowledged_records: int) -> None:
+    def update(self, acknowledged_records: int, committed: bool = False) -> None:
+        """Count the frames acknowledged since the last call: those the link found settled, or
+        without a link those `acknowledged_records` covers. `committed`: they count from now
+        (exactly-once: when their transaction committed), not from when Kafka acknowledged
+        their records."""
         self.checks += 1
         frames = self.frames
-        if not frames or frames[0][0] > acknowledged_records:
+        if self.link is not None:
+            settled = self.link.take_settled()
+        elif frames and frames[0][0] <= acknowledged_records:
+            settled = [None] * sum(1 for _ in itertools.takewhile(
+                lambda frame: frame[0] <= acknowledged_records, frames))
+        else:
             return
         now = time.monotonic_ns()
         kafka, acknowledged = self.latencies.kafka, self.latencies.acknowledged
-        while frames and frames[0][0] <= acknowledged_records:
+        for settled_ns in settled:
             _, ticks, received, produced, next_sequence = frames.popleft()
             self.ticks += ticks
             if next_sequence is not None:
                 self.next_sequence = next_sequence
             if received is not None:
-                kafka.record(now - produced)
-                acknowledged.record(now - received)
+                at = now if settled_ns is None or committed else settled_ns
+                kafka.record(at - produced)
+                acknowledged.record(at - received)
 
     def oldest_age_ms(self) -> float:
         """Age of the oldest frame not yet acknowledged; safe from any thread (the deque may

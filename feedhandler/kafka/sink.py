@@ -41,14 +41,12 @@ from feedhandler.kafka.resume import (CHECKPOINT_INTERVAL, CHECKPOINT_SETTINGS, 
 from feedhandler.kafka.routing import (BATCH_DTYPES, GROUPED_FORMATS, TICK_HEADER_SIZE, Routes,
                                        StockDirectory, batched_records, raw_blocks, tick_records)
 from feedhandler.kafka.timestamps import TimestampWindow
+from feedhandler.kafka._records import partition_for
 from feedhandler.kafka.topics import KafkaStartError, ensure_topics
 from feedhandler.errors import DecodeError
 from feedhandler.wire.packet import END_OF_SESSION_COUNT, HEARTBEAT_COUNT, Packet, peek
 
 POLL_INTERVAL = 0.005         # seconds between polls of the producer while records flow
-# How soon to look again when Kafka acknowledged records that librdkafka still counts as queued
-# (it counts them out just after it reports them, on its own thread).
-ACKNOWLEDGED_COUNT_LAG = 0.001
 BATCH_TICKS = 65_536          # batched format: ticks held back at most, to share records,
 BATCH_LINGER_NS = 5_000_000   # and for at most this long
 # The sink fills at most this share of queue.buffering.max.kbytes: its figure for the bytes
@@ -208,8 +206,12 @@ class KafkaSink:
         self._in_transaction = False
         self._next_commit = 0.0
         self._produced_through = 0          # sequence after the newest frame handed over
+        # Where a frame's records can go, by index: the tick topics, then dead letters.
+        self.tracked = {topic: index for index, topic in
+                        enumerate([*self.topics, self.routes.dead_letter])}
         if link is not None:
-            link.open_topics(self.topics, [partitions[t] for t in self.topics])
+            link.open_topics(list(self.tracked), [partitions[t] for t in self.tracked])
+            ledger.acks.link = link
             # The producer learns each topic's partitions now: a record the link produces to a
             # topic it does not know yet waits on its unassigned partition, which a
             # transaction would register instead of the real one (and never commit).
@@ -305,29 +307,14 @@ class KafkaSink:
 
     @property
     def acknowledgement_fd(self) -> int | None:
-        """The ProducerLink's eventfd that `wake_on_acknowledgement` arms; None without a link."""
+        """The ProducerLink's eventfd, signalled whenever frames settle; None without a link."""
         return self.link.acknowledgement_fd if self.link is not None else None
 
-    def wake_on_acknowledgement(self) -> float | None:
-        """Arm `acknowledgement_fd` to be signalled once Kafka has acknowledged as many records
-        as the oldest frame awaiting acknowledgement needs (the ledger's count: records handed
-        over through that frame); return how long the caller may wait for it before it looks
-        at the producer again, or None where no signal can come (no ProducerLink).
-
-        Exactly-once counts frames when their transaction commits, which service() does on
-        its own schedule: nothing is armed."""
-        if self.link is None:
-            return None
-        frames = self.ledger.acks.frames
-        if not frames or self._in_transaction:
-            return POLL_INTERVAL
-        needed = frames[0][0]
-        if self.link.delivered >= needed:
-            # Acknowledged, but librdkafka has yet to take the records out of its queue count
-            # (the ledger's figure): a moment's wait, not a signal that would come at once.
-            return ACKNOWLEDGED_COUNT_LAG
-        self.link.wake_when_delivered(needed)
-        return POLL_INTERVAL
+    def acknowledgement_wait(self) -> float | None:
+        """How long the caller may wait on `acknowledgement_fd` (the link signals it whenever
+        frames settle) before it looks at the producer again; None where no signal can come
+        (no ProducerLink)."""
+        return None if self.link is None else POLL_INTERVAL
 
     def outstanding(self) -> int:
         """Records in the producer, not yet acknowledged or failed."""
@@ -350,7 +337,15 @@ class KafkaSink:
     def _update_acks(self) -> None:
         if self._in_transaction:    # exactly-once: a frame counts once its transaction commits
             return
-        self.ledger.acks.update(self.ledger.acknowledged_records(len(self.producer)))
+        self.ledger.acks.update(self.ledger.acknowledged_records(len(self.producer)),
+                                committed=self.transactional)
+
+    def _count_for_frame(self, topic: str, partition: int, records: int = 1) -> None:
+        """Records about to be produced through the Producer to a tracked topic (a frame's
+        dead letters, batched records, per-tick records without the link's own path): part of
+        the frame the link tracks (-1: one refused after all)."""
+        if self.link is not None:
+            self.link.count_produced(self.tracked[topic], partition, records)
 
     def _has_room(self, records: int, nbytes: int) -> bool:
         queued = len(self.producer)
@@ -377,15 +372,19 @@ class KafkaSink:
             self._update_acks()
 
     def _produce(self, topic: str, value: bytes, *, key: bytes | None = None,
-                 partition: int = -1, timestamp: int = 0, headers=None) -> None:
+                 partition: int = -1, timestamp: int = 0, headers=None,
+                 of_frame: bool = False) -> None:
         """One record through the Producer API, waiting for room; a record that can never fit
-        the queue is counted as failed instead of waited for."""
+        the queue is counted as failed instead of waited for. `of_frame`: part of the frame
+        being produced (to an explicit `partition` of a tracked topic)."""
         nbytes = len(value) + (len(key) if key else 0)
         if nbytes > self.max_queued_bytes / QUEUE_BYTES_SHARE:
             self.ledger.handed_over(1, nbytes)
             self.ledger.errors.count("record larger than queue.buffering.max.kbytes", 1, topic)
             return
         self._before_producing(1, nbytes)
+        if of_frame:
+            self._count_for_frame(topic, partition)
         while True:
             try:
                 self.producer.produce(topic, value, key, partition=partition,
@@ -417,7 +416,10 @@ class KafkaSink:
                 headers.append(("sequence", b"%d" % sequence))
             if session is not None:
                 headers.append(("session", session))
-            self._produce(self.routes.dead_letter, entry.raw, headers=headers)
+            # The link tracks a frame's records by partition, so it needs one chosen here:
+            # the first (dead letters are rare, and a reader sees them in feed order).
+            self._produce(self.routes.dead_letter, entry.raw, headers=headers,
+                          partition=-1 if self.link is None else 0, of_frame=True)
             self.ledger.dead_lettered += 1
 
 
@@ -464,18 +466,29 @@ class ProducerTickSink(KafkaSink):
                 self.timestamps.apply(records)
                 for record in records:
                     self._produce(topic, record["value"], key=record["key"],
+                                  partition=-1 if self.link is None else partition_for(
+                                      record["key"], self.partitions[topic]),
                                   timestamp=record["timestamp"],
                                   headers=[("type", record["type"]), ("session", packet.session),
-                                           ("sequence", b"%d" % record["sequence"])])
+                                           ("sequence", b"%d" % record["sequence"])],
+                                  of_frame=True)
                 continue
             nbytes = sum(len(r["value"]) + len(r["key"]) for r in records)
             self._before_producing(len(records), nbytes)
+            if self.link is not None:
+                # The partitioner's own choice, made here: the link tracks the frame by it.
+                partitions = self.partitions[topic]
+                for record in records:
+                    record["partition"] = partition_for(record["key"], partitions)
+                    self._count_for_frame(topic, record["partition"])
             accepted = self.producer.produce_batch(topic, records)
             self.ledger.handed_over(len(records), nbytes)
             if accepted != len(records):
                 for record in records:
                     if "_error" in record:
                         self.ledger.errors.count(record["_error"].str(), 1, topic)
+                        if self.link is not None:
+                            self._count_for_frame(topic, record["partition"], -1)
         self._frame_produced(packet, ticks, received_ns, records_before)
 
 
@@ -547,6 +560,7 @@ class BatchedSink(KafkaSink):
         self._before_producing(len(records), sum(len(record[2]) for record in records))
         produce, handed_over = self.producer.produce, self.ledger.handed_over
         for topic, partition, value, headers in records:
+            self._count_for_frame(topic, partition)
             try:
                 produce(topic, value, partition=partition, headers=headers)
             except BufferError:

@@ -9,9 +9,9 @@
     producer, applies backpressure and keeps the delivery ledger.
 
 The publisher waits event-driven: on an eventfd the reader signals after queuing a read, and on
-the ProducerLink's eventfd, signalled from librdkafka's thread once the records the oldest
-frame awaits are acknowledged (feedhandler.kafka.sink `wake_on_acknowledgement`); it serves
-the producer every POLL_INTERVAL besides. Without a ProducerLink it looks for
+the ProducerLink's eventfd, signalled from librdkafka's thread as soon as a frame's records
+(and every earlier frame's) are acknowledged (feedhandler.kafka.sink `acknowledgement_wait`);
+it serves the producer every POLL_INTERVAL besides. Without a ProducerLink it looks for
 acknowledgements every `ack_interval` instead.
 
 The reader never parses: it hands every socket read to the pool at once, whatever its size
@@ -269,17 +269,17 @@ class Handler:
         self.sink.service()
 
     def _wait_time(self, acks) -> float:
-        """Seconds the publisher may wait for a read or an acknowledgement signal (armed
-        here) before it looks at the sink itself: the sink's figure, or without a
+        """Seconds the publisher may wait for a read or an acknowledgement signal before it
+        looks at the sink itself: the sink's figure, or without a
         ProducerLink `ack_interval` while frames await acknowledgement, else POLL_INTERVAL."""
-        timeout = self.sink.wake_on_acknowledgement()
+        timeout = self.sink.acknowledgement_wait()
         if timeout is None:
             timeout = self.config.ack_interval if acks.frames else POLL_INTERVAL
         return timeout
 
     def _wait(self, wakeups: select.poll, timeout: float, acknowledged_fd: int | None) -> None:
-        """Nothing queued: wait for the next read or the acknowledgement the oldest frame
-        awaits, and serve the sink after the latter. Once `timeout` passes with neither, the
+        """Nothing queued: wait for the next read or frames acknowledged, and serve the sink
+        after the latter. Once `timeout` passes with neither, the
         sink is idle: it produces what it holds and serves the producer."""
         ready = wakeups.poll(1000 * timeout)
         if not ready:
