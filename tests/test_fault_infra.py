@@ -12,10 +12,11 @@ import time
 
 import numpy as np
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from faults.checker import TICK_PREFIX_LENGTH, Ticks, add_record, check_topics, ranges, tick_prefix
+from faults.checker import (TICK_PREFIX_LENGTH, Ticks, _watermarks, add_record, check_topics,
+                            ranges, tick_prefix)
 from faults.kafka_nodes import KafkaNodes
 from faults.processes import final_account, start_handler, start_simulator
 from faults.proxy import TcpProxy
@@ -167,6 +168,30 @@ def test_proxy_refusing_new_links_closes_them_at_once(server):
 
 
 # ---- the checker -------------------------------------------------------------------------------
+class SettlingLeader:
+    """A consumer whose partition has no leader for its first `refusals` offset queries."""
+
+    def __init__(self, refusals, code=KafkaError.NOT_LEADER_FOR_PARTITION):
+        self.refusals, self.code, self.asked = refusals, code, 0
+
+    def get_watermark_offsets(self, partition, timeout):
+        self.asked += 1
+        if self.asked <= self.refusals:
+            raise KafkaException(KafkaError(self.code))
+        return 0, 42
+
+
+def test_the_checker_asks_again_while_a_restarted_brokers_leadership_settles():
+    consumer = SettlingLeader(refusals=2)
+    assert _watermarks(consumer, TopicPartition("t", 0), time.monotonic() + 10) == (0, 42)
+    assert consumer.asked == 3
+    with pytest.raises(KafkaException):         # past the deadline the error stands
+        _watermarks(SettlingLeader(refusals=100), TopicPartition("t", 0), time.monotonic() + 0.5)
+    with pytest.raises(KafkaException):         # and any other error at once
+        _watermarks(SettlingLeader(1, KafkaError.TOPIC_AUTHORIZATION_FAILED),
+                    TopicPartition("t", 0), time.monotonic() + 10)
+
+
 def rows(message_type: str, sequences, locates) -> np.ndarray:
     array = np.zeros(len(sequences), BATCH_DTYPES[message_type])
     array["sequence"] = sequences

@@ -34,7 +34,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from feedhandler.kafka.routing import BATCH_DTYPES, GROUPED_FORMATS, TICK_HEADER_SIZE, Routes
 from feedhandler.wire.packet import SESSION_LENGTH
@@ -185,6 +185,19 @@ PASSING_ERRORS = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVA
                   KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)
 
 
+def _watermarks(consumer: Consumer, partition: TopicPartition, deadline: float) -> tuple[int, int]:
+    """A partition's (low, high) offsets, asked again while its leader settles after a broker
+    restart (NOT_LEADER_FOR_PARTITION and the like), until `deadline`."""
+    while True:
+        try:
+            return consumer.get_watermark_offsets(
+                partition, timeout=max(1.0, deadline - time.monotonic()))
+        except KafkaException as error:
+            if error.args[0].code() not in PASSING_ERRORS or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def read_partitions(bootstrap: str, topics: list[str], isolation: str = "read_committed",
                     timeout: float = READ_TIMEOUT, settings: dict | None = None):
     """Yield every record of `topics` (a confluent_kafka Message), each partition from its
@@ -196,6 +209,7 @@ def read_partitions(bootstrap: str, topics: list[str], isolation: str = "read_co
         "auto.offset.reset": "earliest", "isolation.level": isolation,
         "fetch.queue.backoff.ms": 1, "log_level": 3,
     })
+    deadline = time.monotonic() + timeout
     try:
         metadata = consumer.list_topics(timeout=timeout)
         assignment = []
@@ -204,15 +218,13 @@ def read_partitions(bootstrap: str, topics: list[str], isolation: str = "read_co
             if described is None or described.error is not None:
                 continue                    # never created: nothing was written there
             for partition in described.partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                           timeout=timeout)
+                low, high = _watermarks(consumer, TopicPartition(topic, partition), deadline)
                 if high > low:
                     assignment.append(TopicPartition(topic, partition, low))
         if not assignment:
             return
         consumer.assign(assignment)
         remaining = {(tp.topic, tp.partition) for tp in assignment}
-        deadline = time.monotonic() + timeout
         while remaining:
             batch = consumer.consume(10_000, timeout=0.2)
             if not batch and time.monotonic() > deadline:
