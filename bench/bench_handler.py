@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient
 from brokers import kafka, topic_prefix  # noqa: F401 (fixtures)
 from feedhandler.exchange import orderflow
 from feedhandler.wire import itch, packet
-from feedhandler.cli.run import DEFAULT_GIL_SWITCH_INTERVAL
+from feedhandler.pipeline.profiles import DEFAULT_GIL_SWITCH_INTERVAL
 from feedhandler.kafka.sink import BATCH_TICKS, SinkConfig, open_sink
 from feedhandler.pipeline.handler import Handler, HandlerConfig
 from feedhandler.pipeline.profiles import PROFILES

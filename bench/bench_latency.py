@@ -3,8 +3,8 @@
 For each feed rate and linger.ms: the simulator (its own process) serves a session paced at
 the rate in frames of FRAME_MESSAGES messages, and
 
-- the handler (struct format, 2 workers, in this process, as `feedhandler run` sets the GIL
-  switch interval) reads, decodes and publishes it; its per-stage latency histograms
+- the handler (struct format, 2 workers, in this process, with the GIL switch interval
+  `feedhandler run` sets for the profile) reads, decodes and publishes it; its per-stage latency histograms
   (feedhandler.ops.latency) give the figures;
 - the floor: the same session client reads the same paced feed, and a plain confluent-kafka
   producer (the handler's producer defaults: acks=all, idempotence, lz4; the same linger.ms)
@@ -39,7 +39,6 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 from confluent_kafka import Producer  # noqa: E402
 
 from bench_handler import delete_topic_names, free_port  # noqa: E402
-from feedhandler.cli.run import DEFAULT_GIL_SWITCH_INTERVAL  # noqa: E402
 from feedhandler.exchange import orderflow  # noqa: E402
 from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig  # noqa: E402
 from feedhandler.kafka.routing import Routes  # noqa: E402
@@ -108,7 +107,7 @@ def run_handler(prefix: str, feed, linger: int | None, variant: str,
                            **{**settings.pipeline, **changes})
     handler = Handler(config)
     switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(DEFAULT_GIL_SWITCH_INTERVAL)
+    sys.setswitchinterval(settings.gil_switch_interval)     # as `feedhandler run` sets it
     try:
         with feed as frames:
             started = time.monotonic()

@@ -49,9 +49,6 @@ status_log = logging.getLogger(STATUS_LOGGER)
 account_log = logging.getLogger(ACCOUNT_LOGGER)
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
-# The reader, the decode workers and the publisher hand work to each other constantly; with
-# CPython's default 5 ms switch interval one waits up to that long for the GIL at each hand-off.
-DEFAULT_GIL_SWITCH_INTERVAL = 0.001
 EXCHANGE_TIMEZONE = ZoneInfo("America/New_York")
 DEFAULT_LOGIN_TIMEOUT = 30.0
 
@@ -95,6 +92,11 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
     return value
+
+
+def gil_switch_interval(args: argparse.Namespace) -> float:
+    """--gil-switch-interval, or the --profile's."""
+    return args.gil_switch_interval or PROFILES[args.profile].gil_switch_interval
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
@@ -178,10 +180,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
                         help="replication factor of created topics (default: broker's)")
     parser.add_argument("--flush-timeout", type=float, default=60.0,
                         help="seconds to wait for Kafka at the end (default 60)")
-    parser.add_argument("--gil-switch-interval", type=float, default=DEFAULT_GIL_SWITCH_INTERVAL,
-                        metavar="SECONDS",
-                        help="the process's GIL switch interval while it runs (default "
-                             f"{DEFAULT_GIL_SWITCH_INTERVAL}; Python's own is 0.005)")
+    parser.add_argument("--gil-switch-interval", type=_seconds, metavar="SECONDS",
+                        help="the process's GIL switch interval while it runs (default: the "
+                             "profile's, " + ", ".join(
+                                 f"{name} {profile.gil_switch_interval}"
+                                 for name, profile in PROFILES.items())
+                             + "; Python's own is 0.005)")
     parser.add_argument("--metrics-port", type=_port, default=0, metavar="PORT",
                         help="serve Prometheus metrics (/metrics), /healthz and /readyz on this "
                              "port (default 0: off); see docs/operations.md")
@@ -538,7 +542,7 @@ def _start(args, routes, kafka, cpus, metrics, statistics) -> int:
         metrics.phase = "running"
     if notifier.notifier.enabled:
         notifier.start()        # READY=1: the feed is logged in (or listening), Kafka answered
-    sys.setswitchinterval(args.gil_switch_interval)
+    sys.setswitchinterval(gil_switch_interval(args))
     started = time.monotonic()
     failure = None
     try:
