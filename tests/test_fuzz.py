@@ -2,6 +2,7 @@
 short deterministic fuzzing run of each. docs/fuzzing.md says how to fuzz for longer."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,4 +78,6 @@ def test_short_fuzzing_run(harness, tmp_path):
                *[str(seeds / harness) for seeds in (VECTORS, FOUND) if (seeds / harness).is_dir()]]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
-    assert f"Done {SHORT_RUNS[harness]} runs" in run.stderr
+    # libFuzzer finishes the mutation round it is in once the count is reached: a few more.
+    done = re.search(r"^Done (\d+) runs", run.stderr, re.MULTILINE)
+    assert done and int(done.group(1)) >= SHORT_RUNS[harness], run.stderr[-2000:]
