@@ -16,6 +16,13 @@ the rate in frames of FRAME_MESSAGES messages, and
 Handler and floor take turns, ROUNDS times per setting after an unmeasured warm-up pair; the
 table gives medians over rounds with their ranges, and the ratio handler / floor per round.
 
+The handler's own part (receipt to the produce call) has a floor of its own on this machine: a
+read passes from the reader to a pool worker to the publisher, three threads of one process on
+cores shared with the broker and the simulator. `hand-off` measures it in the same round: the
+same paced feed read by a reader thread, each read submitted to a pool of 2 workers doing
+nothing, the futures taken in order by a publisher thread (the handler's structure, with the
+same GIL switch interval, minus decoding and producing); its receipt-to-publisher p50 and p99.
+
     PYTHONPATH=$PWD python3 bench/bench_latency.py [--rates 100000 500000]
         [--linger 0 1 5 20] [--seconds 4] [--rounds 3] [--profiles throughput latency]
 """
@@ -25,12 +32,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import queue
 import statistics
 import subprocess
 import tempfile
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,6 +127,35 @@ def run_handler(prefix: str, feed, linger: int | None, variant: str,
         delete_topic_names(BOOTSTRAP, routes.every_topic)
     assert account.lost == 0, account
     return handler.latencies, account.delivered / elapsed
+
+
+def run_handoff(feed, profile: str) -> LatencyHistogram:
+    """Receipt to the publisher thread through a 2-worker pool doing nothing (module docstring)."""
+    handed = LatencyHistogram()
+    pending: queue.Queue = queue.Queue(8)
+
+    def publish():
+        while (item := pending.get()) is not None:
+            future, received = item
+            future.result()
+            handed.record(time.monotonic_ns() - received)
+    publisher = threading.Thread(target=publish)
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(profile_settings(VARIANTS[profile][0], {}).gil_switch_interval)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            publisher.start()
+            try:
+                with feed as batches:
+                    for batch in batches:
+                        received = time.monotonic_ns()
+                        pending.put((pool.submit(len, batch), received))
+            finally:
+                pending.put(None)
+                publisher.join()
+    finally:
+        sys.setswitchinterval(switch_interval)
+    return handed
 
 
 def floor_records(data: bytes, routes: Routes) -> list[list[tuple[str, bytes, bytes]]]:
@@ -265,7 +303,8 @@ def main() -> None:
                 figures = {key: [] for key in ("floor_p50", "floor_p99", "p50", "p99",
                                                "ratio_p50", "ratio_p99", "produced_p99",
                                                "decoded_p99", "kafka_p50", "kafka_p99",
-                                               "ticks_per_s", "floor_ticks_per_s")}
+                                               "ticks_per_s", "floor_ticks_per_s",
+                                               "produced_p50", "handoff_p50", "handoff_p99")}
                 for round_number in range(args.rounds + 1):     # the first is a warm-up
                     sequence = 1 if args.join_from_start else 0
                     floor_linger = linger if linger is not None else int(profile_settings(
@@ -277,6 +316,8 @@ def main() -> None:
                     latencies, ticks_per_s = run_handler(
                         prefix, paced_feed(session, messages, rate, sequence), linger,
                         profile, args.partitions)
+                    handoff = run_handoff(paced_feed(session, messages, rate, sequence),
+                                          profile)
                     if not round_number:
                         continue
                     if not floor.total or not latencies.acknowledged.total:
@@ -286,7 +327,9 @@ def main() -> None:
                     handler = latencies.acknowledged
                     values = {"floor_p50": ms(floor, 50), "floor_p99": ms(floor, 99),
                               "p50": ms(handler, 50), "p99": ms(handler, 99),
+                              "produced_p50": ms(latencies.produced, 50),
                               "produced_p99": ms(latencies.produced, 99),
+                              "handoff_p50": ms(handoff, 50), "handoff_p99": ms(handoff, 99),
                               "decoded_p99": ms(latencies.decoded, 99),
                               "kafka_p50": ms(latencies.kafka, 50),
                               "kafka_p99": ms(latencies.kafka, 99),
@@ -304,14 +347,16 @@ def main() -> None:
     print()
     print("medians of rounds (range); ms unless said; ratio = handler / floor, same round")
     header = ("rate", "linger", "profile", "floor p50", "handler p50", "ratio", "floor p99",
-              "handler p99", "ratio", "rcpt->produced p99", "rcpt->decoded p99",
-              "produced->ack p99", "k ticks/s", "floor k ticks/s")
+              "handler p99", "ratio", "rcpt->produced p50", "rcpt->produced p99",
+              "hand-off p50", "hand-off p99", "rcpt->decoded p99", "produced->ack p99",
+              "k ticks/s", "floor k ticks/s")
     print(" | ".join(header))
     for rate, linger, profile, figures in rows:
         print(" | ".join([f"{rate // 1000}k", "profile's" if linger is None else str(linger),
                           profile] + [
             spread(figures[key]) for key in ("floor_p50", "p50", "ratio_p50", "floor_p99",
-                                             "p99", "ratio_p99", "produced_p99",
+                                             "p99", "ratio_p99", "produced_p50",
+                                             "produced_p99", "handoff_p50", "handoff_p99",
                                              "decoded_p99", "kafka_p99", "ticks_per_s",
                                              "floor_ticks_per_s")]))
     if args.json:
