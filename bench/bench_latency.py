@@ -18,10 +18,11 @@ table gives medians over rounds with their ranges, and the ratio handler / floor
 
 The handler's own part (receipt to the produce call) has a floor of its own on this machine: a
 read passes from the reader to a pool worker to the publisher, three threads of one process on
-cores shared with the broker and the simulator. `hand-off` measures it in the same round: the
-same paced feed read by a reader thread, each read submitted to a pool of 2 workers doing
-nothing, the futures taken in order by a publisher thread (the handler's structure, with the
-same GIL switch interval, minus decoding and producing); its receipt-to-publisher p50 and p99.
+two cores shared with the broker and the simulator. The `hand-off` floor measures it in the same
+round: the plain producer's run again, with the handler's structure around the same produce
+calls: the reader submits each read to a pool of 2 workers that do nothing with it, and a
+publisher thread takes the futures in order and produces the frames' ready-made records (same
+GIL switch interval as the handler's profile); receipt to produce calls done, p50 and p99.
 
     PYTHONPATH=$PWD python3 bench/bench_latency.py [--rates 100000 500000]
         [--linger 0 1 5 20] [--seconds 4] [--rounds 3] [--profiles throughput latency]
@@ -129,35 +130,6 @@ def run_handler(prefix: str, feed, linger: int | None, variant: str,
     return handler.latencies, account.delivered / elapsed
 
 
-def run_handoff(feed, profile: str) -> LatencyHistogram:
-    """Receipt to the publisher thread through a 2-worker pool doing nothing (module docstring)."""
-    handed = LatencyHistogram()
-    pending: queue.Queue = queue.Queue(8)
-
-    def publish():
-        while (item := pending.get()) is not None:
-            future, received = item
-            future.result()
-            handed.record(time.monotonic_ns() - received)
-    publisher = threading.Thread(target=publish)
-    switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(profile_settings(VARIANTS[profile][0], {}).gil_switch_interval)
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            publisher.start()
-            try:
-                with feed as batches:
-                    for batch in batches:
-                        received = time.monotonic_ns()
-                        pending.put((pool.submit(len, batch), received))
-            finally:
-                pending.put(None)
-                publisher.join()
-    finally:
-        sys.setswitchinterval(switch_interval)
-    return handed
-
-
 def floor_records(data: bytes, routes: Routes) -> list[list[tuple[str, bytes, bytes]]]:
     """(topic, key, value) of every message of a session file's first FLOOR_MESSAGES, per
     frame (the floor sends them round and round)."""
@@ -194,12 +166,41 @@ class EveryRecordAcks:
         return acked
 
 
-def run_floor(prefix: str, feed, linger: int, frames, every_record: bool,
-              partitions: int) -> tuple[LatencyHistogram, float]:
+def through_handoffs(batches, send, switch_interval: float) -> None:
+    """`send(batch, receipt ns)` for every read, on a publisher thread, each read having gone
+    through a 2-worker pool that does nothing with it: the handler's hand-offs."""
+    pending: queue.Queue = queue.Queue(8)
+
+    def publish():
+        while (item := pending.get()) is not None:
+            future, batch, received = item
+            future.result()
+            send(batch, received)
+    publisher = threading.Thread(target=publish)
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(switch_interval)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            publisher.start()
+            try:
+                for batch in batches:
+                    received = time.monotonic_ns()
+                    pending.put((pool.submit(len, batch), batch, received))
+            finally:
+                pending.put(None)
+                publisher.join()
+    finally:
+        sys.setswitchinterval(saved)
+
+
+def run_floor(prefix: str, feed, linger: int, frames, every_record: bool, partitions: int,
+              handoffs: float | None = None) -> tuple[LatencyHistogram, LatencyHistogram, float]:
     """The plain producer at the paced feed's frames: frame-to-ack from its socket read, of
     each frame's last record (the issue's floor), or with `every_record` of every record up to
-    the frame (the handler's definition); and the records it sent per second (below the feed's
-    rate, it fell behind: then it is no floor)."""
+    the frame (the handler's definition); receipt to its produce calls done; and the records
+    it sent per second (below the feed's rate, it fell behind: then it is no floor). With
+    `handoffs` (a GIL switch interval) the reads go through the handler's hand-offs first
+    (`through_handoffs`): the floor of the handler's own part."""
     routes = Routes.by_category(f"{prefix}{next(RUN_IDS)}.")
     ensure_topics(KafkaClientConfig(BOOTSTRAP), dict.fromkeys(routes.topics, partitions))
     renamed = {old: new for old, new in zip(Routes.by_category("floor.").topics,
@@ -224,25 +225,32 @@ def run_floor(prefix: str, feed, linger: int, frames, every_record: bool,
         return acked
     server = threading.Thread(target=serve_reports, daemon=True)
     server.start()
+    produced = LatencyHistogram()
     frame_number = 0
+
+    def send(batch, received: int) -> None:
+        nonlocal frame_number
+        for _ in batch:
+            records = frames[frame_number % len(frames)]
+            frame_number += 1
+            if every_record:
+                acked = every.callback(every.frame(len(records), received))
+                for topic, key, value in records:
+                    producer.produce(renamed[topic], value, key, on_delivery=acked)
+                continue
+            for topic, key, value in records[:-1]:
+                producer.produce(renamed[topic], value, key)
+            topic, key, value = records[-1]
+            producer.produce(renamed[topic], value, key, on_delivery=last_record(received))
+        produced.record(time.monotonic_ns() - received)
     try:
         with feed as batches:
             started = time.monotonic()
-            for batch in batches:
-                received = time.monotonic_ns()
-                for _ in batch:
-                    records = frames[frame_number % len(frames)]
-                    frame_number += 1
-                    if every_record:
-                        acked = every.callback(every.frame(len(records), received))
-                        for topic, key, value in records:
-                            producer.produce(renamed[topic], value, key, on_delivery=acked)
-                        continue
-                    for topic, key, value in records[:-1]:
-                        producer.produce(renamed[topic], value, key)
-                    topic, key, value = records[-1]
-                    producer.produce(renamed[topic], value, key,
-                                     on_delivery=last_record(received))
+            if handoffs is None:
+                for batch in batches:
+                    send(batch, time.monotonic_ns())
+            else:
+                through_handoffs(batches, send, handoffs)
         assert producer.flush(60) == 0
         elapsed = time.monotonic() - started
     finally:
@@ -250,7 +258,7 @@ def run_floor(prefix: str, feed, linger: int, frames, every_record: bool,
         server.join()
         delete_topic_names(BOOTSTRAP, routes.topics)
     records = sum(len(frames[n % len(frames)]) for n in range(frame_number))
-    return acknowledged, records / elapsed
+    return acknowledged, produced, records / elapsed
 
 
 def linger_setting(text: str) -> int | None:
@@ -310,14 +318,16 @@ def main() -> None:
                     floor_linger = linger if linger is not None else int(profile_settings(
                         VARIANTS[profile][0], {}).producer.get("linger.ms",
                                                                PRODUCER_DEFAULTS["linger.ms"]))
-                    floor, floor_ticks_per_s = run_floor(
+                    floor, _, floor_ticks_per_s = run_floor(
                         prefix, paced_feed(session, messages, rate, sequence), floor_linger,
                         frames, args.floor == "every-record", args.partitions)
                     latencies, ticks_per_s = run_handler(
                         prefix, paced_feed(session, messages, rate, sequence), linger,
                         profile, args.partitions)
-                    handoff = run_handoff(paced_feed(session, messages, rate, sequence),
-                                          profile)
+                    _, handoff, _ = run_floor(
+                        prefix, paced_feed(session, messages, rate, sequence), floor_linger,
+                        frames, args.floor == "every-record", args.partitions,
+                        profile_settings(VARIANTS[profile][0], {}).gil_switch_interval)
                     if not round_number:
                         continue
                     if not floor.total or not latencies.acknowledged.total:
