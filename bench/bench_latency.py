@@ -22,7 +22,9 @@ two cores shared with the broker and the simulator. The `hand-off` floor measure
 round: the plain producer's run again, with the handler's structure around the same produce
 calls: the reader submits each read to a pool of 2 workers that do nothing with it, and a
 publisher thread takes the futures in order and produces the frames' ready-made records (same
-GIL switch interval as the handler's profile); receipt to produce calls done, p50 and p99.
+GIL switch interval as the handler's profile); receipt to produce calls done, p50 and p99. Its
+frames count as acknowledged as the handler's do (every record up to the frame): what a handler
+of this structure could reach with nothing of its own to do.
 
     PYTHONPATH=$PWD python3 bench/bench_latency.py [--rates 100000 500000]
         [--linger 0 1 5 20] [--seconds 4] [--rounds 3] [--profiles throughput latency]
@@ -66,6 +68,18 @@ SYMBOLS = 500
 JOIN_LEAD = 1.5         # seconds of the session that pass before the login, about
 FLOOR_MESSAGES = 1_000_000
 RUN_IDS = iter(range(1_000_000))
+# the table's columns: figure -> heading (frame-to-ack unless said)
+COLUMNS = {
+    "floor_p50": "floor p50", "p50": "handler p50", "ratio_p50": "ratio",
+    "floor_p99": "floor p99", "p99": "handler p99", "ratio_p99": "ratio",
+    "structure_p50": "hand-off floor p50", "structure_ratio_p50": "ratio",
+    "structure_p99": "hand-off floor p99", "structure_ratio_p99": "ratio",
+    "produced_p50": "own part p50", "handoff_p50": "hand-off own part p50",
+    "produced_p99": "own part p99", "handoff_p99": "hand-off own part p99",
+    "decoded_p99": "rcpt->decoded p99", "kafka_p50": "produced->ack p50",
+    "kafka_p99": "produced->ack p99",
+    "ticks_per_s": "k ticks/s", "floor_ticks_per_s": "floor k ticks/s",
+}
 # --profile, and the latency profile less one of its changes at a time (what each is worth)
 VARIANTS = {
     "throughput": ("throughput", {}),
@@ -308,11 +322,7 @@ def main() -> None:
         del data
         for linger in args.linger:
             for profile in args.profiles:
-                figures = {key: [] for key in ("floor_p50", "floor_p99", "p50", "p99",
-                                               "ratio_p50", "ratio_p99", "produced_p99",
-                                               "decoded_p99", "kafka_p50", "kafka_p99",
-                                               "ticks_per_s", "floor_ticks_per_s",
-                                               "produced_p50", "handoff_p50", "handoff_p99")}
+                figures = {key: [] for key in COLUMNS}
                 for round_number in range(args.rounds + 1):     # the first is a warm-up
                     sequence = 1 if args.join_from_start else 0
                     floor_linger = linger if linger is not None else int(profile_settings(
@@ -324,13 +334,14 @@ def main() -> None:
                     latencies, ticks_per_s = run_handler(
                         prefix, paced_feed(session, messages, rate, sequence), linger,
                         profile, args.partitions)
-                    _, handoff, _ = run_floor(
+                    structure, handoff, _ = run_floor(
                         prefix, paced_feed(session, messages, rate, sequence), floor_linger,
-                        frames, args.floor == "every-record", args.partitions,
+                        frames, True, args.partitions,
                         profile_settings(VARIANTS[profile][0], {}).gil_switch_interval)
                     if not round_number:
                         continue
-                    if not floor.total or not latencies.acknowledged.total:
+                    if not floor.total or not latencies.acknowledged.total or \
+                            not structure.total:
                         print(f"rate {rate} linger {linger} {profile}: a run got no frames "
                               "(joined after the session ended); round left out", flush=True)
                         continue
@@ -340,13 +351,18 @@ def main() -> None:
                               "produced_p50": ms(latencies.produced, 50),
                               "produced_p99": ms(latencies.produced, 99),
                               "handoff_p50": ms(handoff, 50), "handoff_p99": ms(handoff, 99),
+                              "structure_p50": ms(structure, 50),
+                              "structure_p99": ms(structure, 99),
                               "decoded_p99": ms(latencies.decoded, 99),
                               "kafka_p50": ms(latencies.kafka, 50),
                               "kafka_p99": ms(latencies.kafka, 99),
                               "ticks_per_s": ticks_per_s / 1e3,
                               "floor_ticks_per_s": floor_ticks_per_s / 1e3}
-                    values["ratio_p50"] = values["p50"] / values["floor_p50"]
-                    values["ratio_p99"] = values["p99"] / values["floor_p99"]
+                    for percentile in ("p50", "p99"):
+                        values[f"ratio_{percentile}"] = \
+                            values[percentile] / values[f"floor_{percentile}"]
+                        values[f"structure_ratio_{percentile}"] = \
+                            values[percentile] / values[f"structure_{percentile}"]
                     for key, value in values.items():
                         figures[key].append(value)
                     print(json.dumps({"rate": rate, "linger": linger, "profile": profile,
@@ -356,19 +372,10 @@ def main() -> None:
                 rows.append((rate, linger, profile, figures))
     print()
     print("medians of rounds (range); ms unless said; ratio = handler / floor, same round")
-    header = ("rate", "linger", "profile", "floor p50", "handler p50", "ratio", "floor p99",
-              "handler p99", "ratio", "rcpt->produced p50", "rcpt->produced p99",
-              "hand-off p50", "hand-off p99", "rcpt->decoded p99", "produced->ack p99",
-              "k ticks/s", "floor k ticks/s")
-    print(" | ".join(header))
+    print(" | ".join(["rate", "linger", "profile", *COLUMNS.values()]))
     for rate, linger, profile, figures in rows:
         print(" | ".join([f"{rate // 1000}k", "profile's" if linger is None else str(linger),
-                          profile] + [
-            spread(figures[key]) for key in ("floor_p50", "p50", "ratio_p50", "floor_p99",
-                                             "p99", "ratio_p99", "produced_p50",
-                                             "produced_p99", "handoff_p50", "handoff_p99",
-                                             "decoded_p99", "kafka_p99", "ticks_per_s",
-                                             "floor_ticks_per_s")]))
+                          profile] + [spread(figures[key]) for key in COLUMNS]))
     if args.json:
         Path(args.json).write_text(json.dumps(
             [{"rate": r, "linger": l, "profile": p, **f} for r, l, p, f in rows], indent=1))
