@@ -100,6 +100,29 @@ def test_a_frame_settles_once_every_record_up_to_it_is_acknowledged_and_signals(
     assert producer.flush(30) == 0
 
 
+def test_thousands_of_frames_in_flight_settle_in_order_once_each(kafka, topic_prefix):
+    """Frames pile up while the records linger (the link's arrays grow and slide) and are
+    taken while others are still in flight; each settles once, in order, none before its
+    records are produced."""
+    topic = topic_prefix + "many"
+    producer, link, errors = linked(kafka, topic, **{"linger.ms": "30"})
+    directory = StockDirectory()
+    taken, frames = [], 0
+    for round_number in range(6):
+        for _ in range(250):
+            produce(link, directory)
+            link.close_frame()
+            link.close_frame()          # and one that made no record
+            frames += 2
+        taken += link.take_settled()
+        time.sleep(0.01 * round_number)
+    assert producer.flush(30) == 0
+    taken += link.take_settled()
+    assert len(taken) == frames and link.unsettled_frames == 0
+    assert taken == sorted(taken) and taken[0] > 0
+    assert link.acknowledged == frames // 2 * len(SOURCE_MESSAGES) and link.failed == 0
+
+
 def test_records_the_producer_sends_to_a_tracked_topic_are_part_of_the_frame(kafka,
                                                                              topic_prefix):
     topic, letters = topic_prefix + "mixed", topic_prefix + "letters"
