@@ -72,7 +72,7 @@ def release_rows(list packets, dict topic_of_type, dict partitions,
     `key_hashes[locate]` is the murmur2 hash of that stock locate's record key (partition:
     positive hash modulo count)."""
     cdef Part* parts = NULL
-    cdef Py_ssize_t n_parts = 0, capacity = 0, n_rows = 0, n_out = 0, i, k, at, width
+    cdef Py_ssize_t n_parts = 0, capacity = 0, n_out = 0, i, k, width
     cdef TypeGroup groups[TYPE_CODES]
     cdef int slot_of_code[TYPE_CODES]
     cdef list type_keys = [], type_topics = []
@@ -80,9 +80,9 @@ def release_rows(list packets, dict topic_of_type, dict partitions,
     cdef int32_t p, count
     cdef Py_ssize_t* fill = NULL
     cdef char** out = NULL
-    cdef int32_t* row_partition = NULL
     # A row's partition costs a division (hash modulo count): it is taken once per locate and
-    # partition count, the first time a release meets them, and looked up after that.
+    # partition count, the first time a release meets them, and looked up after that (in both
+    # passes: the second looks again rather than keep a partition per row).
     cdef int32_t* memo = NULL
     cdef int32_t memo_counts[TYPE_CODES]
     cdef int n_memos = 0, m
@@ -121,10 +121,8 @@ def release_rows(list packets, dict topic_of_type, dict partitions,
                 if packet_parts[k].count:
                     add_part(&parts, &n_parts, &capacity, packet_parts[k].rows,
                              packet_parts[k].sequences, packet_parts[k].count, slot)
-                    n_rows += packet_parts[k].count
         fill = <Py_ssize_t*> calloc(max(n_out, 1), sizeof(Py_ssize_t))
         out = <char**> calloc(max(n_out, 1), sizeof(char*))
-        row_partition = <int32_t*> malloc(max(n_rows, 1) * sizeof(int32_t))
         for slot in range(n_types):
             m = 0
             while m < n_memos and memo_counts[m] != groups[slot].partitions:
@@ -134,11 +132,10 @@ def release_rows(list packets, dict topic_of_type, dict partitions,
                 n_memos += 1
             groups[slot].memo_at = m * LOCATES
         memo = <int32_t*> malloc(max(n_memos, 1) * LOCATES * sizeof(int32_t))
-        if fill == NULL or out == NULL or row_partition == NULL or memo == NULL:
+        if fill == NULL or out == NULL or memo == NULL:
             raise MemoryError()
         memset(memo, 0xFF, n_memos * LOCATES * sizeof(int32_t))      # -1: not taken yet
         with nogil:
-            at = 0
             for k in range(n_parts):
                 part = &parts[k]
                 group = &groups[part.type_slot]
@@ -148,9 +145,7 @@ def release_rows(list packets, dict topic_of_type, dict partitions,
                     if p < 0:
                         p = memo[group.memo_at + locate] = partition_of(key_hashes[locate],
                                                                         group.partitions)
-                    row_partition[at] = p
                     fill[group.first_out + p] += 1
-                    at += 1
         for slot in range(n_types):
             group = &groups[slot]
             width = SEQUENCE_BYTES + group.itemsize
@@ -161,24 +156,21 @@ def release_rows(list packets, dict topic_of_type, dict partitions,
                     out[k] = PyBytes_AS_STRING(rows)
                     result.append((type_topics[slot], p, type_keys[slot], rows))
         with nogil:
-            at = 0
             for k in range(n_parts):
                 part = &parts[k]
                 group = &groups[part.type_slot]
                 width = SEQUENCE_BYTES + group.itemsize
                 for i in range(part.count):
-                    p = row_partition[at]
+                    p = memo[group.memo_at + locate_of(part.rows + i * group.itemsize)]
                     memcpy(out[group.first_out + p], &part.sequences[i], SEQUENCE_BYTES)
                     memcpy(out[group.first_out + p] + SEQUENCE_BYTES,
                            part.rows + i * group.itemsize, group.itemsize)
                     out[group.first_out + p] += width
-                    at += 1
         return result
     finally:
         free(parts)
         free(fill)
         free(out)
-        free(row_partition)
         free(memo)
 
 
