@@ -20,6 +20,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset
 
 from feedhandler.wire._decode cimport TypePart, type_parts
+from stock_names cimport name_rows
 from tick_order cimport LOCATE_OFFSET, LOCATES, MAX_TYPES, locate_of, partition_of
 
 
@@ -183,10 +184,8 @@ def unknown_stocks(list packets, tuple stock_fields, uint8_t[::1] known):
     cdef Py_ssize_t offset_of[TYPE_CODES]
     cdef uint8_t order[TYPE_CODES]
     cdef int part_of[TYPE_CODES]
-    cdef Py_ssize_t n_parts, n_fields = 0, i, k, length, start, offset
+    cdef Py_ssize_t n_parts, n_fields = 0, i, k, offset
     cdef const TypePart* part
-    cdef const uint8_t* stock
-    cdef uint16_t locate
     cdef uint8_t code
     if known.shape[0] != LOCATES:
         raise ValueError(f"known must have one entry per stock locate ({LOCATES})")
@@ -212,20 +211,7 @@ def unknown_stocks(list packets, tuple stock_fields, uint8_t[::1] known):
             offset = offset_of[code]
             if offset + 8 > part.itemsize:
                 raise ValueError(f"{chr(code)}: rows too small for their stock field")
-            start = len(named)
-            for k in range(part.count):
-                locate = locate_of(part.rows + k * part.itemsize)
-                if known[locate]:
-                    continue
-                stock = part.rows + k * part.itemsize + offset
-                length = 8
-                while length and stock[length - 1] == 0:
-                    length -= 1
-                while length and stock[length - 1] == 0x20:
-                    length -= 1
-                named.append((locate, PyBytes_FromStringAndSize(<const char*> stock, length)))
-            for k in range(start, len(named)):
-                known[<uint16_t> named[k][0]] = 1
+            name_rows(named, part.rows, part.count, part.itemsize, offset, &known[0])
         for k in range(n_parts):
             part_of[parts[k].type_code] = -1
     return named
