@@ -18,8 +18,11 @@ in the simulator; then the part of it librdkafka's threads took (compressing, se
 machine with few cores the handler's own work (reading, decoding, publishing) competes with
 librdkafka and the broker, which the ceiling leaves alone.
 
+With --without-kafka, each format then gets ROUNDS handler rounds whose producer drops every
+record: the pace and CPU of reading, decoding and publishing alone.
+
     PYTHONPATH=$PWD python3 bench/bench_ceiling.py [--formats batched struct raw json]
-        [--rounds 5] [--json FILE]
+        [--rounds 5] [--without-kafka] [--json FILE]
 """
 
 from __future__ import annotations
@@ -73,6 +76,17 @@ class Pairs:
         finally:
             bh.delete_topics(BOOTSTRAP, [handler])
 
+    def without_kafka(self) -> tuple[float, float, float]:
+        """A handler round (without the ProducerLink) whose producer drops every record: the
+        figures of handler()."""
+        handler = bh.new_handler(BOOTSTRAP, self.prefix, self.format, WORKERS,
+                                 producer_link="off")
+        handler.sink.producer = DroppingProducer()
+        try:
+            return timed(bh.run_handler, handler, self.port, self.ticks)
+        finally:
+            bh.delete_topics(BOOTSTRAP, [handler])
+
     def ceiling(self) -> tuple[float, float, float]:
         """Seconds of the round, CPU seconds of this process, and of librdkafka's threads."""
         routes = Routes.by_category(f"{self.prefix}{next(bh.RUNS)}.")
@@ -94,6 +108,25 @@ class Pairs:
             return timed(bh.produce_values, producer, values, self.ticks)
         finally:
             bh.delete_topic_names(BOOTSTRAP, routes.topics)
+
+
+class DroppingProducer:
+    """Takes every record and drops it: nothing is queued, so everything counts delivered."""
+
+    def produce(self, *args, **kwargs) -> None:
+        pass
+
+    def produce_batch(self, topic, records) -> int:
+        return len(records)
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return 0
 
 
 def timed(function, *args) -> tuple[float, float, float]:
@@ -136,6 +169,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--formats", nargs="+", default=list(TICKS), choices=list(TICKS))
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--without-kafka", action="store_true",
+                        help="also handler rounds whose producer drops every record")
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
     args = parser.parse_args()
     prefix = f"bench-ceiling-{int(time.time())}."
@@ -145,6 +180,8 @@ def main() -> None:
         try:
             pairs.handler(), pairs.ceiling()        # warm-up
             seconds = [(pairs.handler(), pairs.ceiling()) for _ in range(args.rounds)]
+            alone = [pairs.without_kafka() for _ in range(args.rounds)] \
+                if args.without_kafka else []
         finally:
             pairs.close()
         handler = [pairs.ticks / h[0] / 1e6 for h, _ in seconds]
@@ -162,6 +199,11 @@ def main() -> None:
               f"{spread(figure['handler_cpu_s'])} ceiling {spread(figure['ceiling_cpu_s'])}, "
               f"of which librdkafka {spread(figure['handler_librdkafka_cpu_s'])} / "
               f"{spread(figure['ceiling_librdkafka_cpu_s'])}", flush=True)
+        if alone:
+            figure["without_kafka_mps"] = [pairs.ticks / a[0] / 1e6 for a in alone]
+            figure["without_kafka_cpu_s"] = [a[1] for a in alone]
+            print(f"{value_format:8} without Kafka {spread(figure['without_kafka_mps'])} M/s  "
+                  f"CPU s {spread(figure['without_kafka_cpu_s'])}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
 
