@@ -26,6 +26,7 @@ from lz4 cimport LZ4_decompress_safe
 cimport faults as F
 cimport frame_layout as W
 cimport itch_layout as L
+from tick_order cimport LOCATE_OFFSET, MAX_TYPES
 
 cdef extern from "shuffle_convert.h" nogil:
     enum:
@@ -222,7 +223,6 @@ cdef object fault_error(int fault, uint64_t offset):
 cdef enum:
     _MAX_SWAPS32 = 5    # most 4-byte integers after the timestamp in one type ('O')
     _MAX_SWAPS64 = 3    # most 8-byte integers ('V')
-    _MAX_TYPES = 24     # the 23 ITCH 5.0 message types, rounded up
     _MAX_BODY = 40      # longest message body after the wire header ('I': 50 - 11), rounded up
     _ROW_SLACK = 64     # bytes after each type's rows that the fixed-size writes may scribble on
     # Bytes any conversion may read at a message (convert_message: the wire header and a
@@ -439,7 +439,7 @@ cdef struct BlockScan:
     # frame's whole decode state stays around two kilobytes (decode_frames holds one per frame).
     size_t messages             # entries framed by a length prefix, good or bad
     uint8_t slot_of[256]        # 1 + slot of each type byte seen; 0: not seen
-    size_t counts[_MAX_TYPES]   # well-framed messages per slot
+    size_t counts[MAX_TYPES]   # well-framed messages per slot
 
 cdef struct BlockArrays:
     # A decoded block's rows: one malloc'd arena holding all sequence numbers, then each type's
@@ -447,10 +447,10 @@ cdef struct BlockArrays:
     # these pointers until its arrays are first asked for, and the arrays then view the arena.
     uint8_t* arena
     size_t type_count
-    uint8_t types[_MAX_TYPES]   # type byte by slot
-    uint8_t* rows[_MAX_TYPES]
-    uint64_t* sequences[_MAX_TYPES]
-    size_t filled[_MAX_TYPES]   # good rows by slot (field faults leave it below the count)
+    uint8_t types[MAX_TYPES]   # type byte by slot
+    uint8_t* rows[MAX_TYPES]
+    uint64_t* sequences[MAX_TYPES]
+    size_t filled[MAX_TYPES]   # good rows by slot (field faults leave it below the count)
 
 
 cdef int log_fault(FaultLog* log, F.Fault code, size_t position, size_t length,
@@ -668,7 +668,7 @@ cdef int fill_block(const uint8_t* block, size_t n, uint64_t first_sequence, bin
     """Second pass: fill the struct arrays sized by scan_block, skipping the messages its log
     holds (framing faults, in stream order). A message that fails its field checks is logged
     and its slot reused, so `filled` may end below the scanned counts."""
-    cdef SlotCursor at[_MAX_TYPES]
+    cdef SlotCursor at[MAX_TYPES]
     cdef size_t pos = 0, index = 0, limit, i, framing_faults = log.count, next_fault = 0
     cdef const FaultEntry* skipped
     cdef int fault = F.OK
@@ -1123,6 +1123,78 @@ cdef Packet frame_packet(FrameDecode* d, object frame, bint quarantine):
     else:
         p.quarantined = []
     return p
+
+
+cdef Py_ssize_t type_parts(object packet, TypePart* parts) except -1:
+    """Fill `parts` (room for MAX_TYPES) with each message type's rows in `packet` (a Packet,
+    or any object with `messages` and `sequences` dicts of arrays as a Packet has), in the
+    order of `messages`; return how many. A decoded Packet's rows are read from its arena while
+    no array views it, so that code in C never makes the arrays; once they exist, and for a
+    packet made from ready-made arrays, they are what `messages` says."""
+    cdef Packet decoded
+    cdef const BlockArrays* arrays
+    cdef Py_ssize_t n = 0
+    cdef size_t slot
+    cdef cnp.ndarray records, sequences
+    if type(packet) is Packet and (<Packet> packet)._messages is None:
+        decoded = <Packet> packet
+        arrays = &decoded._arrays
+        for slot in range(arrays.type_count):
+            if arrays.filled[slot]:
+                parts[n] = TypePart(arrays.rows[slot], arrays.sequences[slot],
+                                    arrays.filled[slot], SPECS[arrays.types[slot]].struct_size,
+                                    arrays.types[slot])
+                n += 1
+        return n
+    sequences_of = packet.sequences
+    for message_type, records in packet.messages.items():
+        sequences = sequences_of[message_type]
+        if len(message_type) != 1 or ord(message_type) > 255:
+            raise ValueError(f"{message_type!r} is not a message type")
+        if n == MAX_TYPES:
+            raise ValueError(f"a packet holds at most {MAX_TYPES} message types")
+        if cnp.PyArray_NDIM(records) != 1 or cnp.PyArray_NDIM(sequences) != 1 \
+                or sequences.shape[0] != records.shape[0] \
+                or cnp.PyArray_TYPE(sequences) != cnp.NPY_UINT64 \
+                or not (cnp.PyArray_IS_C_CONTIGUOUS(records)
+                        and cnp.PyArray_IS_C_CONTIGUOUS(sequences)) \
+                or cnp.PyArray_ITEMSIZE(records) < LOCATE_OFFSET + 2:
+            raise ValueError(f"{message_type!r} rows and sequences do not match or are too "
+                             "small for a locate code")
+        parts[n] = TypePart(<const uint8_t*> cnp.PyArray_DATA(records),
+                            <const uint64_t*> cnp.PyArray_DATA(sequences), records.shape[0],
+                            cnp.PyArray_ITEMSIZE(records), <uint8_t> ord(message_type))
+        n += 1
+    return n
+
+
+def tick_counts(list packets, by_type):
+    """Ticks of each packet of `packets` (a list, in order), and the ticks of each message type
+    added to `by_type` (type -> ticks, e.g. a Counter; types in order of first appearance),
+    without making the packets' arrays."""
+    cdef TypePart parts[MAX_TYPES]
+    cdef int64_t per_type[256]
+    cdef uint8_t seen[256]
+    cdef uint8_t order[256]
+    cdef Py_ssize_t n, k, ticks, n_seen = 0
+    cdef list counts = []
+    memset(per_type, 0, sizeof(per_type))
+    memset(seen, 0, sizeof(seen))
+    for packet in packets:
+        n = type_parts(packet, parts)
+        ticks = 0
+        for k in range(n):
+            if not seen[parts[k].type_code]:
+                seen[parts[k].type_code] = 1
+                order[n_seen] = parts[k].type_code
+                n_seen += 1
+            per_type[parts[k].type_code] += parts[k].count
+            ticks += parts[k].count
+        counts.append(ticks)
+    for k in range(n_seen):
+        message_type = chr(order[k])
+        by_type[message_type] = by_type.get(message_type, 0) + per_type[order[k]]
+    return counts
 
 
 def decode_frame(frame, *, bint quarantine=False):

@@ -14,6 +14,7 @@ from libc.stdlib cimport calloc, free
 
 cimport numpy as cnp
 
+from stock_names cimport name_rows
 from tick_order cimport (LOCATE_OFFSET, LOCATES, MAX_TYPES, TickSlot, TypeRows, load_types,
                          locate_of, order_ticks, record_timestamp_ms)
 
@@ -137,10 +138,8 @@ def unknown_stocks(dict messages, tuple stock_fields, uint8_t[::1] known):
     NULs, then without trailing spaces (as numpy's bytes of the field, `rstrip(b" ")`)."""
     cdef list named = []
     cdef cnp.ndarray records
-    cdef Py_ssize_t i, count, itemsize, offset, length, start
+    cdef Py_ssize_t itemsize, offset
     cdef const uint8_t* rows
-    cdef const uint8_t* stock
-    cdef uint16_t locate
     if known.shape[0] != LOCATES:
         raise ValueError(f"known must have one entry per stock locate ({LOCATES})")
     for message_type, offset in stock_fields:
@@ -152,19 +151,5 @@ def unknown_stocks(dict messages, tuple stock_fields, uint8_t[::1] known):
                 or offset < LOCATE_OFFSET + 2 or offset + 8 > itemsize:
             raise ValueError(f"{message_type}: rows too small for their stock field")
         rows = <const uint8_t*> cnp.PyArray_DATA(records)
-        count = records.shape[0]
-        start = len(named)
-        for i in range(count):
-            locate = locate_of(rows + i * itemsize)
-            if known[locate]:
-                continue
-            stock = rows + i * itemsize + offset
-            length = 8
-            while length and stock[length - 1] == 0:
-                length -= 1
-            while length and stock[length - 1] == 0x20:
-                length -= 1
-            named.append((locate, PyBytes_FromStringAndSize(<const char*> stock, length)))
-        for i in range(start, len(named)):
-            known[<uint16_t> named[i][0]] = 1
+        name_rows(named, rows, records.shape[0], itemsize, offset, &known[0])
     return named

@@ -114,6 +114,12 @@ class StockDirectory:
         for locate, key in _records.unknown_stocks(messages, STOCK_FIELDS, self._known_bytes):
             self._name(locate, key)
 
+    def learn_packets(self, packets: list[Packet]) -> None:
+        """`learn` each of `packets` in turn, in one call into C that reads their rows where
+        decoding left them (their arrays are not made)."""
+        for locate, key in _batched.unknown_stocks(packets, STOCK_FIELDS, self._known_bytes):
+            self._name(locate, key)
+
     def update(self, directory: np.ndarray) -> None:
         """Rows with `stock_locate` and `stock` fields name their locates."""
         for locate, stock in zip(directory["stock_locate"].tolist(), directory["stock"].tolist()):

@@ -516,6 +516,25 @@ class BatchedSink(KafkaSink):
                 time.monotonic_ns() - self._held_since >= BATCH_LINGER_NS:
             self._release_held()
 
+    def publish_read(self, packets: list[Packet], ticks: list[int], received_ns: int) -> None:
+        """`publish` each of one socket read's `packets`, holding `ticks[i]` ticks each
+        (wire._decode.tick_counts), without making their arrays: their stock names are
+        learned when they are released. A resumed run's filter rewrites packets: then each
+        goes through `publish`."""
+        if self.resume_filter is not None:
+            for packet in packets:
+                self.publish(packet, received_ns)
+            return
+        for packet, count in zip(packets, ticks):
+            if packet.quarantined:
+                self._dead_letter(packet)
+            if packet.session is not None:
+                self.session = packet.session
+            if count:
+                self._publish_ticks(packet, count, received_ns)
+            elif packet.next_sequence is not None:
+                self._frame_without_ticks(packet)
+
     def _frame_without_ticks(self, packet):
         if self._held:
             self._held.append((packet, 0, None))
@@ -526,6 +545,10 @@ class BatchedSink(KafkaSink):
         if not self._held:
             return
         held, self._held, self._held_ticks = self._held, [], 0
+        packets = [packet for packet, _, _ in held]
+        # The names every held packet reveals key the release's rows (`publish` learned them
+        # already, `publish_read` leaves them to this one call).
+        self.directory.learn_packets(packets)
         first, last = held[0][0], held[-1][0]
         # `first` and `next` bound the release's sequence numbers: a resumed run finds the
         # records that may hold ticks past its checkpoint by them (feedhandler.kafka.resume).
@@ -535,8 +558,7 @@ class BatchedSink(KafkaSink):
         self._produce_release([
             (topic, partition, value, [("type", message_type.encode()), *common_headers])
             for topic, partition, message_type, value in self._values(batched_records(
-                [packet for packet, _, _ in held], self.routes.topic_of_type, self.partitions,
-                self.directory))])
+                packets, self.routes.topic_of_type, self.partitions, self.directory))])
         for packet, ticks, received in held:
             self.ledger.acks.frame_produced(self.ledger.records, ticks, received,
                                             packet.next_sequence)

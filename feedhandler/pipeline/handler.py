@@ -41,9 +41,11 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from feedhandler.kafka.sink import POLL_INTERVAL, SinkConfig, frame_messages, open_sink
+from feedhandler.kafka.sink import (POLL_INTERVAL, BatchedSink, SinkConfig, frame_messages,
+                                    open_sink)
 from feedhandler.ops.threads import borrowed_thread, every_role, start_role
 from feedhandler.wire import packet as packets
+from feedhandler.wire._decode import tick_counts
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,8 @@ class Handler:
         self.draining = threading.Event()
         self.settled = False
         self.sink = open_sink(config)
+        # The batched formats take a socket read's packets in one call, their arrays unmade.
+        self._publish_by_read = isinstance(self.sink, BatchedSink)
         self.account.producer_path = self.sink.path
         # Every frame's way from its socket read's arrival, per stage (ops.latency.STAGES),
         # all recorded on the publisher thread.
@@ -263,9 +267,12 @@ class Handler:
     def _publish_read(self, future: Future, received: int) -> None:
         decoded_packets, decoded = future.result()
         self.latencies.decoded.record(decoded - received)
-        for packet in decoded_packets:
-            self._count(packet)
-            self.sink.publish(packet, received)
+        ticks = self._count(decoded_packets)
+        if self._publish_by_read:
+            self.sink.publish_read(decoded_packets, ticks, received)
+        else:
+            for packet in decoded_packets:
+                self.sink.publish(packet, received)
         self.sink.service()
 
     def _wait_time(self, acks) -> float:
@@ -293,15 +300,21 @@ class Handler:
             if fd == acknowledged_fd:
                 self.sink.service()
 
-    def _count(self, packet: packets.Packet) -> None:
+    def _count(self, decoded_packets: list[packets.Packet]) -> list[int]:
+        """Count a socket read's packets into the account; return the ticks of each. The
+        ticks are counted in one call into C that leaves the packets' arrays unmade."""
         account = self.account
-        if packet.count is not None and not packet.is_end_of_session:
-            account.messages += packet.count
-        by_type = account.decoded_by_type
-        for message_type, rows in packet.messages.items():
-            ticks = len(rows)
-            by_type[message_type] += ticks
-            account.decoded += ticks
+        ticks = tick_counts(decoded_packets, account.decoded_by_type)
+        account.decoded += sum(ticks)
+        for packet in decoded_packets:
+            if packet.count is not None and not packet.is_end_of_session:
+                account.messages += packet.count
+            if packet.quarantined:
+                self._count_quarantined(packet)
+        return ticks
+
+    def _count_quarantined(self, packet: packets.Packet) -> None:
+        account = self.account
         for entry in packet.quarantined:
             if packet.count is not None:
                 account.quarantined += 1
