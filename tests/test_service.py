@@ -3,6 +3,7 @@ socket from the real `feedhandler run`, the watchdog, SIGHUP, OS thread names, -
 --version."""
 
 import os
+import threading
 import argparse
 import re
 import shutil
@@ -311,3 +312,26 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+@pytest.mark.parametrize("ended", [FileNotFoundError, ProcessLookupError])
+def test_a_thread_that_ends_while_its_name_is_read_is_left_out(monkeypatch, ended):
+    """A thread can end between the listing and the open (no file) or between the open and the
+    read (the kernel answers ESRCH): either way it is left out, the others are named."""
+    real_open = open
+    me = threading.get_native_id()
+
+    def vanishing(path, *args, **kwargs):
+        if path.endswith(f"/task/{me}/comm"):
+            raise ended(3, "gone")
+        return real_open(path, *args, **kwargs)
+    stay = threading.Event()
+    other = threading.Thread(target=stay.wait, name="fh-other")
+    other.start()
+    try:
+        monkeypatch.setattr("builtins.open", vanishing)
+        names = threads.os_thread_names()
+    finally:
+        stay.set()
+        other.join()
+    assert me not in names and other.native_id in names

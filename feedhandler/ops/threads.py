@@ -61,8 +61,8 @@ def os_thread_names(pid: int | str = "self") -> dict[int, str]:
         try:
             with open(f"/proc/{pid}/task/{task}/comm") as comm:
                 names[int(task)] = comm.read().strip()
-        except FileNotFoundError:       # the thread ended meanwhile
-            continue
+        except (FileNotFoundError, ProcessLookupError):     # the thread ended meanwhile
+            continue                    # (before the open, or between the open and the read)
     return names
 
 
