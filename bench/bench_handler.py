@@ -100,24 +100,25 @@ def new_handler(kafka, prefix, value_format, workers, **options):
     return Handler(config)
 
 
-def run_handler(handler, port, expected):
-    switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(DEFAULT_GIL_SWITCH_INTERVAL)     # as `feedhandler run` sets it
+def run_handler(handler, port, expected, switch_interval=DEFAULT_GIL_SWITCH_INTERVAL):
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(switch_interval)     # as `feedhandler run` sets it for the profile
     try:
         account = handler.run(frames(port))
     finally:
-        sys.setswitchinterval(switch_interval)
+        sys.setswitchinterval(saved)
     assert account.delivered == expected and account.lost == 0
 
 
 def measure(benchmark, kafka, prefix, port, value_format, workers, ticks, against=(),
-            latency_key="latency_ms_at_max_rate", **options):
+            latency_key="latency_ms_at_max_rate", switch_interval=DEFAULT_GIL_SWITCH_INTERVAL,
+            **options):
     benchmark.extra_info.update(messages=ticks, against=list(against))
     handlers = []
 
     def setup():
         handlers.append(new_handler(kafka, prefix, value_format, workers, **options))
-        return (handlers[-1], port, ticks), {}
+        return (handlers[-1], port, ticks), {"switch_interval": switch_interval}
 
     try:
         benchmark.pedantic(run_handler, setup=setup, rounds=3, warmup_rounds=1)
@@ -149,12 +150,13 @@ def test_struct(benchmark, kafka, topic_prefix, feed, workers):
 @pytest.mark.benchmark(group="end-to-end")
 @pytest.mark.parametrize("workers", [2])
 def test_struct_latency_profile(benchmark, kafka, topic_prefix, feed, workers):
-    """`--profile latency` (linger.ms 1, acknowledgements looked for every 0.2 ms, short reads
-    decoded on the reader): what it costs at full speed, next to the default profile."""
+    """`--profile latency` (linger.ms 1, reads of at most 8 frames, a 0.2 ms GIL switch
+    interval): what it costs at full speed, next to the default profile."""
     profile = PROFILES["latency"]
     measure(benchmark, kafka, topic_prefix, feed, "struct", workers, TICKS,
             ["test_struct[2]", "test_librdkafka_ceiling_for_struct"],
-            producer_overrides=profile.producer, **profile.pipeline)
+            switch_interval=profile.gil_switch_interval, producer_overrides=profile.producer,
+            **profile.pipeline)
 
 
 @pytest.mark.benchmark(group="end-to-end")
