@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from faults.checker import check_topics
 from feedhandler.kafka.config import KafkaClientConfig
 from feedhandler.kafka.ledger import DeliveryErrors, DeliveryLedger
 from feedhandler.kafka.producer import create_producer
@@ -74,3 +75,7 @@ def test_a_frame_waits_for_its_dead_letter_and_so_does_the_checkpoint(kafka, top
     assert sink.ledger.acks.ticks == ticks
     assert sink.finish() == {"delivered": ticks, "failed": 0, "undelivered": 0}
     assert sink.checkpointed_sequence == second.next_sequence
+    # In Kafka: every tick once, in feed order per symbol, and the one dead letter.
+    result = check_topics(kafka, routes, value_format, expected=range(1, second.next_sequence))
+    assert result.ok and result.ticks == ticks, result.summary()
+    assert result.dead_lettered == [(201, 201)]
