@@ -56,12 +56,9 @@ cdef extern from *:
     static inline int fh_release(int *owners) {
         return __atomic_sub_fetch(owners, 1, __ATOMIC_ACQ_REL);
     }
-    /* The acknowledgement wakeup: armed by the publisher, fired once by a broker thread. */
+    /* Frame acknowledgement: targets armed under the link's lock, reached on broker threads. */
     static inline int64_t fh_atomic_add_fetch(int64_t *counter, int64_t n) {
         return __atomic_add_fetch(counter, n, __ATOMIC_SEQ_CST);
-    }
-    static inline int64_t fh_atomic_exchange(int64_t *target, int64_t value) {
-        return __atomic_exchange_n(target, value, __ATOMIC_SEQ_CST);
     }
     static inline void fh_atomic_store(int64_t *target, int64_t value) {
         __atomic_store_n(target, value, __ATOMIC_SEQ_CST);
@@ -107,7 +104,6 @@ cdef extern from *:
     int64_t fh_atomic_load(const int64_t* counter) noexcept nogil
     int fh_release(int* owners) noexcept nogil
     int64_t fh_atomic_add_fetch(int64_t* counter, int64_t n) noexcept nogil
-    int64_t fh_atomic_exchange(int64_t* target, int64_t value) noexcept nogil
     void fh_atomic_store(int64_t* target, int64_t value) noexcept nogil
     int64_t fh_atomic_load_seq(const int64_t* counter) noexcept nogil
 
