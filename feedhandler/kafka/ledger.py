@@ -94,14 +94,14 @@ class Acknowledgements:
     Both calls come from the sink's one thread, which records the frames' "produced", "kafka"
     and "acknowledged" stages into `latencies` (feedhandler.ops.latency)."""
 
-    def __init__(self, latencies: StageLatencies | None = None, link: ProducerLink | None = None):
+    def __init__(self, latencies: StageLatencies | None = None):
         # (records produced through this frame, ticks, receipt ns or None, handed-over ns,
         # next sequence)
         self.frames: deque = deque()
         self.ticks = 0
         self.next_sequence = 0
         self.latencies = latencies if latencies is not None else StageLatencies()
-        self.link = link
+        self.link: ProducerLink | None = None     # set by a sink that has one
         self.checks = 0     # calls of update(): the publisher is alive (service watchdog)
 
     def frame_produced(self, records_total: int, ticks: int, received_ns: int | None,

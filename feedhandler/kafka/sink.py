@@ -233,11 +233,21 @@ class KafkaSink:
         if self.resume_filter is not None and self.resume_filter.covers(packet):
             packet = self.resume_filter.apply(packet, self.directory)
             self.ledger.already_in_kafka = self.resume_filter.skipped
+        self._publish_counted(packet, ticks_of(packet), received_ns)
+
+    def publish_read(self, packets: list[Packet], ticks: list[int], received_ns: int) -> None:
+        """`publish` each of one socket read's `packets`; `ticks[i]` is packet i's tick count
+        (wire._decode.tick_counts), which a sink may go by instead of the packets' arrays."""
+        for packet in packets:
+            self.publish(packet, received_ns)
+
+    def _publish_counted(self, packet: Packet, ticks: int, received_ns: int) -> None:
+        """A packet's dead letters and session, then its `ticks` ticks, or without any its
+        place in the order of frames."""
         if packet.quarantined:
             self._dead_letter(packet)
         if packet.session is not None:
             self.session = packet.session
-        ticks = ticks_of(packet)
         if ticks:
             self._publish_ticks(packet, ticks, received_ns)
         elif packet.next_sequence is not None:
@@ -517,23 +527,13 @@ class BatchedSink(KafkaSink):
             self._release_held()
 
     def publish_read(self, packets: list[Packet], ticks: list[int], received_ns: int) -> None:
-        """`publish` each of one socket read's `packets`, holding `ticks[i]` ticks each
-        (wire._decode.tick_counts), without making their arrays: their stock names are
-        learned when they are released. A resumed run's filter rewrites packets: then each
-        goes through `publish`."""
+        """Without making the packets' arrays: their stock names are learned when they are
+        released. A resumed run's filter rewrites packets: then each goes through `publish`."""
         if self.resume_filter is not None:
-            for packet in packets:
-                self.publish(packet, received_ns)
+            super().publish_read(packets, ticks, received_ns)
             return
         for packet, count in zip(packets, ticks):
-            if packet.quarantined:
-                self._dead_letter(packet)
-            if packet.session is not None:
-                self.session = packet.session
-            if count:
-                self._publish_ticks(packet, count, received_ns)
-            elif packet.next_sequence is not None:
-                self._frame_without_ticks(packet)
+            self._publish_counted(packet, count, received_ns)
 
     def _frame_without_ticks(self, packet):
         if self._held:

@@ -41,8 +41,7 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from feedhandler.kafka.sink import (POLL_INTERVAL, BatchedSink, SinkConfig, frame_messages,
-                                    open_sink)
+from feedhandler.kafka.sink import POLL_INTERVAL, SinkConfig, frame_messages, open_sink
 from feedhandler.ops.threads import borrowed_thread, every_role, start_role
 from feedhandler.wire import packet as packets
 from feedhandler.wire._decode import tick_counts
@@ -127,8 +126,6 @@ class Handler:
         self.draining = threading.Event()
         self.settled = False
         self.sink = open_sink(config)
-        # The batched formats take a socket read's packets in one call, their arrays unmade.
-        self._publish_by_read = isinstance(self.sink, BatchedSink)
         self.account.producer_path = self.sink.path
         # Every frame's way from its socket read's arrival, per stage (ops.latency.STAGES),
         # all recorded on the publisher thread.
@@ -267,12 +264,7 @@ class Handler:
     def _publish_read(self, future: Future, received: int) -> None:
         decoded_packets, decoded = future.result()
         self.latencies.decoded.record(decoded - received)
-        ticks = self._count(decoded_packets)
-        if self._publish_by_read:
-            self.sink.publish_read(decoded_packets, ticks, received)
-        else:
-            for packet in decoded_packets:
-                self.sink.publish(packet, received)
+        self.sink.publish_read(decoded_packets, self._count(decoded_packets), received)
         self.sink.service()
 
     def _wait_time(self, acks) -> float:
