@@ -3,7 +3,8 @@
 For each feed rate and linger.ms: the simulator (its own process) serves a session paced at
 the rate in frames of FRAME_MESSAGES messages, and
 
-- the handler (struct format, 2 workers, in this process, with the GIL switch interval
+- the handler (struct format, decoding where its profile says: on 2 workers or on the
+  publisher, in this process, with the GIL switch interval
   `feedhandler run` sets for the profile) reads, decodes and publishes it; its per-stage latency histograms
   (feedhandler.ops.latency) give the figures;
 - the floor: the same session client reads the same paced feed, and a plain confluent-kafka
@@ -17,12 +18,14 @@ Handler and floor take turns, ROUNDS times per setting after an unmeasured warm-
 table gives medians over rounds with their ranges, and the ratio handler / floor per round.
 
 The handler's own part (receipt to the produce call) has a floor of its own on this machine: a
-read passes from the reader to a pool worker to the publisher, three threads of one process on
-two cores shared with the broker and the simulator. The `hand-off` floor measures it in the same
-round: the plain producer's run again, with the handler's structure around the same produce
-calls: the reader submits each read to a pool of 2 workers that do nothing with it, and a
-publisher thread takes the futures in order and produces the frames' ready-made records (same
-GIL switch interval as the handler's profile); receipt to produce calls done, p50 and p99. Its
+read passes from the reader to a pool worker to the publisher (the latency profile: from the
+reader to the publisher), threads of one process on two cores shared with the broker and the
+simulator. The `hand-off` floor measures it in the same round: the plain producer's run again,
+with the handler's structure around the same produce calls: the reader submits each read to a
+pool of 2 workers that do nothing with it (or, as the latency profile, queues it straight to
+the publisher), and a publisher thread takes them in order and produces the frames' ready-made
+records (same GIL switch interval as the handler's profile); receipt to produce calls done,
+p50 and p99. Its
 frames count as acknowledged as the handler's do (every record up to the frame): what a handler
 of this structure could reach with nothing of its own to do.
 
@@ -44,6 +47,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
@@ -86,7 +90,24 @@ VARIANTS = {
     "latency": ("latency", {}),
     # the same records through confluent_kafka's produce_batch instead of the ProducerLink
     "latency-produce-batch": ("latency", {"producer_link": "off"}),
+    # the latency profile with its reads decoded on a pool of 2 as the throughput profile's
+    "latency-pool": ("latency", {"decode": "pool"}),
 }
+
+
+class Structure(NamedTuple):
+    """What the hand-off floor copies of a variant: its GIL switch interval, and whether its
+    reads reach the publisher through a pool."""
+
+    gil_switch_interval: float
+    decode: str
+
+    @classmethod
+    def of(cls, variant: str) -> Structure:
+        profile, changes = VARIANTS[variant]
+        settings = profile_settings(profile, {})
+        return cls(settings.gil_switch_interval,
+                   {**settings.pipeline, **changes}["decode"])
 
 
 @contextlib.contextmanager
@@ -126,9 +147,9 @@ def run_handler(prefix: str, feed, linger: int | None, variant: str,
     routes = Routes.by_category(f"{prefix}{next(RUN_IDS)}.")
     profile, changes = VARIANTS[variant]
     settings = profile_settings(profile, {} if linger is None else {"linger.ms": str(linger)})
-    config = HandlerConfig(BOOTSTRAP, value_format="struct", workers=2, routes=routes,
+    config = HandlerConfig(BOOTSTRAP, value_format="struct", routes=routes,
                            partitions=partitions, producer_overrides=settings.producer,
-                           **{**settings.pipeline, **changes})
+                           **{"workers": 2, **settings.pipeline, **changes})
     handler = Handler(config)
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(settings.gil_switch_interval)     # as `feedhandler run` sets it
@@ -180,26 +201,29 @@ class EveryRecordAcks:
         return acked
 
 
-def through_handoffs(batches, send, switch_interval: float) -> None:
+def through_handoffs(batches, send, structure: Structure) -> None:
     """`send(batch, receipt ns)` for every read, on a publisher thread, each read having gone
-    through a 2-worker pool that does nothing with it: the handler's hand-offs."""
+    the handler's way there: through a 2-worker pool that does nothing with it, or with
+    `decode="publisher"` straight from the reader."""
     pending: queue.Queue = queue.Queue(8)
 
     def publish():
         while (item := pending.get()) is not None:
             future, batch, received = item
-            future.result()
+            if future is not None:
+                future.result()
             send(batch, received)
     publisher = threading.Thread(target=publish)
     saved = sys.getswitchinterval()
-    sys.setswitchinterval(switch_interval)
+    sys.setswitchinterval(structure.gil_switch_interval)
     try:
         with ThreadPoolExecutor(2) as pool:
             publisher.start()
             try:
                 for batch in batches:
                     received = time.monotonic_ns()
-                    pending.put((pool.submit(len, batch), batch, received))
+                    pending.put((pool.submit(len, batch) if structure.decode == "pool"
+                                 else None, batch, received))
             finally:
                 pending.put(None)
                 publisher.join()
@@ -208,12 +232,13 @@ def through_handoffs(batches, send, switch_interval: float) -> None:
 
 
 def run_floor(prefix: str, feed, linger: int, frames, every_record: bool, partitions: int,
-              handoffs: float | None = None) -> tuple[LatencyHistogram, LatencyHistogram, float]:
+              handoffs: Structure | None = None,
+              ) -> tuple[LatencyHistogram, LatencyHistogram, float]:
     """The plain producer at the paced feed's frames: frame-to-ack from its socket read, of
     each frame's last record (the issue's floor), or with `every_record` of every record up to
     the frame (the handler's definition); receipt to its produce calls done; and the records
     it sent per second (below the feed's rate, it fell behind: then it is no floor). With
-    `handoffs` (a GIL switch interval) the reads go through the handler's hand-offs first
+    `handoffs` (the variant's structure) the reads go through the handler's hand-offs first
     (`through_handoffs`): the floor of the handler's own part."""
     routes = Routes.by_category(f"{prefix}{next(RUN_IDS)}.")
     ensure_topics(KafkaClientConfig(BOOTSTRAP), dict.fromkeys(routes.topics, partitions))
@@ -336,8 +361,7 @@ def main() -> None:
                         profile, args.partitions)
                     structure, handoff, _ = run_floor(
                         prefix, paced_feed(session, messages, rate, sequence), floor_linger,
-                        frames, True, args.partitions,
-                        profile_settings(VARIANTS[profile][0], {}).gil_switch_interval)
+                        frames, True, args.partitions, Structure.of(profile))
                     if not round_number:
                         continue
                     if not floor.total or not latencies.acknowledged.total or \

@@ -7,9 +7,10 @@ import time
 
 import numpy as np
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from feedhandler.cli import add_run_arguments
-from feedhandler.cli.run import gil_switch_interval, producer_settings
+from feedhandler.cli.run import gil_switch_interval, pipeline_settings, producer_settings
 from feedhandler.exchange import orderflow
 from feedhandler.exchange.server import Simulator, SimulatorConfig
 from feedhandler.kafka.config import PRODUCER_DEFAULTS
@@ -189,10 +190,14 @@ def session_frames(messages_per_frame=100, count=6_000):
             for i in range(0, len(messages), messages_per_frame)]
 
 
+DECODING_THREAD = {"pool": "fh-decode-", "publisher": "fh-publisher"}
+
+
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_the_reader_never_decodes_nor_publishes_whatever_the_profile(kafka, topic_prefix,
                                                                       monkeypatch, profile):
-    """The reader hands every socket read off at once: decoding happens on the pool and
+    """The reader hands every socket read off at once: decoding happens on the pool (the
+    throughput profile) or on the publisher (the latency profile: one hand-off less), and
     publishing on the publisher, also for the latency profile's small reads."""
     frames = session_frames()
     decoded_on = []
@@ -202,20 +207,34 @@ def test_the_reader_never_decodes_nor_publishes_whatever_the_profile(kafka, topi
         decoded_on.append(threading.current_thread().name)
         return decode_many(batch, **options)
     monkeypatch.setattr(handler_module.packets, "decode_many", recording)
+    pipeline = PROFILES[profile].pipeline
     handler = Handler(HandlerConfig(kafka, routes=Routes.by_category(topic_prefix),
-                                    partitions=2, **PROFILES[profile].pipeline))
+                                    partitions=2, **pipeline))
     calls = published_on(handler)
+    pool_threads = []
 
     def paced():
         for frame in frames:
             yield [frame]
             time.sleep(0.002)
+        pool_threads.extend(thread.name for thread in threading.enumerate()
+                            if thread.name.startswith("fh-decode-"))
     account = handler.run(paced())
     assert account.delivered == account.decoded > 0 and account.lost == 0
     assert len(decoded_on) == len(frames)
-    assert all(name.startswith("fh-decode-") for name in decoded_on), set(decoded_on)
+    assert all(name.startswith(DECODING_THREAD[pipeline["decode"]]) for name in decoded_on), \
+        set(decoded_on)
+    assert bool(pool_threads) == (pipeline["decode"] == "pool"), pool_threads
     assert {name for name, _ in calls} == {"fh-publisher"}
     assert [sequence for _, sequence in calls] == [1 + 100 * i for i in range(len(frames))]
+
+
+def test_an_unknown_decode_place_is_refused_before_any_topic_exists(kafka, topic_prefix):
+    routes = Routes.by_category(topic_prefix)
+    with pytest.raises(ValueError, match="decode must be one of pool, publisher, not 'gpu'"):
+        Handler(HandlerConfig(kafka, routes=routes, decode="gpu"))
+    admin = AdminClient({"bootstrap.servers": kafka})
+    assert not set(routes.every_topic) & set(admin.list_topics(timeout=10).topics)
 
 
 def test_the_publisher_waits_on_the_link_or_looks_on_its_own_timer():
@@ -237,7 +256,8 @@ def test_the_default_profile_is_throughput_and_changes_nothing():
     assert args.profile == "throughput"
     assert producer_settings(args) == []
     assert PROFILES["throughput"].pipeline == {"ack_interval": POLL_INTERVAL,
-                                               "read_frames": 0}
+                                               "read_frames": 0, "decode": "pool"}
+    assert pipeline_settings(args) == PROFILES["throughput"].pipeline
 
 
 def test_the_latency_profile_sets_its_settings_and_explicit_ones_win():
@@ -248,6 +268,11 @@ def test_the_latency_profile_sets_its_settings_and_explicit_ones_win():
     settings = dict(producer_settings(run_args("--profile", "latency", "-X", "linger.ms=7",
                                                "-X", "acks=1")))
     assert settings == {**latency.producer, "linger.ms": "7", "acks": "1"}
+    assert pipeline_settings(run_args("--profile", "latency")) == latency.pipeline
+    assert latency.pipeline["decode"] == "publisher"
+    assert pipeline_settings(run_args("--profile", "latency", "--decode", "pool")) == \
+        {**latency.pipeline, "decode": "pool"}
+    assert pipeline_settings(run_args("--decode", "publisher"))["decode"] == "publisher"
 
 
 def test_the_gil_switch_interval_is_the_profiles_unless_given(capsys):

@@ -213,6 +213,14 @@ def test_a_cpu_that_does_not_exist_exits_2_before_anything_is_created(kafka, top
                    rf"--cpus: CPU {max(CPUS) + 64} is not available to this process")
 
 
+@pytest.mark.parametrize("options", [["--profile", "latency"], ["--decode", "publisher"]])
+def test_pinning_decode_threads_where_the_publisher_decodes_exits_2(kafka, topic_prefix, options):
+    result = run_refused(kafka, topic_prefix, *options, "--cpus", f"decode={CPUS[0]}")
+    assert_refused(kafka, topic_prefix, result, ExitCode.USAGE,
+                   r"--cpus decode=\.\.\.: with --decode publisher \(the latency profile's\) no "
+                   "thread decodes but the publisher; pin publisher= instead")
+
+
 @pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
 def test_cpus_pins_each_role_to_its_cpus(kafka, topic_prefix):
     reader, other = CPUS[0], CPUS[1]

@@ -36,7 +36,7 @@ from feedhandler.kafka.sink import STATISTICS_INTERVAL_MS
 from feedhandler.kafka.topics import KafkaStartError, check_reachable
 from feedhandler.ops import service, threads
 from feedhandler.ops.latency import format_table
-from feedhandler.pipeline.handler import Handler, HandlerConfig
+from feedhandler.pipeline.handler import DECODE_ON, Handler, HandlerConfig
 from feedhandler.pipeline.profiles import DEFAULT_PROFILE, PROFILES, profile_settings
 from feedhandler.session import (FrameSource, ListenSource, LoginRejected, SessionClient,
                                  SessionError)
@@ -99,6 +99,14 @@ def gil_switch_interval(args: argparse.Namespace) -> float:
     return args.gil_switch_interval or PROFILES[args.profile].gil_switch_interval
 
 
+def pipeline_settings(args: argparse.Namespace) -> dict:
+    """The --profile's pipeline settings, with --decode over its own."""
+    settings = dict(PROFILES[args.profile].pipeline)
+    if args.decode:
+        settings["decode"] = args.decode
+    return settings
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
     parser.epilog = epilog()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -146,9 +154,15 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
                              "Kafka client of the handler (docs/kafka.md, Secured Kafka)")
     parser.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
                         help="throughput: large producer batches (linger.ms 20) (default); "
-                             "latency: linger.ms 1, short socket reads. -X settings win; see "
-                             "docs/kafka.md")
-    parser.add_argument("--workers", type=int, default=2, help="decode threads (default 2)")
+                             "latency: linger.ms 1, short socket reads decoded on the "
+                             "publisher. -X settings win; see docs/kafka.md")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="decode threads with --decode pool (default 2)")
+    parser.add_argument("--decode", choices=DECODE_ON,
+                        help="where socket reads are decoded: pool: on --workers threads; "
+                             "publisher: on the publisher thread, one hand-off less for "
+                             "every read (default: the profile's, throughput pool, latency "
+                             "publisher)")
     parser.add_argument("--format", choices=VALUE_FORMATS, default="struct",
                         help="record value format (default struct); see docs/kafka.md")
     parser.add_argument("--exactly-once", action="store_true",
@@ -459,6 +473,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         routes, kafka = check_arguments(args)
         cpus = threads.parse_cpus(args.cpus) if args.cpus else {}
+        if "decode" in cpus and pipeline_settings(args)["decode"] == "publisher":
+            raise validate.UsageError("--cpus decode=...: with --decode publisher (the latency "
+                                      "profile's) no thread decodes but the publisher; pin "
+                                      "publisher= instead")
     except (validate.UsageError, ValueError) as error:
         return _fail(ExitCode.USAGE, _explained(args, error))
     threads.pin_process(cpus)
@@ -494,7 +512,7 @@ def _start(args, routes, kafka, cpus, metrics, statistics) -> int:
         replication_factor=args.replication_factor, producer_overrides=kafka.settings,
         headers=args.headers, timestamp_base_ms=midnight_ms(args.trade_date),
         flush_timeout=args.flush_timeout, producer_link=args.producer_link, cpus=cpus,
-        statistics=statistics, **PROFILES[args.profile].pipeline)
+        statistics=statistics, **pipeline_settings(args))
     try:
         if "transactional.id" in kafka.settings:
             fence_previous(kafka)

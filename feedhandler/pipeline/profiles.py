@@ -4,16 +4,17 @@ GIL switch interval `feedhandler run` sets for the process.
 - throughput (the default): large producer batches (PRODUCER_DEFAULTS: linger.ms 20), up to
   the source's default frames per socket read in one task, decoded on the worker pool.
 - latency: small batches sent at once (linger.ms 1), socket reads of at most
-  LATENCY_READ_FRAMES frames handed on as one task, and a shorter GIL switch interval: each
-  read passes from the reader to a decode worker to the publisher, and a thread woken for it
-  may wait that long for the GIL while another runs Python code.
+  LATENCY_READ_FRAMES frames handed on as one task and decoded by the publisher itself (no
+  pool: a read passes from the reader to the publisher only), and a shorter GIL switch
+  interval: a thread woken for a read may wait that long for the GIL while another runs
+  Python code.
 
 Both wait for acknowledgements event-driven (the ProducerLink signals them); without the link
 they are looked for on a timer while frames await them: every 5 ms (POLL_INTERVAL), or
 LATENCY_ACK_INTERVAL with the latency profile.
 
-Explicit `-X` settings win over a profile's producer settings. docs/kafka.md gives the
-measured trade-off."""
+Explicit `-X` settings win over a profile's producer settings, `--decode` over where it
+decodes. docs/kafka.md gives the measured trade-off."""
 
 from __future__ import annotations
 
@@ -37,10 +38,11 @@ class Profile:
 
 
 PROFILES = {
-    "throughput": Profile(pipeline={"ack_interval": POLL_INTERVAL, "read_frames": 0}),
+    "throughput": Profile(pipeline={"ack_interval": POLL_INTERVAL, "read_frames": 0,
+                                    "decode": "pool"}),
     "latency": Profile(producer={"linger.ms": "1"},
                        pipeline={"ack_interval": LATENCY_ACK_INTERVAL,
-                                 "read_frames": LATENCY_READ_FRAMES},
+                                 "read_frames": LATENCY_READ_FRAMES, "decode": "publisher"},
                        gil_switch_interval=LATENCY_GIL_SWITCH_INTERVAL),
 }
 DEFAULT_PROFILE = "throughput"
