@@ -60,6 +60,7 @@ from feedhandler.kafka.config import PRODUCER_DEFAULTS, KafkaClientConfig  # noq
 from feedhandler.kafka.routing import Routes  # noqa: E402
 from feedhandler.kafka.topics import ensure_topics  # noqa: E402
 from feedhandler.ops.latency import LatencyHistogram, StageLatencies  # noqa: E402
+from feedhandler.ops.threads import borrowed_thread  # noqa: E402
 from feedhandler.pipeline.handler import Handler, HandlerConfig  # noqa: E402
 from feedhandler.pipeline.profiles import profile_settings  # noqa: E402
 from feedhandler.session import SessionClient  # noqa: E402
@@ -141,14 +142,15 @@ def paced_feed(session: Path, messages: int, rate: int, sequence: int = 0):
         process.wait()
 
 
-def run_handler(prefix: str, feed, linger: int | None, variant: str,
-                partitions: int) -> tuple[StageLatencies, float]:
+def run_handler(prefix: str, feed, linger: int | None, variant: str, partitions: int,
+                realtime_priority: int) -> tuple[StageLatencies, float]:
     """The handler over the paced feed: its stage latencies and ticks/s."""
     routes = Routes.by_category(f"{prefix}{next(RUN_IDS)}.")
     profile, changes = VARIANTS[variant]
     settings = profile_settings(profile, {} if linger is None else {"linger.ms": str(linger)})
     config = HandlerConfig(BOOTSTRAP, value_format="struct", routes=routes,
                            partitions=partitions, producer_overrides=settings.producer,
+                           realtime_priority=realtime_priority,
                            **{"workers": 2, **settings.pipeline, **changes})
     handler = Handler(config)
     switch_interval = sys.getswitchinterval()
@@ -232,14 +234,15 @@ def through_handoffs(batches, send, structure: Structure) -> None:
 
 
 def run_floor(prefix: str, feed, linger: int, frames, every_record: bool, partitions: int,
-              handoffs: Structure | None = None,
+              realtime_priority: int, handoffs: Structure | None = None,
               ) -> tuple[LatencyHistogram, LatencyHistogram, float]:
     """The plain producer at the paced feed's frames: frame-to-ack from its socket read, of
     each frame's last record (the issue's floor), or with `every_record` of every record up to
     the frame (the handler's definition); receipt to its produce calls done; and the records
     it sent per second (below the feed's rate, it fell behind: then it is no floor). With
     `handoffs` (the variant's structure) the reads go through the handler's hand-offs first
-    (`through_handoffs`): the floor of the handler's own part."""
+    (`through_handoffs`): the floor of the handler's own part. With `realtime_priority` its
+    threads (not librdkafka's) are scheduled SCHED_FIFO as the handler's are."""
     routes = Routes.by_category(f"{prefix}{next(RUN_IDS)}.")
     ensure_topics(KafkaClientConfig(BOOTSTRAP), dict.fromkeys(routes.topics, partitions))
     renamed = {old: new for old, new in zip(Routes.by_category("floor.").topics,
@@ -263,7 +266,6 @@ def run_floor(prefix: str, feed, linger: int, frames, every_record: bool, partit
             acknowledged.record(time.monotonic_ns() - received)
         return acked
     server = threading.Thread(target=serve_reports, daemon=True)
-    server.start()
     produced = LatencyHistogram()
     frame_number = 0
 
@@ -283,7 +285,10 @@ def run_floor(prefix: str, feed, linger: int, frames, every_record: bool, partit
             producer.produce(renamed[topic], value, key, on_delivery=last_record(received))
         produced.record(time.monotonic_ns() - received)
     try:
-        with feed as batches:
+        # threads started inside (the report server, the hand-offs') inherit the scheduling
+        with borrowed_thread("floor-reader", "reader", None, realtime_priority), \
+                feed as batches:
+            server.start()
             started = time.monotonic()
             if handoffs is None:
                 for batch in batches:
@@ -294,7 +299,8 @@ def run_floor(prefix: str, feed, linger: int, frames, every_record: bool, partit
         elapsed = time.monotonic() - started
     finally:
         done.set()
-        server.join()
+        if server.ident is not None:
+            server.join()
         delete_topic_names(BOOTSTRAP, routes.topics)
     records = sum(len(frames[n % len(frames)]) for n in range(frame_number))
     return acknowledged, produced, records / elapsed
@@ -333,6 +339,9 @@ def main() -> None:
                         help="partitions per topic, handler and floor (a frame's records "
                              "spread over all of them; librdkafka sends one produce request "
                              "per partition)")
+    parser.add_argument("--realtime-priority", type=int, default=0, metavar="N",
+                        help="the handler's `--realtime-priority`; the floors' threads (not "
+                             "librdkafka's) are scheduled the same way")
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
     args = parser.parse_args()
     prefix = f"benchlat{int(time.time())}."
@@ -355,13 +364,15 @@ def main() -> None:
                                                                PRODUCER_DEFAULTS["linger.ms"]))
                     floor, _, floor_ticks_per_s = run_floor(
                         prefix, paced_feed(session, messages, rate, sequence), floor_linger,
-                        frames, args.floor == "every-record", args.partitions)
+                        frames, args.floor == "every-record", args.partitions,
+                        args.realtime_priority)
                     latencies, ticks_per_s = run_handler(
                         prefix, paced_feed(session, messages, rate, sequence), linger,
-                        profile, args.partitions)
+                        profile, args.partitions, args.realtime_priority)
                     structure, handoff, _ = run_floor(
                         prefix, paced_feed(session, messages, rate, sequence), floor_linger,
-                        frames, True, args.partitions, Structure.of(profile))
+                        frames, True, args.partitions, args.realtime_priority,
+                        Structure.of(profile))
                     if not round_number:
                         continue
                     if not floor.total or not latencies.acknowledged.total or \

@@ -253,6 +253,81 @@ def test_the_reader_gives_its_thread_back_as_it_found_it():
     assert (threads.os_thread_name(), os.sched_getaffinity(0)) == before
 
 
+def realtime_permitted() -> bool:
+    try:
+        threads.check_realtime(1)
+    except PermissionError:
+        return False
+    return True
+
+
+REALTIME = pytest.mark.skipif(not realtime_permitted(),
+                              reason="SCHED_FIFO not permitted to this process")
+NOT_PERMITTED = ["setpriv", "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice"]
+
+
+@REALTIME
+def test_the_reader_gives_its_scheduling_back():
+    """Threads the main thread starts after the run (and librdkafka's, which the main thread's
+    producers start) must not inherit the reader's real-time policy."""
+    before = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+    with threads.borrowed_thread("fh-reader", "reader", realtime_priority=7):
+        assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == \
+            (os.SCHED_FIFO, 7)
+    assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before
+
+
+@REALTIME
+def test_realtime_priority_schedules_the_handlers_threads_and_not_librdkafkas(kafka,
+                                                                              topic_prefix):
+    exchange = simulator(1_000_000, 150_000)
+    try:
+        process = run_cli("run", "--connect", f"127.0.0.1:{exchange.port}",
+                          "--bootstrap-servers", kafka, "--topic-prefix", topic_prefix,
+                          "--partitions", "2", "--json-stats", "--realtime-priority", "3")
+        thread_named(process.pid, "fh-decode-1")
+        scheduling = {}
+        for tid, name in threads.os_thread_names(process.pid).items():
+            scheduling[name] = (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        exchange.stop()
+    assert process.returncode == ExitCode.OK, stderr
+    for role in ("fh-reader", "fh-publisher", "fh-decode-0", "fh-decode-1"):
+        assert scheduling[role] == (os.SCHED_FIFO, 3), (role, scheduling)
+    others = {name: policy for name, policy in scheduling.items()
+              if name.startswith("rdk:") or name == "fh-status"}
+    assert any(name.startswith("rdk:broker") for name in others), scheduling
+    assert set(others.values()) == {(os.SCHED_OTHER, 0)}, others
+    assert final_account(stdout)["lost"] == 0
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_realtime_priority_not_permitted_exits_3_before_anything_is_created(kafka,
+                                                                             topic_prefix):
+    process = subprocess.run(
+        [*NOT_PERMITTED, sys.executable, "-m", "feedhandler", "run", "--listen",
+         f"127.0.0.1:{free_port()}", "--bootstrap-servers", kafka, "--topic-prefix",
+         topic_prefix, "--quiet", "--realtime-priority", "5"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=60)
+    assert_refused(kafka, topic_prefix, (process.returncode, process.stderr.splitlines(), 0),
+                   ExitCode.COULD_NOT_START,
+                   r"--realtime-priority 5: this process may not use real-time scheduling "
+                   r"\(it needs CAP_SYS_NICE, or an RLIMIT_RTPRIO of at least 5\)")
+
+
+@pytest.mark.parametrize("bad", ["0", "100", "-1", "high"])
+def test_realtime_priority_out_of_range_exits_2(capsys, bad):
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["--connect", "127.0.0.1:1", "--realtime-priority", bad])
+    assert exited.value.code == ExitCode.USAGE
+    assert "--realtime-priority" in capsys.readouterr().err
+
+
 # ---- version --------------------------------------------------------------------------------
 @pytest.mark.parametrize("how", [["--version"], ["version"]])
 def test_version_names_every_part(how):

@@ -25,7 +25,8 @@ MEANING = {
     ExitCode.COULD_NOT_START: "could not start: Kafka unreachable, refusing the credentials, "
                               "the certificate or the topics, the feed refusing the login or "
                               "not answering within --login-timeout, the --listen port in use, "
-                              "or --producer-link require unavailable; no topic was created",
+                              "--producer-link require unavailable, or --realtime-priority not "
+                              "permitted; no topic was created",
     ExitCode.FEED_FAILED: "the feed ended before its end of session and could not be resumed "
                           "(link lost for good, session changed, a frame that never "
                           "completed); every tick read was delivered (see the account)",

@@ -84,6 +84,15 @@ def _port(text: str) -> int:
     return value
 
 
+def _realtime_priority(text: str) -> int:
+    value = _count(text)
+    if value not in threads.REALTIME_PRIORITIES:
+        raise argparse.ArgumentTypeError(
+            f"a SCHED_FIFO priority is {threads.REALTIME_PRIORITIES.start}-"
+            f"{threads.REALTIME_PRIORITIES.stop - 1}, not {value}")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -210,6 +219,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
                         help="CPU affinity: a list for the whole process (0,1 or 0-3), and/or "
                              "per thread role ROLE=CPUS with roles reader, decode, publisher "
                              "(e.g. reader=0,decode=1+2,publisher=1; + joins CPUs of one role)")
+    parser.add_argument("--realtime-priority", type=_realtime_priority, default=0,
+                        metavar="N",
+                        help="schedule the reader, decode and publisher threads SCHED_FIFO at "
+                             "priority N (1-99; needs CAP_SYS_NICE): reads are not kept "
+                             "waiting by other work of the host; librdkafka's threads keep "
+                             "the normal policy (default: off); see docs/operations.md")
     parser.add_argument("--quiet", action="store_true", help="no status lines")
     parser.add_argument("--json-stats", action="store_true",
                         help="status lines and final account as JSON on stdout")
@@ -479,6 +494,11 @@ def _run(args: argparse.Namespace) -> int:
                                       "publisher= instead")
     except (validate.UsageError, ValueError) as error:
         return _fail(ExitCode.USAGE, _explained(args, error))
+    if args.realtime_priority:
+        try:
+            threads.check_realtime(args.realtime_priority)
+        except PermissionError as error:
+            return _fail(ExitCode.COULD_NOT_START, error)
     threads.pin_process(cpus)
     metrics = statistics = None
     if args.metrics_port:
@@ -512,6 +532,7 @@ def _start(args, routes, kafka, cpus, metrics, statistics) -> int:
         replication_factor=args.replication_factor, producer_overrides=kafka.settings,
         headers=args.headers, timestamp_base_ms=midnight_ms(args.trade_date),
         flush_timeout=args.flush_timeout, producer_link=args.producer_link, cpus=cpus,
+        realtime_priority=args.realtime_priority,
         statistics=statistics, **pipeline_settings(args))
     try:
         if "transactional.id" in kafka.settings:

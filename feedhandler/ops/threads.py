@@ -1,4 +1,4 @@
-"""Thread names the OS can see, and CPU affinity per thread role.
+"""Thread names the OS can see, and CPU affinity and real-time scheduling per thread role.
 
 Python's thread names stay inside Python (until 3.14): `top -H`, `ps -L` and /proc/PID/task/*/comm
 show the kernel's name, which a thread sets for itself with prctl(PR_SET_NAME) (at most 15
@@ -6,7 +6,13 @@ bytes). A thread created afterwards inherits its creator's kernel name and CPU m
 
 `--cpus` (parse_cpus) pins thread roles to CPUs: a plain list (`0,1` or `0-3`) is the mask of
 the whole process, librdkafka's threads included; `ROLE=CPUS` items (`reader=0,decode=1+2,
-publisher=1`; `+` joins CPUs inside one item, `-` makes a range) pin one role's threads."""
+publisher=1`; `+` joins CPUs inside one item, `-` makes a range) pin one role's threads.
+
+`--realtime-priority N` puts the handler's own threads (every role) under SCHED_FIFO at
+priority N: a read wakes them ahead of every normal thread of the host (the broker's, a
+backup job's), which is where the tail of their latency comes from on a busy host.
+librdkafka's threads keep the normal policy: they are created (from the main thread, with the
+producer) before any role starts, and a thread inherits the policy of the thread creating it."""
 
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ PR_GET_NAME = 16
 NAME_BYTES = 15                 # the kernel's TASK_COMM_LEN less its terminating NUL
 PROCESS = "process"             # --cpus items without a role: every thread of the process
 ROLES = ("reader", "decode", "publisher")
+REALTIME_PRIORITIES = range(1, 100)     # SCHED_FIFO's (sched_get_priority_min/max on Linux)
 
 
 @functools.cache
@@ -111,11 +118,28 @@ def format_cpus(cpus) -> str:
     return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
-def start_role(name: str, role: str, cpus: dict[str, frozenset[int]] | None = None) -> None:
-    """In a thread that starts working as `role`: name it, and pin it where `cpus` says."""
+def start_role(name: str, role: str, cpus: dict[str, frozenset[int]] | None = None,
+               realtime_priority: int = 0) -> None:
+    """In a thread that starts working as `role`: name it, pin it where `cpus` says, and with
+    a `realtime_priority` schedule it SCHED_FIFO at that priority (check_realtime first)."""
     name_thread(name)
     if cpus and role in cpus:
         os.sched_setaffinity(threading.get_native_id(), cpus[role])
+    if realtime_priority:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(realtime_priority))
+
+
+def check_realtime(priority: int) -> None:
+    """Raise PermissionError (one line, the option's words) unless this process may schedule
+    its threads SCHED_FIFO at `priority`: tried on the calling thread, then undone."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except PermissionError:
+        raise PermissionError(f"--realtime-priority {priority}: this process may not use "
+                              "real-time scheduling (it needs CAP_SYS_NICE, or an "
+                              f"RLIMIT_RTPRIO of at least {priority})") from None
+    os.sched_setscheduler(0, policy, param)
 
 
 def every_role(cpus: dict[str, frozenset[int]] | None) -> dict[str, frozenset[int]]:
@@ -128,13 +152,14 @@ def every_role(cpus: dict[str, frozenset[int]] | None) -> dict[str, frozenset[in
 
 
 @contextlib.contextmanager
-def borrowed_thread(name: str, role: str,
-                    cpus: dict[str, frozenset[int]] | None = None) -> Iterator[None]:
-    """`start_role` for the caller's own thread (the reader runs on it), its names and CPU
-    mask given back afterwards."""
+def borrowed_thread(name: str, role: str, cpus: dict[str, frozenset[int]] | None = None,
+                    realtime_priority: int = 0) -> Iterator[None]:
+    """`start_role` for the caller's own thread (the reader runs on it), its names, CPU mask
+    and scheduling given back afterwards (threads it creates later must not inherit them)."""
     python_name, kernel_name = threading.current_thread().name, os_thread_name()
     mask = os.sched_getaffinity(0)
-    start_role(name, role, cpus)
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    start_role(name, role, cpus, realtime_priority)
     try:
         yield
     finally:
@@ -144,6 +169,8 @@ def borrowed_thread(name: str, role: str,
             threading.current_thread().name = python_name
         if cpus and role in cpus:
             os.sched_setaffinity(threading.get_native_id(), mask)
+        if realtime_priority:
+            os.sched_setscheduler(0, policy, param)
 
 
 def pin_process(cpus: dict[str, frozenset[int]] | None) -> None:

@@ -70,6 +70,9 @@ class HandlerConfig(SinkConfig):
     # CPUs per thread role ("reader", "decode", "publisher"), from feedhandler.ops.threads
     # parse_cpus; a role not named keeps the mask it inherits.
     cpus: dict = field(default_factory=dict)
+    # SCHED_FIFO priority of the reader, decode and publisher threads; 0: the normal policy
+    # (feedhandler.ops.threads; the caller checks it is permitted: check_realtime).
+    realtime_priority: int = 0
 
 
 @dataclass
@@ -190,7 +193,7 @@ class Handler:
         cpus = every_role(self.config.cpus)
         self._read_queued = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         try:
-            with borrowed_thread("fh-reader", "reader", cpus):
+            with borrowed_thread("fh-reader", "reader", cpus, self.config.realtime_priority):
                 self._run_threads(batches, cpus, frames)
         finally:
             os.close(self._read_queued)
@@ -206,7 +209,8 @@ class Handler:
         workers = itertools.count()
 
         def start_worker():
-            start_role(f"fh-decode-{next(workers)}", "decode", cpus)
+            start_role(f"fh-decode-{next(workers)}", "decode", cpus,
+                       self.config.realtime_priority)
         try:
             pool = (ThreadPoolExecutor(self.config.workers, initializer=start_worker)
                     if self.config.decode == "pool" else _PublisherDecodes())
@@ -271,7 +275,8 @@ class Handler:
     # ---- the publisher thread -------------------------------------------------------------------
 
     def _publish_loop(self) -> None:
-        start_role("fh-publisher", "publisher", self.config.cpus)
+        start_role("fh-publisher", "publisher", self.config.cpus,
+                   self.config.realtime_priority)
         acks = self.sink.ledger.acks
         wakeups = select.poll()
         wakeups.register(self._read_queued, select.POLLIN)
