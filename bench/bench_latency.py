@@ -64,6 +64,7 @@ from feedhandler.ops.threads import borrowed_thread  # noqa: E402
 from feedhandler.pipeline.handler import Handler, HandlerConfig  # noqa: E402
 from feedhandler.pipeline.profiles import profile_settings  # noqa: E402
 from feedhandler.session import SessionClient  # noqa: E402
+from feedhandler.session.source import MAX_BATCH  # noqa: E402
 from streams import split_block  # noqa: E402
 
 BOOTSTRAP = "127.0.0.1:19092"
@@ -97,9 +98,11 @@ VARIANTS = {
 
 
 class Structure(NamedTuple):
-    """What the hand-off floor copies of a variant: its GIL switch interval, and whether its
+    """What the floors copy of a variant: the frames it takes per socket read (0: the
+    source's default), and for the hand-off floor its GIL switch interval and whether its
     reads reach the publisher through a pool."""
 
+    read_frames: int
     gil_switch_interval: float
     decode: str
 
@@ -107,14 +110,14 @@ class Structure(NamedTuple):
     def of(cls, variant: str) -> Structure:
         profile, changes = VARIANTS[variant]
         settings = profile_settings(profile, {})
-        return cls(settings.gil_switch_interval,
-                   {**settings.pipeline, **changes}["decode"])
+        pipeline = {**settings.pipeline, **changes}
+        return cls(pipeline["read_frames"], settings.gil_switch_interval, pipeline["decode"])
 
 
 @contextlib.contextmanager
 def paced_feed(session: Path, messages: int, rate: int, sequence: int = 0):
-    """The frame batches of a simulator replaying `messages` of a session file at `rate` a
-    second in frames of FRAME_MESSAGES (a replay, not synthetic data: generating 500 k
+    """The session client (a frame source) of a simulator replaying `messages` of a session
+    file at `rate` a second in frames of FRAME_MESSAGES (a replay, not synthetic data: generating 500 k
     messages a second live takes more than this machine has beside the handler and the
     broker). Its pacing clock starts as it starts serving, before the login: the client joins
     from then on (sequence 0), not with a burst of what it missed (sequence 1, as
@@ -136,7 +139,7 @@ def paced_feed(session: Path, messages: int, rate: int, sequence: int = 0):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.005)
-        yield client.batches()
+        yield client
     finally:
         process.kill()
         process.wait()
@@ -234,14 +237,15 @@ def through_handoffs(batches, send, structure: Structure) -> None:
 
 
 def run_floor(prefix: str, feed, linger: int, frames, every_record: bool, partitions: int,
-              realtime_priority: int, handoffs: Structure | None = None,
+              realtime_priority: int, structure: Structure, handoffs: bool = False,
               ) -> tuple[LatencyHistogram, LatencyHistogram, float]:
     """The plain producer at the paced feed's frames: frame-to-ack from its socket read, of
     each frame's last record (the issue's floor), or with `every_record` of every record up to
     the frame (the handler's definition); receipt to its produce calls done; and the records
-    it sent per second (below the feed's rate, it fell behind: then it is no floor). With
-    `handoffs` (the variant's structure) the reads go through the handler's hand-offs first
-    (`through_handoffs`): the floor of the handler's own part. With `realtime_priority` its
+    it sent per second (below the feed's rate, it fell behind: then it is no floor). It reads
+    as many frames at a time as the variant's handler (`structure`). With `handoffs` the reads
+    go through the handler's hand-offs first (`through_handoffs`): the floor of the handler's
+    own part. With `realtime_priority` its
     threads (not librdkafka's) are scheduled SCHED_FIFO as the handler's are."""
     routes = Routes.by_category(f"{prefix}{next(RUN_IDS)}.")
     ensure_topics(KafkaClientConfig(BOOTSTRAP), dict.fromkeys(routes.topics, partitions))
@@ -287,14 +291,15 @@ def run_floor(prefix: str, feed, linger: int, frames, every_record: bool, partit
     try:
         # threads started inside (the report server, the hand-offs') inherit the scheduling
         with borrowed_thread("floor-reader", "reader", None, realtime_priority), \
-                feed as batches:
+                feed as source:
             server.start()
+            batches = source.batches(structure.read_frames or MAX_BATCH)
             started = time.monotonic()
-            if handoffs is None:
+            if not handoffs:
                 for batch in batches:
                     send(batch, time.monotonic_ns())
             else:
-                through_handoffs(batches, send, handoffs)
+                through_handoffs(batches, send, structure)
         assert producer.flush(60) == 0
         elapsed = time.monotonic() - started
     finally:
@@ -365,14 +370,14 @@ def main() -> None:
                     floor, _, floor_ticks_per_s = run_floor(
                         prefix, paced_feed(session, messages, rate, sequence), floor_linger,
                         frames, args.floor == "every-record", args.partitions,
-                        args.realtime_priority)
+                        args.realtime_priority, Structure.of(profile))
                     latencies, ticks_per_s = run_handler(
                         prefix, paced_feed(session, messages, rate, sequence), linger,
                         profile, args.partitions, args.realtime_priority)
                     structure, handoff, _ = run_floor(
                         prefix, paced_feed(session, messages, rate, sequence), floor_linger,
                         frames, True, args.partitions, args.realtime_priority,
-                        Structure.of(profile))
+                        Structure.of(profile), handoffs=True)
                     if not round_number:
                         continue
                     if not floor.total or not latencies.acknowledged.total or \

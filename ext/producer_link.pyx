@@ -38,7 +38,9 @@ per tick, into the very handle the one shared `confluent_kafka.Producer` owns:
 Invariants its users keep (feedhandler.kafka.producer and the handler's publisher do):
 
 - One producing thread: `produce_ticks` is called by one thread at a time (it reuses no
-  buffers across calls, but the refused count and the order of a topic's records assume it).
+  buffers across calls, but the refused count and the order of a topic's records assume it),
+  and `count_produced`, `close_frame` and `take_settled` by that same thread
+  (`take_settled` reads what `close_frame` alone moves, without the lock).
 - No concurrent `close()`: the Producer is not closed or destroyed while `produce_ticks` runs.
   After it is gone, `produce_ticks` raises instead of touching the handle (`on_destroy`).
 - Fork: librdkafka's threads do not survive fork(), so in a child every link made before the
@@ -76,8 +78,14 @@ cdef extern from "<sys/eventfd.h>" nogil:
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
         pass
+    ctypedef struct pthread_mutexattr_t:
+        pass
     ctypedef unsigned long pthread_t
-    int pthread_mutex_init(pthread_mutex_t* mutex, const void* attributes)
+    int PTHREAD_PRIO_INHERIT
+    int pthread_mutexattr_init(pthread_mutexattr_t* attributes)
+    int pthread_mutexattr_setprotocol(pthread_mutexattr_t* attributes, int protocol)
+    int pthread_mutexattr_destroy(pthread_mutexattr_t* attributes)
+    int pthread_mutex_init(pthread_mutex_t* mutex, const pthread_mutexattr_t* attributes)
     int pthread_mutex_destroy(pthread_mutex_t* mutex)
     int pthread_mutex_lock(pthread_mutex_t* mutex)
     int pthread_mutex_unlock(pthread_mutex_t* mutex)
@@ -143,6 +151,8 @@ cdef struct Tally:
     int64_t frames_base     # absolute index of frames[0]
     int64_t frames_taken    # frames before this were handed to Python (take_settled)
     int64_t frames_settled  # frames before this are settled: the oldest unsettled frame
+                            # (written under `lock` atomically, after the frames' stamps:
+                            # take_settled reads it without the lock)
     int64_t frames_end
     int64_t frames_capacity
     FrameTarget* targets
@@ -362,11 +372,14 @@ cdef void track_settled(Tally* tally, const rd_kafka_message_t* message) noexcep
         return
     pthread_mutex_lock(&tally.lock)
     # Re-read under the lock: the publisher may have found this bucket reached while arming.
+    cdef bint settled_some = False
     if fh_atomic_load_seq(&tally.armed[bucket]) == records:
         fh_atomic_store(&tally.armed[bucket], INT64_MAX)
         tally.remaining -= 1
-        settle_ready(tally)
+        settled_some = settle_ready(tally)
     pthread_mutex_unlock(&tally.lock)
+    if settled_some:
+        signal_settled(tally)
 
 
 cdef void arm_oldest(Tally* tally) noexcept nogil:
@@ -387,19 +400,27 @@ cdef void arm_oldest(Tally* tally) noexcept nogil:
             tally.remaining += 1
 
 
-cdef void settle_ready(Tally* tally) noexcept nogil:
+cdef bint settle_ready(Tally* tally) noexcept nogil:
     """Under the lock, the oldest unsettled frame's armed targets all reached: stamp it settled,
-    and every frame after it that is complete too; arm the first that is not; signal."""
-    cdef uint64_t one = 1
+    and every frame after it that is complete too; arm the first that is not. True if any
+    settled: the caller then signals, once it has let go of the lock (`signal_settled`)."""
     cdef int64_t now
     if tally.remaining or tally.frames_settled == tally.frames_end:
-        return
+        return False
     now = monotonic_ns()
     while tally.remaining == 0 and tally.frames_settled < tally.frames_end:
         tally.frames[tally.frames_settled - tally.frames_base].settled_ns = now
-        tally.frames_settled += 1
+        fh_atomic_store(&tally.frames_settled, tally.frames_settled + 1)
         if tally.frames_settled < tally.frames_end:
             arm_oldest(tally)
+    return True
+
+
+cdef inline void signal_settled(Tally* tally) noexcept nogil:
+    """Wake the publisher. Not under the lock: the publisher, woken at once (perhaps at a
+    real-time priority), would find the lock still held by a broker thread that may be
+    preempted before it lets go."""
+    cdef uint64_t one = 1
     write(tally.wake_fd, &one, sizeof(one))     # a full eventfd is already readable
 
 
@@ -494,7 +515,14 @@ cdef class ProducerLink:
             raise MemoryError()
         self.tally.owners = 1
         self.tally.producer_thread = -1
-        pthread_mutex_init(&self.tally.lock, NULL)
+        # Priority inheritance: a broker thread holding the lock runs at the priority of a
+        # publisher waiting for it (`--realtime-priority`), instead of behind the host's other
+        # work.
+        cdef pthread_mutexattr_t attributes
+        pthread_mutexattr_init(&attributes)
+        pthread_mutexattr_setprotocol(&attributes, PTHREAD_PRIO_INHERIT)
+        pthread_mutex_init(&self.tally.lock, &attributes)
+        pthread_mutexattr_destroy(&attributes)
         self.tally.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.tally.wake_fd < 0:
             raise OSError("no eventfd for the acknowledgement wakeup")
@@ -559,6 +587,7 @@ cdef class ProducerLink:
         cdef Tally* tally = self.tally
         cdef FrameMark* frame
         cdef int64_t i, bucket, targets_taken
+        cdef bint settled_some = False
         if not self.n_topics:
             raise RuntimeError("open_topics() first")
         with nogil:
@@ -586,21 +615,24 @@ cdef class ProducerLink:
             tally.frames_end += 1
             if tally.frames_settled == tally.frames_end - 1:     # it is the oldest unsettled
                 arm_oldest(tally)
-                settle_ready(tally)
+                settled_some = settle_ready(tally)
             pthread_mutex_unlock(&tally.lock)
+            if settled_some:
+                signal_settled(tally)
 
     def take_settled(self):
         """The frames settled since the last call, oldest first: the CLOCK_MONOTONIC time
-        (time.monotonic_ns()) at which each was found settled."""
+        (time.monotonic_ns()) at which each was found settled.
+
+        Without the lock (the producing thread only, as `close_frame`): the publisher must not
+        wait here, holding the GIL, for a broker thread that holds the lock and lost its core.
+        Frames before `frames_settled` are stamped before it moves past them, and only
+        `close_frame`, on this same thread, moves or grows the array."""
         cdef Tally* tally = self.tally
-        cdef int64_t i
-        pthread_mutex_lock(&tally.lock)
-        try:
-            times = [tally.frames[i - tally.frames_base].settled_ns
-                     for i in range(tally.frames_taken, tally.frames_settled)]
-            tally.frames_taken = tally.frames_settled
-        finally:
-            pthread_mutex_unlock(&tally.lock)
+        cdef int64_t i, settled = fh_atomic_load_seq(&tally.frames_settled)
+        times = [tally.frames[i - tally.frames_base].settled_ns
+                 for i in range(tally.frames_taken, settled)]
+        tally.frames_taken = settled
         return times
 
     @property
