@@ -119,13 +119,13 @@ def _decode(batch: list) -> tuple[list[packets.Packet], int]:
 class _DecodeWhenTaken:
     """A socket read the publisher decodes when it takes it (`decode="publisher"`)."""
 
-    __slots__ = ("batch",)
+    __slots__ = ("decode", "batch")
 
-    def __init__(self, batch: list):
-        self.batch = batch
+    def __init__(self, decode, batch: list):
+        self.decode, self.batch = decode, batch
 
     def result(self) -> tuple[list[packets.Packet], int]:
-        return _decode(self.batch)
+        return self.decode(self.batch)
 
 
 class _PublisherDecodes(contextlib.nullcontext):
@@ -134,8 +134,8 @@ class _PublisherDecodes(contextlib.nullcontext):
     read its way to a worker and back: at the latency profile's rates a read decodes in
     microseconds, while each thread woken for it may wait for a core and for the GIL."""
 
-    def submit(self, _decode_read, batch: list) -> _DecodeWhenTaken:
-        return _DecodeWhenTaken(batch)
+    def submit(self, decode, batch: list) -> _DecodeWhenTaken:
+        return _DecodeWhenTaken(decode, batch)
 
 
 class Handler:
