@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import queue
 import statistics
@@ -157,13 +158,16 @@ def run_handler(prefix: str, feed, linger: int | None, variant: str, partitions:
                            **{"workers": 2, **settings.pipeline, **changes})
     handler = Handler(config)
     switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(settings.gil_switch_interval)     # as `feedhandler run` sets it
+    # as `feedhandler run` sets them: the switch interval, and what was made before frozen
+    sys.setswitchinterval(settings.gil_switch_interval)
+    gc.freeze()
     try:
         with feed as frames:
             started = time.monotonic()
             account = handler.run(frames)
             elapsed = time.monotonic() - started
     finally:
+        gc.unfreeze()
         sys.setswitchinterval(switch_interval)
         delete_topic_names(BOOTSTRAP, routes.every_topic)
     assert account.lost == 0, account
