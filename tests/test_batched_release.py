@@ -12,16 +12,13 @@ import pytest
 from faults.checker import check_topics
 from feedhandler.exchange import orderflow
 from feedhandler.kafka import sink as sink_module
-from feedhandler.kafka.config import KafkaClientConfig
-from feedhandler.kafka.ledger import DeliveryErrors, DeliveryLedger
-from feedhandler.kafka.producer import create_producer
-from feedhandler.kafka.routing import Routes
-from feedhandler.kafka.sink import BatchedSink, SinkConfig
 from feedhandler.kafka.topics import ensure_topics
 from feedhandler.wire import packet
 from feedhandler.wire._decode import tick_counts
 from streams import SESSION, split_block
 from test_batched_reads import decoded, recording_sink, session_frames
+from test_frame_acknowledgement import (assert_nothing_counts_before_the_dead_letters,
+                                        served_until, sink_without_dead_letter_topic)
 
 MESSAGES = split_block(orderflow.generate(400, symbols=20, seed=5).data)
 UNKNOWN = b"Z" + MESSAGES[0][1:]        # a message of no known type: a dead letter
@@ -53,27 +50,12 @@ def release_frames() -> list:
         packet.encode([UNKNOWN], session=SESSION, sequence=402)], policy="quarantine")
 
 
-def served_until(sink, done, seconds):
-    deadline = time.monotonic() + seconds
-    while not done() and time.monotonic() < deadline:
-        sink.service()
-        time.sleep(0.02)
-    return done()
-
-
 @pytest.mark.kafka
 def test_a_release_settles_as_one_frame_and_the_checkpoint_waits_for_all_of_it(kafka,
                                                                               topic_prefix):
-    routes = Routes.by_category(topic_prefix)
-    client = KafkaClientConfig(kafka)
-    partitions = ensure_topics(client, {**dict.fromkeys(routes.topics, 2),
-                                        routes.checkpoint: 1})
-    partitions[routes.dead_letter] = 1      # created below, once the ticks are in
-    errors = DeliveryErrors()
-    producer, link, _ = create_producer(client, errors, "require")
-    link = CountingLink(link)
-    sink = BatchedSink(SinkConfig(kafka, "batched", routes, partitions=2), producer, link,
-                       partitions, DeliveryLedger(errors))
+    sink, producer, client, routes = sink_without_dead_letter_topic(
+        kafka, topic_prefix, "batched", CountingLink)
+    link = sink.link
     packets = release_frames()
     ticks = tick_counts(packets, Counter())
     assert ticks == [200, 0, 200, 0]
@@ -86,13 +68,8 @@ def test_a_release_settles_as_one_frame_and_the_checkpoint_waits_for_all_of_it(k
     assert [(frame[1], frame[4]) for frame in sink.ledger.acks.frames] == [(400, 403)]
     produced = sink.ledger.acks.latencies.produced
     assert produced.total == 1 and produced.max_ns >= WAITED_NS
-    # Its ticks are acknowledged (only the two dead letters are left in the producer) and
-    # checkpoints are due, yet nothing of the release counts: it awaits its dead letters.
-    assert served_until(sink, lambda: len(producer) == 2, 30)
-    served_until(sink, lambda: False, 1.5)
-    assert len(producer) == 2
-    assert sink.ledger.acks.next_sequence == 0 and sink.ledger.acks.ticks == 0
-    assert sink.checkpointed_sequence == 0
+    # Nothing of the release counts while its two dead letters are held up.
+    assert_nothing_counts_before_the_dead_letters(sink, producer, 2)
     ensure_topics(client, {routes.dead_letter: 1})
     assert served_until(sink, lambda: sink.ledger.acks.next_sequence == 403, 60)
     assert sink.ledger.acks.ticks == 400 and link.closed == 1
