@@ -522,6 +522,7 @@ class BatchedSink(KafkaSink):
         self._held_since = 0
 
     def _publish_ticks(self, packet, ticks, received_ns):
+        self.ledger.ticks += ticks
         if not self._held:
             self._held_since = time.monotonic_ns()
             self._held_received = received_ns
@@ -551,6 +552,7 @@ class BatchedSink(KafkaSink):
             return
         packets, self._held = self._held, []
         ticks, self._held_ticks = self._held_ticks, 0
+        received = self._held_received
         # The names every held packet reveals key the release's rows (`publish` learned them
         # already, `publish_read` leaves them to this one call).
         self.directory.learn_packets(packets)
@@ -564,8 +566,7 @@ class BatchedSink(KafkaSink):
             (topic, partition, value, [("type", message_type.encode()), *common_headers])
             for topic, partition, message_type, value in self._values(batched_records(
                 packets, self.routes.topic_of_type, self.partitions, self.directory))])
-        self.ledger.ticks += ticks
-        self.ledger.acks.frame_produced(self.ledger.records, ticks, self._held_received,
+        self.ledger.acks.frame_produced(self.ledger.records, ticks, received,
                                         last.next_sequence)
         self._produced_through = last.next_sequence
 
