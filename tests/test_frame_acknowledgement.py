@@ -45,30 +45,44 @@ def served_until(sink, done, seconds):
     return done()
 
 
-@pytest.mark.parametrize("value_format", SINKS)
-def test_a_frame_waits_for_its_dead_letter_and_so_does_the_checkpoint(kafka, topic_prefix,
-                                                                       value_format):
+def sink_without_dead_letter_topic(kafka, topic_prefix, value_format, link_of=lambda link: link):
+    """A sink for `value_format` with its ProducerLink (as `link_of` gives it), on tick topics
+    of 2 partitions and a dead-letter topic that does not exist yet (create it with
+    `ensure_topics(client, {routes.dead_letter: 1})`); also the producer, client and routes."""
     routes = Routes.by_category(topic_prefix)
     client = KafkaClientConfig(kafka)
     partitions = ensure_topics(client, {**dict.fromkeys(routes.topics, 2),
                                         routes.checkpoint: 1})
-    partitions[routes.dead_letter] = 1      # created below, once the ticks are in
+    partitions[routes.dead_letter] = 1
     errors = DeliveryErrors()
     producer, link, _ = create_producer(client, errors, "require")
     sink = SINKS[value_format](SinkConfig(kafka, value_format, routes, partitions=2), producer,
-                               link, partitions, DeliveryLedger(errors))
+                               link_of(link), partitions, DeliveryLedger(errors))
+    return sink, producer, client, routes
+
+
+def assert_nothing_counts_before_the_dead_letters(sink, producer, dead_letters: int) -> None:
+    """Every tick is acknowledged (only the `dead_letters` are left in the producer), and
+    checkpoints are due (CHECKPOINT_INTERVAL), and yet nothing counts as acknowledged."""
+    assert served_until(sink, lambda: len(producer) == dead_letters, 30)
+    served_until(sink, lambda: False, 1.5)
+    assert len(producer) == dead_letters
+    assert sink.ledger.acks.next_sequence == 0 and sink.ledger.acks.ticks == 0
+    assert sink.checkpointed_sequence == 0
+
+
+@pytest.mark.parametrize("value_format", SINKS)
+def test_a_frame_waits_for_its_dead_letter_and_so_does_the_checkpoint(kafka, topic_prefix,
+                                                                       value_format):
+    sink, producer, client, routes = sink_without_dead_letter_topic(kafka, topic_prefix,
+                                                                    value_format)
     first, second = frames()
     for frame in (first, second):
         sink.publish(frame, time.monotonic_ns())
         sink.idle()         # batched: each frame released at once
     ticks = sum(map(len, first.messages.values())) + sum(map(len, second.messages.values()))
-    # Every tick is acknowledged (only the dead letter is left in the producer), checkpoints
-    # are due (CHECKPOINT_INTERVAL), and yet nothing counts: frame 1 awaits its dead letter.
-    assert served_until(sink, lambda: len(producer) == 1, 30)
-    served_until(sink, lambda: False, 1.5)
-    assert len(producer) == 1
-    assert sink.ledger.acks.next_sequence == 0 and sink.ledger.acks.ticks == 0
-    assert sink.checkpointed_sequence == 0
+    # Frame 1 awaits its dead letter.
+    assert_nothing_counts_before_the_dead_letters(sink, producer, 1)
     ensure_topics(client, {routes.dead_letter: 1})
     assert served_until(sink, lambda: sink.ledger.acks.next_sequence == second.next_sequence,
                         60)

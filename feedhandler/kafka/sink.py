@@ -506,21 +506,27 @@ class BatchedSink(KafkaSink):
     """The batched format: frames are held up to BATCH_TICKS ticks or BATCH_LINGER_NS and
     released at once when the feed goes quiet, so records grow with the load and stay prompt
     when it is light. Each release is one record per message type and partition (split where
-    it would exceed the record size the producer's limits allow), rows in feed order."""
+    it would exceed the record size the producer's limits allow), rows in feed order.
+
+    A release's records are produced together and hold the rows of all its frames, so its
+    frames settle together: the ledger counts a release as one frame (its ticks, the position
+    after its last frame, the receipt of its first: the latency samples are per release)."""
 
     path = "batched"
 
     def __init__(self, *args):
         super().__init__(*args)
-        self._held: list = []       # (packet, ticks, receipt ns) not yet produced
+        self._held: list[Packet] = []       # frames not yet produced, in feed order
         self._held_ticks = 0
+        self._held_received = 0             # receipt (ns) of the first held frame
         self._held_since = 0
 
     def _publish_ticks(self, packet, ticks, received_ns):
         self.ledger.ticks += ticks
         if not self._held:
             self._held_since = time.monotonic_ns()
-        self._held.append((packet, ticks, received_ns))
+            self._held_received = received_ns
+        self._held.append(packet)
         self._held_ticks += ticks
         if self._held_ticks >= BATCH_TICKS or \
                 time.monotonic_ns() - self._held_since >= BATCH_LINGER_NS:
@@ -537,19 +543,20 @@ class BatchedSink(KafkaSink):
 
     def _frame_without_ticks(self, packet):
         if self._held:
-            self._held.append((packet, 0, None))
+            self._held.append(packet)
         else:
             super()._frame_without_ticks(packet)
 
     def _release_held(self) -> None:
         if not self._held:
             return
-        held, self._held, self._held_ticks = self._held, [], 0
-        packets = [packet for packet, _, _ in held]
+        packets, self._held = self._held, []
+        ticks, self._held_ticks = self._held_ticks, 0
+        received = self._held_received
         # The names every held packet reveals key the release's rows (`publish` learned them
         # already, `publish_read` leaves them to this one call).
         self.directory.learn_packets(packets)
-        first, last = held[0][0], held[-1][0]
+        first, last = packets[0], packets[-1]
         # `first` and `next` bound the release's sequence numbers: a resumed run finds the
         # records that may hold ticks past its checkpoint by them (feedhandler.kafka.resume).
         common_headers = [("session", first.session), ("first", b"%d" % first.sequence),
@@ -559,10 +566,9 @@ class BatchedSink(KafkaSink):
             (topic, partition, value, [("type", message_type.encode()), *common_headers])
             for topic, partition, message_type, value in self._values(batched_records(
                 packets, self.routes.topic_of_type, self.partitions, self.directory))])
-        for packet, ticks, received in held:
-            self.ledger.acks.frame_produced(self.ledger.records, ticks, received,
-                                            packet.next_sequence)
-        self._produced_through = held[-1][0].next_sequence
+        self.ledger.acks.frame_produced(self.ledger.records, ticks, received,
+                                        last.next_sequence)
+        self._produced_through = last.next_sequence
 
     def _values(self, groups):
         """(topic, partition, message type, record value) of `batched_records` groups: the
