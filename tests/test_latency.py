@@ -2,8 +2,8 @@
 records in them."""
 
 import argparse
-import gc
-import signal
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from feedhandler.cli import add_run_arguments, main
+from feedhandler.cli import add_run_arguments
 from feedhandler.cli.exit_codes import ExitCode
 from feedhandler.cli.run import gil_switch_interval, pipeline_settings, producer_settings
 from feedhandler.exchange import orderflow
@@ -28,7 +28,7 @@ from feedhandler.pipeline.profiles import (DEFAULT_GIL_SWITCH_INTERVAL, LATENCY_
                                            PROFILES)
 from feedhandler.wire import packet
 from streams import running_simulator, split_block
-from test_handler import final_account, run_cli
+from test_handler import ROOT, final_account, run_cli
 
 # A bucket is at most 1/2**(SUB_BITS-1) of its values wide; reported as its midpoint.
 RELATIVE_ERROR = 1 / 2 ** SUB_BITS
@@ -292,29 +292,34 @@ def test_the_gil_switch_interval_is_the_profiles_unless_given(capsys):
         assert "--gil-switch-interval" in capsys.readouterr().err
 
 
-def test_the_run_freezes_what_start_up_made(kafka, topic_prefix, monkeypatch):
+FREEZE_PROBE = """
+import gc, sys
+from feedhandler.cli import main
+from feedhandler.pipeline.handler import Handler
+real_run = Handler.run
+def run(self, frames):
+    print("frozen", gc.get_freeze_count(), file=sys.stderr, flush=True)
+    return real_run(self, frames)
+Handler.run = run
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_run_freezes_what_start_up_made(kafka, topic_prefix):
     """`feedhandler run` moves what start-up made out of the collector's way before reading:
     a full collection walking it paused every thread for tens of milliseconds."""
-    frozen = []
-    real_run = Handler.run
-
-    def run(self, frames):
-        frozen.append(gc.get_freeze_count())
-        return real_run(self, frames)
-    monkeypatch.setattr(Handler, "run", run)
-    monkeypatch.setattr(signal, "signal", lambda *_: None)      # in-process: leave pytest's
-    switch_interval = sys.getswitchinterval()
-    gc.unfreeze()
-    try:
-        with running_simulator(count=2_000, symbols=5, seed=3) as simulator:
-            code = main(["run", "--connect", f"127.0.0.1:{simulator.port}",
-                         "--bootstrap-servers", kafka, "--topic-prefix", topic_prefix,
-                         "--partitions", "1", "--quiet"])
-    finally:
-        gc.unfreeze()
-        sys.setswitchinterval(switch_interval)
-    assert code == ExitCode.OK
-    assert frozen and frozen[0] > 10_000, frozen   # modules, numpy, the producer, the sink
+    with running_simulator(count=2_000, symbols=5, seed=3) as simulator:
+        result = subprocess.run(
+            [sys.executable, "-c", FREEZE_PROBE, "run", "--connect",
+             f"127.0.0.1:{simulator.port}", "--bootstrap-servers", kafka, "--topic-prefix",
+             topic_prefix, "--partitions", "1", "--quiet"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+            text=True, timeout=120)
+    assert result.returncode == ExitCode.OK, result.stderr
+    frozen = [int(line.split()[1]) for line in result.stderr.splitlines()
+              if line.startswith("frozen ")]
+    # modules, numpy, the producer, the sink: tens of thousands of objects
+    assert frozen and frozen[0] > 10_000, result.stderr
 
 
 def test_the_final_account_shows_the_latency_table(kafka, topic_prefix):
