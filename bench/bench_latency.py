@@ -277,6 +277,16 @@ def run_floor(prefix: str, feed, linger: int, frames, every_record: bool, partit
     produced = LatencyHistogram()
     frame_number = 0
 
+    def produce(topic: str, value: bytes, key: bytes, on_delivery=None) -> None:
+        """A full queue (the floor behind the feed, at 500 k/s) waits for room, as the
+        handler's backpressure does, rather than failing the run."""
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=on_delivery)
+                return
+            except BufferError:
+                producer.poll(0.001)
+
     def send(batch, received: int) -> None:
         nonlocal frame_number
         for _ in batch:
@@ -285,12 +295,12 @@ def run_floor(prefix: str, feed, linger: int, frames, every_record: bool, partit
             if every_record:
                 acked = every.callback(every.frame(len(records), received))
                 for topic, key, value in records:
-                    producer.produce(renamed[topic], value, key, on_delivery=acked)
+                    produce(renamed[topic], value, key, acked)
                 continue
             for topic, key, value in records[:-1]:
-                producer.produce(renamed[topic], value, key)
+                produce(renamed[topic], value, key)
             topic, key, value = records[-1]
-            producer.produce(renamed[topic], value, key, on_delivery=last_record(received))
+            produce(renamed[topic], value, key, last_record(received))
         produced.record(time.monotonic_ns() - received)
     try:
         # threads started inside (the report server, the hand-offs') inherit the scheduling
