@@ -4,8 +4,8 @@ For each feed rate and linger.ms: the simulator (its own process) serves a sessi
 the rate in frames of FRAME_MESSAGES messages, and
 
 - the handler (struct format, decoding where its profile says: on 2 workers or on the
-  publisher, in this process, with the GIL switch interval
-  `feedhandler run` sets for the profile) reads, decodes and publishes it; its per-stage latency histograms
+  publisher, in this process, with the GIL switch interval `feedhandler run` sets for the
+  profile) reads, decodes and publishes it; its per-stage latency histograms
   (feedhandler.ops.latency) give the figures;
 - the floor: the same session client reads the same paced feed, and a plain confluent-kafka
   producer (the handler's producer defaults: acks=all, idempotence, lz4; the same linger.ms)
@@ -25,9 +25,8 @@ with the handler's structure around the same produce calls: the reader submits e
 pool of 2 workers that do nothing with it (or, as the latency profile, queues it straight to
 the publisher), and a publisher thread takes them in order and produces the frames' ready-made
 records (same GIL switch interval as the handler's profile); receipt to produce calls done,
-p50 and p99. Its
-frames count as acknowledged as the handler's do (every record up to the frame): what a handler
-of this structure could reach with nothing of its own to do.
+p50 and p99. Its frames count as acknowledged as the handler's do (every record up to the
+frame): what a handler of this structure could reach with nothing of its own to do.
 
     PYTHONPATH=$PWD python3 bench/bench_latency.py [--rates 100000 500000]
         [--linger 0 1 5 20] [--seconds 4] [--rounds 3] [--profiles throughput latency]
@@ -118,11 +117,11 @@ class Structure(NamedTuple):
 @contextlib.contextmanager
 def paced_feed(session: Path, messages: int, rate: int, sequence: int = 0):
     """The session client (a frame source) of a simulator replaying `messages` of a session
-    file at `rate` a second in frames of FRAME_MESSAGES (a replay, not synthetic data: generating 500 k
-    messages a second live takes more than this machine has beside the handler and the
-    broker). Its pacing clock starts as it starts serving, before the login: the client joins
-    from then on (sequence 0), not with a burst of what it missed (sequence 1, as
-    bench_handler's test_latency_paced does)."""
+    file at `rate` a second in frames of FRAME_MESSAGES (a replay, not synthetic data:
+    generating 500 k messages a second live takes more than this machine has beside the
+    handler and the broker). Its pacing clock starts as it starts serving, before the login:
+    the client joins from then on (sequence 0), not with a burst of what it missed (sequence
+    1, as bench_handler's test_latency_paced does)."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "feedhandler", "simulate", "--listen",
                                 f"127.0.0.1:{port}", "--replay", str(session), "--count",
