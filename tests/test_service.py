@@ -221,23 +221,30 @@ def test_pinning_decode_threads_where_the_publisher_decodes_exits_2(kafka, topic
                    "thread decodes but the publisher; pin publisher= instead")
 
 
-@pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
-def test_cpus_pins_each_role_to_its_cpus(kafka, topic_prefix):
-    reader, other = CPUS[0], CPUS[1]
+def per_thread_while_running(kafka, topic_prefix, look, *options):
+    """Run the handler on a busy feed with `options`, take `look(tid)` of each of its threads
+    by kernel name once every role runs, stop it with SIGTERM; (process, stdout, stderr,
+    {name: look})."""
     exchange = simulator(1_000_000, 150_000)
     try:
         process = run_cli("run", "--connect", f"127.0.0.1:{exchange.port}",
                           "--bootstrap-servers", kafka, "--topic-prefix", topic_prefix,
-                          "--partitions", "2", "--json-stats",
-                          "--cpus", f"reader={reader},decode={other},publisher={other}")
+                          "--partitions", "2", "--json-stats", *options)
         thread_named(process.pid, "fh-decode-1")
-        masks = {}
-        for tid, name in threads.os_thread_names(process.pid).items():
-            masks[name] = os.sched_getaffinity(tid)
+        looks = {name: look(tid) for tid, name in threads.os_thread_names(process.pid).items()}
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=120)
     finally:
         exchange.stop()
+    return process, stdout, stderr, looks
+
+
+@pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+def test_cpus_pins_each_role_to_its_cpus(kafka, topic_prefix):
+    reader, other = CPUS[0], CPUS[1]
+    process, stdout, stderr, masks = per_thread_while_running(
+        kafka, topic_prefix, os.sched_getaffinity,
+        "--cpus", f"reader={reader},decode={other},publisher={other}")
     assert process.returncode == ExitCode.OK, stderr
     assert masks["fh-reader"] == {reader}
     assert masks["fh-publisher"] == masks["fh-decode-0"] == masks["fh-decode-1"] == {other}
@@ -280,19 +287,10 @@ def test_the_reader_gives_its_scheduling_back():
 @REALTIME
 def test_realtime_priority_schedules_the_handlers_threads_and_not_librdkafkas(kafka,
                                                                               topic_prefix):
-    exchange = simulator(1_000_000, 150_000)
-    try:
-        process = run_cli("run", "--connect", f"127.0.0.1:{exchange.port}",
-                          "--bootstrap-servers", kafka, "--topic-prefix", topic_prefix,
-                          "--partitions", "2", "--json-stats", "--realtime-priority", "3")
-        thread_named(process.pid, "fh-decode-1")
-        scheduling = {}
-        for tid, name in threads.os_thread_names(process.pid).items():
-            scheduling[name] = (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=120)
-    finally:
-        exchange.stop()
+    process, stdout, stderr, scheduling = per_thread_while_running(
+        kafka, topic_prefix,
+        lambda tid: (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority),
+        "--realtime-priority", "3")
     assert process.returncode == ExitCode.OK, stderr
     for role in ("fh-reader", "fh-publisher", "fh-decode-0", "fh-decode-1"):
         assert scheduling[role] == (os.SCHED_FIFO, 3), (role, scheduling)
