@@ -227,6 +227,7 @@ class MoldSource(FrameSource):
             collections.OrderedDict()
         self._last_heard = 0.0
         self._horizon = 0               # after the last message any datagram showed exists
+        self._lines_ended: set[str] = set()     # lines that sent end of session
         # (first missing message, when) of each stretch found missing, oldest first
         self._missing_since: collections.deque[tuple[int, float]] = collections.deque()
         self._reading_since = 0.0          # batches() started
@@ -387,6 +388,8 @@ class MoldSource(FrameSource):
         control = count in (packet.HEARTBEAT_COUNT, packet.END_OF_SESSION_COUNT)
         if control:
             stats.heartbeats += count == packet.HEARTBEAT_COUNT
+            if in_order and count == packet.END_OF_SESSION_COUNT:
+                self._lines_ended.add(stats.name)
         else:
             stats.messages += count
         if in_order and stats.next_sequence:
@@ -465,7 +468,11 @@ class MoldSource(FrameSource):
         released: list[bytes] = []
         if not caught_up and tracker.held_bytes <= tracker.max_held_bytes:
             return released
-        while tracker.gap_due(now, self.gap_wait) or self._answers_in():
+        # End of session on one line of two is not final: the other line may be a little
+        # behind and still bring what the gap waits for, so the gap keeps its gap_wait.
+        end_is_final = len(self._lines_ended) == len(self.lines)
+        while tracker.gap_due(now, self.gap_wait, end_is_final=end_is_final) \
+                or self._answers_in():
             if self._requests is None or self._server_unreachable:
                 released += self._give_up("no request server" if self._requests is None
                                           else "request server unreachable")

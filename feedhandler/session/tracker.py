@@ -75,7 +75,7 @@ class SequenceTracker:
         self._gap_first: int | None = None  # first message of the open gap, while one is open
         self._gap_opened = 0.0
         self._gap_since = 0.0           # when the open gap's wait started (opened, or login)
-        self._pressing = False          # held frames over the limit, or end of session seen
+        self._over_limit = False        # held frames went over max_held_bytes behind the gap
         self._requested_at = 0          # where the open gap's re-requests asked from
         self._requests = 0
 
@@ -100,11 +100,15 @@ class SequenceTracker:
         """Re-requests noted for the open gap (`note_rerequest`)."""
         return self._requests if self._requested_at == self.next_sequence else 0
 
-    def gap_due(self, now: float, wait: float) -> bool:
+    def gap_due(self, now: float, wait: float, *, end_is_final: bool = True) -> bool:
         """True when an open gap has waited `wait` seconds since it opened (or since the last
         login), or cannot wait: held frames over `max_held_bytes`, or end of session behind
-        it."""
-        return self._gap_first is not None and (self._pressing or now - self._gap_since >= wait)
+        it. `end_is_final` false: the end of session seen may not be the last word (another
+        line of an A/B pair may still carry the gap), so it does not cut the wait short."""
+        if self._gap_first is None:
+            return False
+        ended = end_is_final and self._end_at is not None
+        return self._over_limit or ended or now - self._gap_since >= wait
 
     def login(self, session: bytes, next_sequence: int) -> None:
         """A login accepted: the server's session and the first sequence number it will send.
@@ -118,7 +122,7 @@ class SequenceTracker:
             # The server no longer has what was asked for.
             self._gap(requested, next_sequence - 1)
             self.next_sequence = next_sequence
-        self._end_at, self._pressing = None, False
+        self._end_at, self._over_limit = None, False
         self._gap_since = time.monotonic()
         self._gap_moved(given_up=next_sequence > requested > 0)
 
@@ -160,7 +164,6 @@ class SequenceTracker:
                 self._horizon = max(self._horizon, first)
             if count == packet.END_OF_SESSION_COUNT:
                 self._end_at = first
-                self._pressing = True
             self._gap_moved(given_up=False)
             return delivered
         end = first + count
@@ -178,7 +181,7 @@ class SequenceTracker:
             self.held_bytes += len(frame)
             self._horizon = max(self._horizon, end)
             if self.held_bytes > self.max_held_bytes:
-                self._pressing = True
+                self._over_limit = True
         else:
             self._deliver(frame, first, end, delivered)
         self._release(delivered)
@@ -247,7 +250,7 @@ class SequenceTracker:
                 self._gap_opened = self._gap_since = time.monotonic()
             self._gap_first = first
         if first is None:
-            self._pressing = False
+            self._over_limit = False
             if self._end_at is not None and not self.ended:
                 self.ended = True
                 self.log.info("%s: end of session at sequence %d", self.name, self._end_at)
