@@ -223,6 +223,7 @@ def timed(function, *args) -> tuple[float, float, float, float]:
     """Seconds `function(*args)` took, and the CPU seconds of this process, of its librdkafka
     threads (the producer in use lives on past the call) and of the broker meanwhile."""
     broker = broker_pid()
+    settle(broker)
     broker_cpu = process_cpu(broker)
     start, cpu, librdkafka = time.perf_counter(), time.process_time(), librdkafka_cpu()
     function(*args)
@@ -231,6 +232,18 @@ def timed(function, *args) -> tuple[float, float, float, float]:
     return seconds, cpu, sum(used - librdkafka.get(thread, 0.0)
                              for thread, used in librdkafka_cpu().items()), \
         process_cpu(broker) - broker_cpu
+
+
+def settle(pid: int, quiet: float = 0.1, window: float = 0.2, limit: float = 10.0) -> None:
+    """Wait until process `pid` uses under `quiet` of a CPU over `window` seconds (at most
+    `limit` seconds): the broker deletes the topics of the round before in the background, and
+    that work would otherwise land in whichever round comes next."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        used = process_cpu(pid)
+        time.sleep(window)
+        if process_cpu(pid) - used < quiet * window:
+            return
 
 
 def broker_pid() -> int:
