@@ -399,6 +399,9 @@ def test_run_recovers_a_gap_and_a_trickled_frame(kafka, topic_prefix):
     ("--max-reconnects", "-1", "must not be negative, not -1"),
     ("--max-reconnects", "many", "expected a whole number, got 'many'"),
     ("--stall-timeout", "0", "must be a positive number of seconds, not 0"),
+    ("--gap-wait", "-0.5", "must be 0 or a finite number of seconds, not -0.5"),
+    ("--gap-wait", "inf", "must be 0 or a finite number of seconds, not inf"),
+    ("--gap-wait", "soon", "expected seconds, got 'soon'"),
 ])
 def test_run_refuses_bad_fault_settings_in_one_line(flag, value, problem):
     handler = run_cli("run", "--connect", "127.0.0.1:9", flag, value)

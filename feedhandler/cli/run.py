@@ -41,7 +41,9 @@ from feedhandler.pipeline.handler import DECODE_ON, Handler, HandlerConfig
 from feedhandler.pipeline.profiles import DEFAULT_PROFILE, PROFILES, profile_settings
 from feedhandler.session import (FrameSource, ListenSource, LoginRejected, SessionClient,
                                  SessionError)
+from feedhandler.session.moldudp import GAP_WAIT as MOLD_GAP_WAIT
 from feedhandler.session.moldudp import MoldSource
+from feedhandler.session.source import GAP_WAIT
 from feedhandler.session.protocol import LINK_TIMEOUT, SESSION_LENGTH, SESSION_NOT_AVAILABLE
 from feedhandler.session.soupbin import SoupBinClient
 
@@ -94,13 +96,26 @@ def _realtime_priority(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
+def _number_of_seconds(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    value = _number_of_seconds(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def _wait_seconds(text: str) -> float:
+    """A finite wait, 0 included (none): a gap that waited forever would hold everything
+    after it."""
+    value = _number_of_seconds(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or a finite number of seconds, not {text}")
     return value
 
 
@@ -154,6 +169,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, host_port) -> None:
     parser.add_argument("--stall-timeout", type=_seconds, default=LINK_TIMEOUT, metavar="SECONDS",
                         help="a frame that takes longer than this from its first byte to its "
                              f"last is a dead link (default {LINK_TIMEOUT:g}, the link timeout)")
+    parser.add_argument("--gap-wait", type=_wait_seconds, default=None, metavar="SECONDS",
+                        help="how long a gap (messages missing, later ones already here) waits "
+                             "for a late frame, or for the B line's copy, before it is "
+                             "re-requested or, where nothing can be asked again, counted "
+                             f"missing (default: the transport's, {MOLD_GAP_WAIT:g} for moldudp64, "
+                             f"{GAP_WAIT:g} for the others)")
     parser.add_argument("--bootstrap-servers", default=DEFAULT_BOOTSTRAP,
                         help=f"Kafka bootstrap servers (default {DEFAULT_BOOTSTRAP}, the broker "
                              "of scripts/kafka.sh)")
@@ -240,20 +261,19 @@ def midnight_ms(trade_date: datetime.date | None) -> int:
 
 def frame_source(args: argparse.Namespace, session: str | bytes, sequence: int) -> FrameSource:
     """The frame source of --connect, --listen or --transport moldudp64."""
+    common = {"session": session, "sequence": sequence, "stall_timeout": args.stall_timeout}
+    if args.gap_wait is not None:
+        common["gap_wait"] = args.gap_wait
     if args.transport == "moldudp64":
         return MoldSource([args.group] + ([args.line_b] if args.line_b else []),
-                          interface=args.interface, request_server=args.request_server,
-                          session=session, sequence=sequence, stall_timeout=args.stall_timeout)
+                          interface=args.interface, request_server=args.request_server, **common)
     if args.transport == "soupbintcp":
         return SoupBinClient(*args.connect, backup=args.line_b, username=args.username,
-                             password=args.password, session=session, sequence=sequence,
-                             max_reconnects=args.max_reconnects, stall_timeout=args.stall_timeout)
+                             password=args.password, max_reconnects=args.max_reconnects, **common)
     if args.connect:
         return SessionClient(*args.connect, username=args.username, password=args.password,
-                             session=session, sequence=sequence,
-                             max_reconnects=args.max_reconnects, stall_timeout=args.stall_timeout)
-    return ListenSource(*args.listen, session=session, sequence=sequence,
-                        stall_timeout=args.stall_timeout)
+                             max_reconnects=args.max_reconnects, **common)
+    return ListenSource(*args.listen, **common)
 
 
 class FeedUnreachable(Exception):
