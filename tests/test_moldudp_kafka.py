@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +19,8 @@ import pytest
 
 from faults.checker import check_topics
 from feedhandler.kafka.routing import Routes
+from feedhandler.session.moldudp import open_line_socket
+from feedhandler.wire import moldudp, packet
 from moldudp_helpers import HOST, closed_port, free_port, sequences, simulator
 
 pytestmark = pytest.mark.kafka
@@ -110,6 +115,103 @@ def test_without_the_request_server_the_loss_is_missing_and_the_run_fails(kafka,
     assert final["missing"] == len(lost) == final["lost"]
     assert final["delivered"] == COUNT - len(lost)
     assert "request server 127.0.0.1" in log and "unreachable" in log
+
+
+class LastDatagramLateOnB:
+    """UDP forwarders of our own between the simulator's A and B lines and the handler's, on
+    127.0.0.1: line A loses the session's last data datagram, and line B brings it `lag`
+    seconds after A's end of session went out (a B line a little behind). Each forwarder holds
+    the newest data datagram until the next one comes, so it knows the last one when end of
+    session follows it; everything else goes through in order."""
+
+    def __init__(self, handler_ports: list[int], lag: float):
+        self.targets = [(HOST, port) for port in handler_ports]
+        self.lag = lag
+        # The handler's own receive buffers: this thread shares the simulator's GIL, and a
+        # default-sized buffer overflows while it waits (both lines losing the same datagrams).
+        self.inbound = [open_line_socket((HOST, 0), None) for _ in handler_ports]
+        self.ports = [sock.getsockname()[1] for sock in self.inbound]
+        self.lost_on_a: tuple[int, int] | None = None     # (first, count)
+        self._out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._held: list[bytes | None] = [None, None]
+        self._b_tail: list[bytes] = []      # B's last data datagram and what follows it
+        self._a_ended_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._forward, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+        for sock in (*self.inbound, self._out):
+            sock.close()
+
+    def _forward(self):
+        with selectors.DefaultSelector() as selector:
+            for line, sock in enumerate(self.inbound):
+                selector.register(sock, selectors.EVENT_READ, line)
+            while not self._stop.is_set():
+                for key, _ in selector.select(0.01):
+                    self._take(key.data, key.fileobj.recv(65536))
+                if self._b_tail and self._a_ended_at is not None and \
+                        time.monotonic() >= self._a_ended_at + self.lag:
+                    for datagram in self._b_tail:
+                        self._out.sendto(datagram, self.targets[1])
+                    self._b_tail = []
+
+    def _take(self, line: int, datagram: bytes) -> None:
+        count = moldudp.header(datagram)[2]
+        target = self.targets[line]
+        if line == 1 and self._b_tail:
+            self._b_tail.append(datagram)
+            return
+        if count == packet.HEARTBEAT_COUNT:
+            self._out.sendto(datagram, target)
+            return
+        held, self._held[line] = self._held[line], None
+        if count != packet.END_OF_SESSION_COUNT:
+            if held is not None:
+                self._out.sendto(held, target)
+            self._held[line] = datagram
+        elif line == 0:
+            if held is not None:
+                self.lost_on_a = moldudp.header(held)[1:]
+            self._out.sendto(datagram, target)
+            if self._a_ended_at is None:
+                self._a_ended_at = time.monotonic()
+        elif held is not None:
+            self._b_tail = [held, datagram]
+        else:
+            self._out.sendto(datagram, target)
+
+
+def test_end_of_session_on_line_a_waits_for_the_b_lines_copy_of_the_last_datagram(
+        kafka, topic_prefix, tmp_path):
+    """Found in CI: line A lost a day's last datagram and sent end of session; the gap was
+    given up at once (no request server), though line B's copy was on its way. End of session
+    on one of two lines now leaves the gap its --gap-wait; the run ends with every tick in
+    Kafka once."""
+    handler_ports = [free_port(), free_port()]
+    log = tmp_path / "handler.log"
+    with LastDatagramLateOnB(handler_ports, lag=0.3) as lines:
+        handler = start_handler(kafka, topic_prefix, handler_ports, closed_port(), log,
+                                "--gap-wait", "3")
+        exchange = simulator(lines.ports, None, count=COUNT, seed=SEED, rate=RATE, symbols=40)
+        try:
+            with exchange:
+                stdout, _ = handler.communicate(timeout=120)
+        finally:
+            if handler.poll() is None:
+                handler.kill()
+    log = log.read_text()
+    assert lines.lost_on_a is not None and lines.lost_on_a[0] + lines.lost_on_a[1] == COUNT + 1
+    final = next(json.loads(line)["final"] for line in stdout.splitlines() if '"final"' in line)
+    assert handler.returncode == 0, log
+    assert final["missing"] == final["lost"] == 0 and final["delivered"] == COUNT, final
+    assert_exactly_once(kafka, topic_prefix)
 
 
 def test_a_restart_resumes_from_the_checkpoint_and_re_requests_what_it_missed(
