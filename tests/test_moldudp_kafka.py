@@ -51,13 +51,17 @@ def start_handler(kafka: str, prefix: str, lines: list[int], request_port: int,
     return handler
 
 
-def run_session(kafka, prefix, tmp_path, *, lines=1, request_server=True, **loss):
-    ports = [free_port() for _ in range(lines)]
+def run_session(kafka, prefix, tmp_path, *, lines=1, request_server=True, ports=None,
+                send_to=None, handler_args=(), **loss):
+    """A simulated session into `feedhandler run` on `ports` (default: `lines` free ones);
+    the simulator sends to `send_to` (default: the same ports). (exit code, final account,
+    simulator, log)."""
+    ports = ports or [free_port() for _ in range(lines)]
     request_port = free_port() if request_server else closed_port()
     log = tmp_path / "handler.log"
-    handler = start_handler(kafka, prefix, ports, request_port, log)
-    exchange = simulator(ports, request_port if request_server else None, count=COUNT,
-                         seed=SEED, rate=RATE, symbols=40, **loss)
+    handler = start_handler(kafka, prefix, ports, request_port, log, *handler_args)
+    exchange = simulator(send_to or ports, request_port if request_server else None,
+                         count=COUNT, seed=SEED, rate=RATE, symbols=40, **loss)
     try:
         with exchange:
             stdout, _ = handler.communicate(timeout=120)
@@ -195,21 +199,12 @@ def test_end_of_session_on_line_a_waits_for_the_b_lines_copy_of_the_last_datagra
     on one of two lines now leaves the gap its --gap-wait; the run ends with every tick in
     Kafka once."""
     handler_ports = [free_port(), free_port()]
-    log = tmp_path / "handler.log"
     with LastDatagramLateOnB(handler_ports, lag=0.3) as lines:
-        handler = start_handler(kafka, topic_prefix, handler_ports, closed_port(), log,
-                                "--gap-wait", "3")
-        exchange = simulator(lines.ports, None, count=COUNT, seed=SEED, rate=RATE, symbols=40)
-        try:
-            with exchange:
-                stdout, _ = handler.communicate(timeout=120)
-        finally:
-            if handler.poll() is None:
-                handler.kill()
-    log = log.read_text()
+        code, final, _, log = run_session(kafka, topic_prefix, tmp_path, request_server=False,
+                                          ports=handler_ports, send_to=lines.ports,
+                                          handler_args=("--gap-wait", "3"))
     assert lines.lost_on_a is not None and lines.lost_on_a[0] + lines.lost_on_a[1] == COUNT + 1
-    final = next(json.loads(line)["final"] for line in stdout.splitlines() if '"final"' in line)
-    assert handler.returncode == 0, log
+    assert code == 0, log
     assert final["missing"] == final["lost"] == 0 and final["delivered"] == COUNT, final
     assert_exactly_once(kafka, topic_prefix)
 
