@@ -43,9 +43,9 @@ from feedhandler.session import (FrameSource, ListenSource, LoginRejected, Sessi
                                  SessionError)
 from feedhandler.session.moldudp import GAP_WAIT as MOLD_GAP_WAIT
 from feedhandler.session.moldudp import MoldSource
-from feedhandler.session.source import GAP_WAIT
 from feedhandler.session.protocol import LINK_TIMEOUT, SESSION_LENGTH, SESSION_NOT_AVAILABLE
 from feedhandler.session.soupbin import SoupBinClient
+from feedhandler.session.source import GAP_WAIT
 
 log = logging.getLogger("feedhandler.run")
 status_log = logging.getLogger(STATUS_LOGGER)
