@@ -54,18 +54,30 @@ RUN_TIMEOUT = 240.0             # seconds for a handler to finish once its fault
 
 # ---- shared pieces -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def node(tmp_path_factory):
+def module_node(tmp_path_factory):
     """One single Kafka node of this module's own (about 15 s to start), shared by the default
     tests: each uses topics of its own, and a test that kills or pauses it leaves it running."""
     with KafkaNodes(tmp_path_factory.mktemp("kafka-node")) as nodes:
         yield nodes
 
 
+@pytest.fixture
+def node(module_node):
+    module_node.ensure_ready()
+    return module_node
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def module_cluster(tmp_path_factory):
     """A 3-node cluster of this module's own, for the slow tests; each leaves all 3 running."""
     with KafkaNodes(tmp_path_factory.mktemp("kafka-cluster"), cluster=True) as nodes:
         yield nodes
+
+
+@pytest.fixture
+def cluster(module_cluster):
+    module_cluster.ensure_ready()
+    return module_cluster
 
 
 def handler_command(bootstrap: str, prefix: str, connect: str, *options: str) -> list[str]:

@@ -27,6 +27,9 @@ CLUSTER_OFFSETS = tuple(100 * n + k for n in range(CLUSTER_NODES) for k in (0, 1
 HEAP = "-Xms128m -Xmx384m"
 START_TIMEOUT = 120          # seconds for a start, restart or start-node
 COMMAND_TIMEOUT = 60         # seconds for anything else
+# Ports of a test's own nodes: between the shared single node (19092-19195) and the shared
+# cluster (29092-29301), and below the kernel's ephemeral range (see free_base_port).
+NODE_PORTS_LOW, NODE_PORTS_HIGH = 20000, 29000
 
 
 def ports_free(ports) -> bool:
@@ -39,8 +42,23 @@ def ports_free(ports) -> bool:
     return True
 
 
-def free_base_port(offsets, low: int = 30000, high: int = 60000) -> int:
-    """A base port such that base + every offset is free on 127.0.0.1 right now."""
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range of source ports for outgoing connections (first, last)."""
+    first, last = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    return int(first), int(last)
+
+
+def free_base_port(offsets, low: int = NODE_PORTS_LOW, high: int = NODE_PORTS_HIGH) -> int:
+    """A base port such that base + every offset is free on 127.0.0.1 right now.
+
+    Every port lies below the kernel's ephemeral range. A killed node must get its ports back on
+    restart, and a port in that range can meanwhile be taken as the source port of any outgoing
+    connection, or by a client that keeps reconnecting to the dead port and connects to itself
+    (TCP simultaneous open). Either makes the restart fail with "Address already in use"."""
+    high = min(high, ephemeral_port_range()[0])
+    if high - max(offsets) <= low:
+        raise RuntimeError(f"no room for a Kafka node's ports between {low} and the ephemeral "
+                           f"range at {high}")
     rng = random.Random(os.getpid() ^ time.monotonic_ns())
     for _ in range(200):
         base = rng.randrange(low, high - max(offsets))
@@ -67,7 +85,9 @@ class KafkaNodes:
     def __init__(self, state_dir: Path, cluster: bool = False):
         self.state_dir = Path(state_dir)
         self.cluster = cluster
-        base = free_base_port(CLUSTER_OFFSETS if cluster else SINGLE_OFFSETS)
+        offsets = CLUSTER_OFFSETS if cluster else SINGLE_OFFSETS
+        base = free_base_port(offsets)
+        self.ports = tuple(base + offset for offset in offsets)     # every listener's
         self.env = {**os.environ, "FEEDHANDLER_KAFKA_STATE": str(self.state_dir),
                     "FEEDHANDLER_KAFKA_HEAP_OPTS": HEAP,
                     "FEEDHANDLER_KAFKA_TIMEOUT": str(START_TIMEOUT - 10)}
@@ -129,6 +149,18 @@ class KafkaNodes:
         except KafkaCommandError:
             return False
         return True
+
+    def ensure_ready(self) -> None:
+        """Ready again if an earlier test left the node (any cluster node) killed or paused: a
+        test that failed to bring it back must not fail every test after it too."""
+        if self.status():
+            return
+        for number in range(1, CLUSTER_NODES + 1) if self.cluster else (None,):
+            try:                    # a stopped JVM must run again to be stopped
+                self.resume() if number is None else self.resume_node(number)
+            except KafkaCommandError:
+                pass                # not running at all
+        self.restart()
 
     def __enter__(self) -> KafkaNodes:
         try:
