@@ -317,6 +317,20 @@ def test_process_helpers_kill_nine_and_measure_peak_rss(tmp_path):
         assert simulator.rss_bytes() is None
 
 
+def test_a_wait_for_what_a_process_must_cause_fails_at_once_when_it_has_exited(tmp_path,
+                                                                              server):
+    """A handler that exits before the fault it should meet (CI: no broker, exit 3) fails the
+    wait at once with its last lines, not after the wait's whole timeout."""
+    handler = start_handler("--connect", "127.0.0.1:9", "--bootstrap-servers", "127.0.0.1:9",
+                            "--no-such-option", workdir=tmp_path)
+    with handler, TcpProxy(("127.0.0.1", server.port)) as proxy:
+        handler.wait(60)
+        started = time.monotonic()
+        with pytest.raises(AssertionError, match="(?s)run exited early:.*--no-such-option"):
+            proxy.wait_for(handler.while_running(lambda: proxy.links_opened >= 1), 120, "link")
+        assert time.monotonic() - started < 5
+
+
 def frame_ends(stream: bytes) -> set[int]:
     """Offsets where the session protocol's frames (length prefix, then that many bytes) end
     in a server->client stream."""

@@ -122,7 +122,7 @@ def wait_until_delivered_some(handler: ChildProcess, timeout: float = 60.0) -> N
     """Until the handler has acknowledgements in a status line: the fault comes mid-run."""
     deadline = time.monotonic() + timeout
     while not any(s["delivered_per_s"] > 0 for s in statuses(handler)):
-        assert handler.poll() is None, f"handler exited early:\n{handler.tail()}"
+        handler.assert_running()
         assert time.monotonic() < deadline, f"nothing delivered in {timeout} s"
         time.sleep(0.05)
 
@@ -271,10 +271,12 @@ def test_link_cut_mid_frame_several_times(node, tmp_path, cuts):
                            workdir=tmp_path) as handler:
             recover = 0.0
             for number in range(1, len(cuts) + 1):
-                proxy.wait_for(lambda: proxy.links_opened >= number
-                               and proxy.links[number - 1].closed.is_set(), 120, f"cut {number}")
+                proxy.wait_for(handler.while_running(lambda: proxy.links_opened >= number
+                                                   and proxy.links[number - 1].closed.is_set()),
+                               120, f"cut {number}")
                 cut = time.monotonic()
-                proxy.wait_for(lambda: proxy.links_opened > number, 60, f"link {number + 1}")
+                proxy.wait_for(handler.while_running(lambda: proxy.links_opened > number), 60,
+                               f"link {number + 1}")
                 recover = max(recover, time.monotonic() - cut)
             handler.wait(RUN_TIMEOUT)
         assert proxy.links_opened == len(cuts) + 1, proxy.links_opened

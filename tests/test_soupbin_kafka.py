@@ -64,7 +64,8 @@ def test_failover_to_line_b_exactly_once(kafka, topic_prefix, tmp_path):
         proxy.cut_at(1_500_000)
         with run(tmp_path, kafka, topic_prefix, proxy.address, "--line-b",
                  line_b.address) as handler:
-            proxy.wait_for(lambda: proxy.links_opened >= 1, 60, "the handler's first link")
+            proxy.wait_for(handler.while_running(lambda: proxy.links_opened >= 1), 60,
+                           "the handler's first link")
             proxy.refuse_new()
             handler.wait(TIMEOUT)
     assert "failing over to line B" in handler.stderr(), handler.tail()

@@ -105,6 +105,17 @@ class ChildProcess:
             self._reap(os.WNOHANG)
         return self.popen.returncode
 
+    def assert_running(self) -> None:
+        """A wait for something this process must still cause fails at once if it exited."""
+        assert self.poll() is None, f"{self.name} exited early:\n{self.tail()}"
+
+    def while_running(self, condition):
+        """`condition` for a wait (proxy.wait_for), failing at once if this process exited."""
+        def check() -> bool:
+            self.assert_running()
+            return condition()
+        return check
+
     def _reap(self, options: int) -> None:
         """waitpid(): the exit status and the time of the exit."""
         try:
