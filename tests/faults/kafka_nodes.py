@@ -54,7 +54,8 @@ def free_base_port(offsets, low: int = NODE_PORTS_LOW, high: int = NODE_PORTS_HI
     Every port lies below the kernel's ephemeral range. A killed node must get its ports back on
     restart, and a port in that range can meanwhile be taken as the source port of any outgoing
     connection, or by a client that keeps reconnecting to the dead port and connects to itself
-    (TCP simultaneous open). Either makes the restart fail with "Address already in use"."""
+    (TCP simultaneous open). Either makes the restart fail with "Address already in use", and
+    goes on doing so for the minute the closed connection spends in TIME_WAIT."""
     high = min(high, ephemeral_port_range()[0])
     if high - max(offsets) <= low:
         raise RuntimeError(f"no room for a Kafka node's ports between {low} and the ephemeral "
