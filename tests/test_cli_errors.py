@@ -10,15 +10,11 @@ import time
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from faults.processes import free_port
 from feedhandler.cli.exit_codes import MEANING, ExitCode
 from test_handler import ROOT, final_account, run_cli
 
 UNREACHABLE = "127.0.0.1:1"
-
-
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        return server.getsockname()[1]
 
 
 def topics_with(kafka: str, prefix: str) -> list[str]:

@@ -3,8 +3,6 @@ garbles exactly; the process helpers kill and measure; the checker finds planted
 gaps and order regressions and honours read_committed; scripts/kafka.sh restarts a node with its
 data; a cluster leader's death leaves the partition with a new leader (slow)."""
 
-import json
-import os
 import signal
 import socket
 import threading

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from faults.processes import free_port
 from feedhandler.cli.exit_codes import ExitCode
 from feedhandler.exchange import orderflow
 from feedhandler.session import ConnectionLost, ListenSource, SequenceTracker, SessionChanged
@@ -265,11 +266,6 @@ def test_close_stops_a_listener_waiting_for_its_feed():
 
 
 # ---- feedhandler run --listen ---------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return probe.getsockname()[1]
-
 
 def run_listening(kafka, topic_prefix, script):
     """`feedhandler run --listen` on a free port, fed `script` (see `push`); (exit code,
