@@ -54,6 +54,9 @@
 #   FEEDHANDLER_KAFKA_HEAP_OPTS        JVM heap flags (default -Xms512m -Xmx1g single, -Xms256m -Xmx512m cluster)
 #   FEEDHANDLER_KAFKA_TIMEOUT          seconds to wait for readiness (default 90)
 #   FEEDHANDLER_KAFKA_PROBE            readiness probe: auto (default) | kcat | python | log
+# Choose ports below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768 and up by
+# default), as the defaults are: a killed node's port in that range can be taken by an outgoing
+# connection before restart, and then restart fails with "Address already in use".
 #
 # Informational messages go to stderr; stdout carries only what a caller may capture
 # (the bootstrap string from start/bootstrap, the status line from status).
