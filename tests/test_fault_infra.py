@@ -317,8 +317,8 @@ def test_process_helpers_kill_nine_and_measure_peak_rss(tmp_path):
 
 def test_a_wait_for_what_a_process_must_cause_fails_at_once_when_it_has_exited(tmp_path,
                                                                               server):
-    """A handler that exits before the fault it should meet (CI: no broker, exit 3) fails the
-    wait at once with its last lines, not after the wait's whole timeout."""
+    """A handler that exits before the fault it should meet (in CI it exited 3, no broker; here
+    a bad option, exit 2) fails the wait at once with its last lines, not after its timeout."""
     handler = start_handler("--connect", "127.0.0.1:9", "--bootstrap-servers", "127.0.0.1:9",
                             "--no-such-option", workdir=tmp_path)
     with handler, TcpProxy(("127.0.0.1", server.port)) as proxy:
